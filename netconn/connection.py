@@ -1,0 +1,599 @@
+"""``Connection[P]``: one connection over a stack, its state, path and data.
+
+How this works: ``start()`` runs one establishment task. It resolves the
+endpoint, tries each address in turn, and asks the stack to build its channel
+(TCP, then TLS on it, ...). A retryable failure puts the connection in
+``Waiting`` and the task sleeps (doubling the delay) or wakes on
+``restart()``; anything else ends in ``Failed``. Once a channel is up the
+connection is ``Ready`` and ``send``/``receive`` go straight to the channel,
+which enforces the buffer bounds. Every state change goes through
+``_transition``, which checks the table in :mod:`netconn.state`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Generic, Literal, Self, TypeVar, cast
+
+from .endpoint import Address, Endpoint
+from .errors import (
+    ConnectionTimeout,
+    EndOfStream,
+    InvalidState,
+    NetconnError,
+    map_os_error,
+)
+from .parameters import Parameters
+from .path import Path, path_for
+from .stacks.base import (
+    AttemptContext,
+    ByteChannel,
+    Channel,
+    Message,
+    MessageChannel,
+    MessageProtocol,
+    Stack,
+    StreamProtocol,
+)
+from .stacks.udp import UDP
+from .state import (
+    Cancelled,
+    Failed,
+    Preparing,
+    Ready,
+    Setup,
+    State,
+    Waiting,
+    check_transition,
+    is_terminal,
+)
+
+__all__ = ["Attempt", "Connection", "EstablishmentReport"]
+
+logger = logging.getLogger("netconn")
+
+P_co = TypeVar("P_co", bound=Stack, covariant=True)
+"""The top of a connection's stack (covariant: a ``Connection[TLS]`` is a
+``Connection[StreamProtocol]``)."""
+
+Buffer = bytes | bytearray | memoryview
+_ids = itertools.count(1)
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One establishment attempt to one address."""
+
+    address: Address
+    """Where the attempt went."""
+    started_after: float
+    """Seconds after the connection started."""
+    duration: float = 0.0
+    """Seconds the attempt took."""
+    outcome: Literal["ready", "failed", "cancelled", "running"] = "running"
+    """How it ended."""
+    error: NetconnError | None = None
+    """Why it failed."""
+
+
+@dataclass(slots=True)
+class EstablishmentReport:
+    """What establishing the connection took: resolution and every attempt."""
+
+    resolution_duration: float = 0.0
+    """Seconds spent resolving the endpoint (in the last round)."""
+    resolved: list[Address] = field(default_factory=list)
+    """The addresses the endpoint resolved to."""
+    attempts: list[Attempt] = field(default_factory=list)
+    """Every attempt in every round, the losers too, in start order."""
+    duration: float = 0.0
+    """Seconds from start to ready."""
+
+
+class Connection(Generic[P_co]):
+    """A connection to ``endpoint`` over ``stack``.
+
+    The type parameter is the top of the stack: ``Connection(ep, TLS())`` is a
+    ``Connection[TLS]``. Methods that only make sense for some stacks say so
+    in their ``self`` type, so mypy rejects ``Connection[UDP].receive(...)``.
+
+    Use it as an async context manager (start, wait until ready, cancel on
+    exit), or call :meth:`start` and watch :attr:`state`.
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        stack: P_co,
+        parameters: Parameters | None = None,
+    ) -> None:
+        self._endpoint: Endpoint | None = endpoint
+        self._stack = stack
+        self._parameters = parameters if parameters is not None else Parameters()
+        self._state: State = Setup()
+        self._state_callbacks: list[Callable[[Connection[P_co], State], None]] = []
+        self._path_callbacks: list[Callable[[Connection[P_co], Path], None]] = []
+        self._viability_callbacks: list[Callable[[Connection[P_co], bool], None]] = []
+        self._better_path_callbacks: list[Callable[[Connection[P_co], bool], None]] = []
+        self._state_waiters: list[asyncio.Future[None]] = []
+        self._channel: Channel | None = None
+        self._ctx: AttemptContext | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._restart: asyncio.Event | None = None
+        self._accepted: Channel | None = None
+        self._path: Path | None = None
+        self._viable = False
+        self._report = EstablishmentReport()
+        self.id = next(_ids)
+        """A number unique among this process's connections."""
+
+    def _take_accepted(self, channel: Channel, ctx: AttemptContext) -> None:
+        """Make this a server-side connection on an accepted transport channel."""
+        self._endpoint = None
+        self._accepted = channel
+        self._ctx = ctx
+        ctx.on_lost = lambda error: self._lost(ctx, error)
+        ctx.on_viability = lambda viable: self._set_viable(ctx, viable)
+
+    def __repr__(self) -> str:
+        where = self._endpoint if self._endpoint is not None else self.remote_endpoint
+        return f"<Connection #{self.id} {self._stack.describe()} {where} {self._state}>"
+
+    # What it is
+
+    @property
+    def stack(self) -> P_co:
+        """The stack this connection runs."""
+        return self._stack
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        """The endpoint asked for; ``None`` for a connection a listener accepted."""
+        return self._endpoint
+
+    @property
+    def parameters(self) -> Parameters:
+        """The parameters in force."""
+        return self._parameters
+
+    @property
+    def state(self) -> State:
+        """The current state."""
+        return self._state
+
+    @property
+    def current_path(self) -> Path | None:
+        """The path in use once ready: interface, local and remote endpoints."""
+        return self._path
+
+    @property
+    def local_endpoint(self) -> Address | None:
+        """The local address and port, once ready."""
+        return None if self._channel is None else self._channel.local_address
+
+    @property
+    def remote_endpoint(self) -> Address | None:
+        """The remote address and port, once ready."""
+        return None if self._channel is None else self._channel.remote_address
+
+    @property
+    def is_viable(self) -> bool:
+        """Whether packets can currently flow on the path."""
+        return self._viable
+
+    @property
+    def establishment_report(self) -> EstablishmentReport:
+        """Resolution and every attempt, with their outcomes."""
+        return self._report
+
+    @property
+    def negotiated_alpn(self) -> str | None:
+        """The application protocol TLS (or QUIC) negotiated, if any."""
+        return cast(str | None, self._find_in_channels("negotiated_alpn"))
+
+    @property
+    def tls_info(self) -> dict[str, Any] | None:
+        """TLS version, cipher, ALPN and resumption, when the stack has TLS."""
+        info = self._find_in_channels("tls_info")
+        return None if info is None else cast(dict[str, Any], info())
+
+    def _find_in_channels(self, name: str) -> Any:
+        channel: Any = self._channel
+        while channel is not None:
+            if hasattr(channel, name):
+                return getattr(channel, name)
+            channel = getattr(channel, "inner", None)
+        return None
+
+    # Callbacks: each returns self so they chain like the Swift modifiers.
+
+    def on_state_update(self, callback: Callable[[Connection[P_co], State], None]) -> Self:
+        """Call ``callback(connection, state)`` on the event loop at every state change."""
+        self._state_callbacks.append(callback)
+        return self
+
+    def on_path_update(self, callback: Callable[[Connection[P_co], Path], None]) -> Self:
+        """Call ``callback(connection, path)`` when the path is known or changes."""
+        self._path_callbacks.append(callback)
+        return self
+
+    def on_viability_update(self, callback: Callable[[Connection[P_co], bool], None]) -> Self:
+        """Call ``callback(connection, viable)`` when packets stop or start flowing."""
+        self._viability_callbacks.append(callback)
+        return self
+
+    def on_better_path_update(self, callback: Callable[[Connection[P_co], bool], None]) -> Self:
+        """Call ``callback(connection, available)`` when a preferred path appears or goes."""
+        self._better_path_callbacks.append(callback)
+        return self
+
+    def _notify(self, callbacks: list[Callable[[Connection[P_co], Any], None]], value: Any) -> None:
+        for callback in list(callbacks):
+            try:
+                callback(self, value)
+            except Exception as exc:  # a broken callback must not break the connection
+                asyncio.get_running_loop().call_exception_handler(
+                    {"message": f"{callback!r} raised", "exception": exc, "connection": self}
+                )
+
+    # State
+
+    def _transition(self, new: State) -> None:
+        old = self._state
+        check_transition(old, new)
+        self._state = new
+        logger.debug("connection #%d: %s -> %s", self.id, old, new)
+        waiters, self._state_waiters = self._state_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._notify(self._state_callbacks, new)
+
+    async def _state_changed(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._state_waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter in self._state_waiters:
+                self._state_waiters.remove(waiter)
+
+    def _set_viable(self, ctx: AttemptContext, viable: bool) -> None:
+        if ctx is not self._ctx or viable == self._viable or is_terminal(self._state):
+            return
+        self._viable = viable
+        self._notify(self._viability_callbacks, viable)
+
+    def _lost(self, ctx: AttemptContext, error: NetconnError | None) -> None:
+        if ctx is not self._ctx or is_terminal(self._state):
+            return
+        if error is not None and isinstance(self._state, Ready):
+            self._set_viable(ctx, False)
+            self._transition(Failed(error))
+
+    # Life cycle
+
+    def start(self) -> Self:
+        """Begin establishing (in the background) and return at once.
+
+        Needs a running event loop. Starting twice does nothing.
+        """
+        if not isinstance(self._state, Setup) or self._task is not None:
+            return self
+        self._restart = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=repr(self))
+        return self
+
+    async def wait_ready(
+        self, timeout: float | None = None, *, allow_waiting: bool | None = None
+    ) -> Self:
+        """Start if needed and return once ready.
+
+        Raises the error of ``Failed``; raises the error of ``Waiting`` unless
+        ``allow_waiting`` (default: ``parameters.wait_for_connectivity``), in
+        which case it keeps waiting; raises :class:`ConnectionTimeout` after
+        ``timeout`` seconds (the connection itself goes on); raises
+        :class:`InvalidState` if the connection was cancelled.
+        """
+        if allow_waiting is None:
+            allow_waiting = self._parameters.wait_for_connectivity
+        self.start()
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    match self._state:
+                        case Ready():
+                            return self
+                        case Failed(error=error):
+                            raise error
+                        case Waiting(error=error) if not allow_waiting:
+                            raise error
+                        case Cancelled():
+                            raise InvalidState("the connection was cancelled", self._state)
+                    await self._state_changed()
+        except TimeoutError:
+            last = self._state.error if isinstance(self._state, Waiting) else None
+            raise ConnectionTimeout(f"not ready after {timeout} s (state: {self._state})") from last
+
+    def restart(self) -> None:
+        """Retry now, from ``Waiting``, without waiting out the back-off."""
+        if not isinstance(self._state, Waiting) or self._restart is None:
+            raise InvalidState(
+                f"restart() needs a waiting connection, not {self._state}", self._state
+            )
+        self._restart.set()
+
+    async def cancel(self) -> None:
+        """Close gracefully: flush what was sent, then FIN / close_notify / close frame.
+
+        Returns once the close finished (or timed out and aborted). The state
+        becomes ``Cancelled``. Cancelling twice does nothing.
+        """
+        if is_terminal(self._state):
+            await self._close_channel(graceful=True)
+            return
+        self._stop_task()
+        self._transition(Cancelled())
+        await self._close_channel(graceful=True)
+
+    def force_cancel(self) -> None:
+        """Abort at once (TCP RST, no close handshake). Never blocks."""
+        self._stop_task()
+        if not is_terminal(self._state):
+            self._transition(Cancelled())
+        channel, self._channel = self._channel, None
+        accepted, self._accepted = self._accepted, None
+        for ch in (channel, accepted):
+            if ch is not None:
+                ch.abort()
+
+    def _stop_task(self) -> None:
+        task = self._task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+
+    async def _close_channel(self, *, graceful: bool) -> None:
+        channel, self._channel = self._channel, None
+        accepted, self._accepted = self._accepted, None
+        if channel is None:
+            channel = accepted
+        if channel is None:
+            return
+        try:
+            if graceful:
+                await channel.close()
+            else:
+                channel.abort()
+        except NetconnError:
+            channel.abort()
+        except asyncio.CancelledError:
+            channel.abort()
+            raise
+
+    async def __aenter__(self) -> Self:
+        try:
+            return await self.wait_ready()
+        except BaseException:
+            self.force_cancel()
+            raise
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            await self.cancel()
+        else:
+            self.force_cancel()
+
+    # Establishment
+
+    async def _run(self) -> None:
+        first, cap = self._parameters.retry_delays
+        delay = first
+        started = asyncio.get_running_loop().time()
+        while True:
+            self._transition(Preparing())
+            try:
+                await self._establish(started)
+            except NetconnError as error:
+                if error.retryable and self._accepted is None:
+                    self._transition(Waiting(error))
+                    await self._back_off(delay)
+                    delay = min(cap, delay * 2)
+                    continue
+                self._transition(Failed(error))
+                return
+            self._report.duration = asyncio.get_running_loop().time() - started
+            self._became_ready()
+            return
+
+    async def _back_off(self, delay: float) -> None:
+        assert self._restart is not None
+        self._restart.clear()
+        try:
+            async with asyncio.timeout(delay):
+                await self._restart.wait()
+        except TimeoutError:
+            pass
+
+    async def _establish(self, started: float) -> None:
+        if self._accepted is not None:
+            assert self._ctx is not None
+            with _mapped("accept"):
+                self._channel = await self._stack.accept_channel(self._ctx, self._accepted)
+            self._accepted = None
+            return
+        assert self._endpoint is not None
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        addresses = await self._endpoint.resolve(kind=self._stack.bottom.resolve_kind)
+        self._report.resolution_duration = loop.time() - t0
+        self._report.resolved = addresses
+        errors: list[NetconnError] = []
+        for address in addresses:
+            attempt = Attempt(address, loop.time() - started)
+            self._report.attempts.append(attempt)
+            ctx = AttemptContext(self._endpoint, self._parameters, on_lost=lambda e: None)
+            ctx.on_lost = lambda error, ctx=ctx: self._lost(ctx, error)  # type: ignore[misc]
+            ctx.on_viability = lambda viable, ctx=ctx: self._set_viable(ctx, viable)  # type: ignore[misc]
+            try:
+                async with asyncio.timeout(self._parameters.attempt_timeout):
+                    with _mapped(f"connect to {address}"):
+                        channel = await self._stack.open_channel(ctx, address)
+            except NetconnError as exc:
+                error: NetconnError = exc
+            except TimeoutError as exc:
+                error = ConnectionTimeout(f"connect to {address} timed out")
+                error.__cause__ = exc
+            except asyncio.CancelledError:
+                attempt.outcome = "cancelled"
+                attempt.duration = loop.time() - started - attempt.started_after
+                raise
+            else:
+                attempt.outcome = "ready"
+                attempt.duration = loop.time() - started - attempt.started_after
+                self._channel = channel
+                self._ctx = ctx
+                return
+            attempt.outcome = "failed"
+            attempt.error = error
+            attempt.duration = loop.time() - started - attempt.started_after
+            errors.append(error)
+            if not error.retryable:
+                break  # a certificate or protocol failure will not differ by address
+        raise _pick_error(errors)
+
+    def _became_ready(self) -> None:
+        assert self._channel is not None
+        self._transition(Ready())
+        local, remote = self._channel.local_address, self._channel.remote_address
+        try:
+            self._path = path_for(local, remote)
+        except OSError:
+            self._path = Path(local=local, remote=remote)
+        self._notify(self._path_callbacks, self._path)
+        if self._ctx is not None:
+            self._set_viable(self._ctx, True)
+
+    async def _ready_channel(self) -> Channel:
+        """Start if needed, wait for ``Ready`` (riding out ``Waiting``), return the channel."""
+        if isinstance(self._state, Ready) and self._channel is not None:
+            return self._channel
+        await self.wait_ready(allow_waiting=True)
+        if self._channel is None:
+            raise InvalidState("the connection is closed", self._state)
+        return self._channel
+
+    def _check_open(self) -> None:
+        if is_terminal(self._state):
+            cause = self._state.error if isinstance(self._state, Failed) else None
+            raise InvalidState(f"the connection is {self._state}", self._state) from cause
+
+    # Data
+
+    async def send(self, data: Buffer, *, is_complete: bool | None = None) -> None:
+        """Send ``data``; return once the stack has taken it under its buffer bound.
+
+        On a byte stream, ``is_complete=True`` ends the sending direction after
+        ``data`` (FIN, close_notify); default false. On a message stack each
+        call sends one message; ``is_complete=False`` sends a fragment where
+        the protocol has fragments. Starts the connection if needed and waits
+        for it to be ready.
+
+        If cancelled part-way, a prefix of ``data`` may have been sent.
+        """
+        self._check_open()
+        channel = await self._ready_channel()
+        with _mapped("send"):
+            if self._stack.kind == "stream":
+                await cast(ByteChannel, channel).send(data, bool(is_complete))
+            elif self._stack.kind == "message":
+                done = True if is_complete is None else is_complete
+                await cast(MessageChannel, channel).send_message(data, done)
+            else:
+                raise InvalidState(f"{self._stack.describe()} sends on streams, not the connection")
+
+    async def receive(
+        self: Connection[StreamProtocol], at_least: int = 1, at_most: int = 65536
+    ) -> bytes:
+        """Return between ``at_least`` and ``at_most`` bytes.
+
+        Returns fewer than ``at_least`` only when the peer ended its direction:
+        ``b""`` means end of stream. Cancelling a waiting receive loses no
+        bytes: the next receive gets them.
+        """
+        if not 0 <= at_least <= at_most or at_most < 1:
+            raise ValueError(
+                f"need 0 <= at_least <= at_most and at_most >= 1, got {at_least}, {at_most}"
+            )
+        self._check_open()
+        channel = cast(ByteChannel, await self._ready_channel())
+        with _mapped("receive"):
+            return await channel.receive(at_least, at_most)
+
+    async def receive_exactly(self: Connection[StreamProtocol], size: int) -> bytes:
+        """Return exactly ``size`` bytes.
+
+        Raises :class:`EndOfStream` (with the bytes that did arrive in
+        ``partial``) if the stream ends first.
+        """
+        data = await self.receive(size, size) if size else b""
+        if len(data) < size:
+            raise EndOfStream(data, size)
+        return data
+
+    @property
+    def receive_complete(self: Connection[StreamProtocol]) -> bool:
+        """Whether the peer ended its direction and every byte was read."""
+        channel = cast(ByteChannel | None, self._channel)
+        return channel is not None and channel.receive_complete
+
+    async def receive_message(self: Connection[MessageProtocol]) -> Message:
+        """The next whole message (or fragment, with ``is_complete`` false)."""
+        self._check_open()
+        channel = cast(MessageChannel, await self._ready_channel())
+        with _mapped("receive"):
+            return await channel.receive_message()
+
+    async def messages(self: Connection[MessageProtocol]) -> AsyncIterator[Message]:
+        """Every message until the connection closes."""
+        from .errors import ConnectionClosed
+
+        while True:
+            try:
+                yield await self.receive_message()
+            except ConnectionClosed:
+                return
+
+    @property
+    def maximum_datagram_size(self: Connection[UDP]) -> int:
+        """The largest datagram ``send`` accepts on this flow."""
+        channel = cast(MessageChannel | None, self._channel)
+        return 65507 if channel is None else channel.maximum_message_size
+
+
+def _pick_error(errors: list[NetconnError]) -> NetconnError:
+    """The error that best explains why every attempt failed."""
+    for error in errors:
+        if not error.retryable:
+            return error
+    return errors[-1] if errors else NetconnError("no address to try")
+
+
+@contextmanager
+def _mapped(what: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, NetconnError):
+            raise
+        raise map_os_error(exc, what) from exc

@@ -1,0 +1,180 @@
+"""What every stack provides, and the channels that stacks build.
+
+A *stack* is a small frozen option object (``TCP()``, ``TLS(TCP())``...). When
+a connection starts it asks its top stack for a *channel*: the running
+protocol. Outer stacks build their channel on the channel of the stack inside
+them, so ``TLS(TCP())`` is a TLS channel reading and writing a TCP channel.
+Channels do the I/O; the :class:`~netconn.Connection` holds one and manages
+its state.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar
+
+from ..endpoint import Address, Endpoint
+from ..errors import NetconnError
+from ..parameters import Parameters
+
+if TYPE_CHECKING:
+    from ..listener import Listener
+
+__all__ = [
+    "AttemptContext",
+    "ByteChannel",
+    "Channel",
+    "Message",
+    "MessageChannel",
+    "MessageProtocol",
+    "MultiplexProtocol",
+    "Stack",
+    "StreamProtocol",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One received message: its bytes and what the protocol says about them."""
+
+    content: bytes
+    """The payload."""
+    is_complete: bool = True
+    """False for a fragment of a larger message (more follows)."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """Protocol details, e.g. ``{"opcode": "text"}`` for WebSocket."""
+
+
+@dataclass(slots=True)
+class AttemptContext:
+    """What a stack needs to establish one attempt."""
+
+    endpoint: Endpoint | None
+    """The endpoint asked for (``None`` on the server side)."""
+    parameters: Parameters
+    """The connection's parameters."""
+    on_lost: Callable[[NetconnError | None], None]
+    """Channels call this once when the transport goes away (``None``: closed cleanly)."""
+    on_viability: Callable[[bool], None] = lambda viable: None
+    """Channels call this when the transport's viability changes."""
+
+
+class Channel(Protocol):
+    """What a :class:`~netconn.Connection` needs of every running protocol."""
+
+    @property
+    def local_address(self) -> Address | None: ...
+
+    @property
+    def remote_address(self) -> Address | None: ...
+
+    async def close(self) -> None:
+        """Flush what was sent, close gracefully and wait for the transport to finish."""
+
+    def abort(self) -> None:
+        """Drop everything at once (RST, no close_notify); never blocks."""
+
+
+class ByteChannel(Channel, Protocol):
+    """A reliable, ordered byte stream (TCP, TLS, a QUIC stream)."""
+
+    async def send(self, data: bytes | bytearray | memoryview, is_complete: bool) -> None:
+        """Return once the data is taken under the send-buffer bound.
+
+        ``is_complete`` ends the sending direction after ``data`` (FIN).
+        """
+
+    async def receive(self, at_least: int, at_most: int) -> bytes:
+        """At least ``at_least`` bytes (fewer only at end of stream), at most ``at_most``."""
+
+    @property
+    def receive_complete(self) -> bool:
+        """Whether the peer ended its direction and every byte was read."""
+
+
+class MessageChannel(Channel, Protocol):
+    """A channel that keeps message boundaries (UDP, WebSocket, framers)."""
+
+    async def send_message(self, data: bytes | bytearray | memoryview, is_complete: bool) -> None:
+        """Send one message (or, with ``is_complete=False``, one fragment of it)."""
+
+    async def receive_message(self) -> Message:
+        """The next message."""
+
+    @property
+    def maximum_message_size(self) -> int:
+        """The largest message ``send_message`` accepts."""
+
+
+class Stack(abc.ABC):
+    """Base of every stack option object.
+
+    Subclasses are frozen dataclasses. ``inner`` is the stack underneath, if any.
+    """
+
+    kind: ClassVar[Literal["stream", "message", "multiplex"]]
+    """Which shape of data the stack moves."""
+    resolve_kind: ClassVar[Literal["stream", "datagram"]] = "stream"
+    """Which socket type DNS is asked about."""
+
+    @property
+    def inner_stack(self) -> Stack | None:
+        """The stack this one runs on, or ``None`` at the bottom."""
+        return None
+
+    @property
+    def bottom(self) -> Stack:
+        """The transport at the bottom of this stack (TCP, UDP or QUIC)."""
+        inner = self.inner_stack
+        return self if inner is None else inner.bottom
+
+    def layers(self) -> list[Stack]:
+        """This stack and every stack below it, top first."""
+        out: list[Stack] = [self]
+        while (inner := out[-1].inner_stack) is not None:
+            out.append(inner)
+        return out
+
+    @abc.abstractmethod
+    async def open_channel(self, ctx: AttemptContext, address: Address) -> Channel:
+        """Client side: establish a channel to ``address``."""
+
+    async def accept_channel(self, ctx: AttemptContext, inner: Channel) -> Channel:
+        """Server side: build this layer on an accepted ``inner`` channel."""
+        return inner
+
+    async def start_listener(self, listener: Listener[Any], host: str | None, port: int) -> None:
+        """Bottom stacks only: bind and feed accepted channels to ``listener``."""
+        raise TypeError(f"{type(self).__name__} cannot listen on its own")
+
+    def describe(self) -> str:
+        """The stack top first, e.g. ``TLS/TCP``."""
+        return "/".join(type(layer).__name__ for layer in self.layers())
+
+
+class StreamProtocol(Stack):
+    """Stacks that move an ordered byte stream (TCP, TLS)."""
+
+    kind = "stream"
+
+
+class MessageProtocol(Stack):
+    """Stacks that move whole messages (UDP, WebSocket, TLV)."""
+
+    kind = "message"
+
+
+class MultiplexProtocol(Stack):
+    """Stacks that carry many streams in one connection (QUIC)."""
+
+    kind = "multiplex"
+
+
+_T = TypeVar("_T")
+
+
+def constant(value: _T) -> Callable[[], _T]:
+    """A factory that returns ``value``: for asyncio's protocol factories."""
+    return lambda: value

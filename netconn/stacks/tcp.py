@@ -1,0 +1,289 @@
+"""TCP: options, the client and server channel, and the accept loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .._buffer import ReceiveBuffer
+from ..endpoint import Address
+from ..errors import (
+    Busy,
+    ConnectionClosed,
+    ConnectionTimeout,
+    InvalidState,
+    NetconnError,
+    map_os_error,
+    mapped,
+)
+from ..parameters import Parameters
+from .base import AttemptContext, StreamProtocol, constant
+from .sockets import apply_parameters, bind_listening_sockets, check_path
+
+if TYPE_CHECKING:
+    from ..listener import Listener
+
+__all__ = ["TCP", "TCPChannel"]
+
+_TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)
+_TCP_FASTOPEN_CONNECT = getattr(socket, "TCP_FASTOPEN_CONNECT", 30)
+_CHUNK = 256 * 1024
+_CLOSE_TIMEOUT = 10.0  # seconds a graceful close may take before it aborts
+
+
+@dataclass(frozen=True, slots=True)
+class TCP(StreamProtocol):
+    """TCP options. ``TCP()`` alone is a plain byte stream."""
+
+    no_delay: bool = False
+    """Disable Nagle's algorithm (``TCP_NODELAY``); default off."""
+    keepalive: bool = False
+    """Send keepalive probes on an idle connection; default off."""
+    keepalive_idle: float | None = None
+    """Seconds idle before the first probe (``TCP_KEEPIDLE``); default: the kernel's."""
+    keepalive_interval: float | None = None
+    """Seconds between probes (``TCP_KEEPINTVL``); default: the kernel's."""
+    keepalive_count: int | None = None
+    """Unanswered probes before the connection drops (``TCP_KEEPCNT``); default: the kernel's."""
+    connection_drop_time: float | None = None
+    """Seconds that sent data may stay unacknowledged before the connection fails
+    (``TCP_USER_TIMEOUT``); default: the kernel's."""
+    fast_open: bool = False
+    """TCP Fast Open: data in the SYN when a cookie is cached; default off."""
+    maximum_segment_size: int | None = None
+    """Cap on segment size (``TCP_MAXSEG``); default: the path's."""
+
+    def configure(self, sock: socket.socket) -> None:
+        """Apply these options to a TCP socket."""
+        if self.no_delay:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.keepalive:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for option, value in (
+                (socket.TCP_KEEPIDLE, self.keepalive_idle),
+                (socket.TCP_KEEPINTVL, self.keepalive_interval),
+            ):
+                if value is not None:
+                    sock.setsockopt(socket.IPPROTO_TCP, option, max(1, round(value)))
+            if self.keepalive_count is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, self.keepalive_count)
+        if self.connection_drop_time is not None:
+            milliseconds = max(1, round(self.connection_drop_time * 1000))
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, milliseconds)
+        if self.maximum_segment_size is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, self.maximum_segment_size)
+
+    async def open_channel(self, ctx: AttemptContext, address: Address) -> TCPChannel:
+        params = ctx.parameters
+        check_path(address, params)
+        loop = asyncio.get_running_loop()
+        with mapped(f"connect to {address}"):
+            sock = socket.socket(address.family, socket.SOCK_STREAM)
+        try:
+            with mapped(f"connect to {address}"):
+                sock.setblocking(False)
+                apply_parameters(sock, params, address.family)
+                self.configure(sock)
+                if self.fast_open:
+                    sock.setsockopt(socket.IPPROTO_TCP, _TCP_FASTOPEN_CONNECT, 1)
+                await loop.sock_connect(sock, address.sockaddr)
+                channel = TCPChannel(params, ctx)
+                await loop.create_connection(lambda: channel, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        return channel
+
+    async def start_listener(self, listener: Listener[Any], host: str | None, port: int) -> None:
+        params = listener.parameters
+        sockets = bind_listening_sockets(host, port, socket.SOCK_STREAM, params)
+        loop = asyncio.get_running_loop()
+        for sock in sockets:
+            if self.fast_open:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, 256)
+            sock.listen(listener.backlog)
+            listener.add_task(self._accept_loop(listener, sock, loop))
+        listener.set_sockets(sockets)
+
+    async def _accept_loop(
+        self, listener: Listener[Any], sock: socket.socket, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        while True:
+            await listener.wait_for_room()
+            try:
+                conn_sock, _ = await loop.sock_accept(sock)
+            except OSError as exc:
+                if listener.closing:
+                    return
+                listener.report_accept_error(exc)
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                conn_sock.setblocking(False)
+                self.configure(conn_sock)
+                ctx = listener.attempt_context()
+                channel = TCPChannel(listener.parameters, ctx)
+                await loop.connect_accepted_socket(constant(channel), conn_sock)
+            except OSError as exc:
+                conn_sock.close()
+                listener.report_accept_error(exc)
+                continue
+            listener.accepted(channel, ctx)
+
+
+class TCPChannel(asyncio.Protocol):
+    """A running TCP connection: a bounded receive buffer and a bounded send path."""
+
+    def __init__(self, parameters: Parameters, ctx: AttemptContext) -> None:
+        self._ctx = ctx
+        self._send_limit = parameters.send_buffer
+        self._receiving = ReceiveBuffer(
+            parameters.receive_buffer, self._pause_reading, self._resume_reading
+        )
+        self._transport: asyncio.Transport | None = None
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._error: NetconnError | None = None
+        self._write_closed = False
+        self._sending = False
+        self.local_address: Address | None = None
+        self.remote_address: Address | None = None
+
+    # asyncio.Protocol callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        # The transport's own buffer is the send bound: writes pause above it.
+        transport.set_write_buffer_limits(high=self._send_limit, low=self._send_limit // 4)
+        sock = transport.get_extra_info("socket")
+        self.local_address = Address.from_sockaddr(sock.getsockname())
+        self.remote_address = Address.from_sockaddr(sock.getpeername())
+
+    def data_received(self, data: bytes) -> None:
+        self._receiving.feed(data)
+
+    def eof_received(self) -> bool:
+        self._receiving.feed_eof()
+        return True  # keep our sending direction open: half-close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        error: NetconnError | None = None
+        if exc is not None:
+            error = _map(exc)
+            self._error = error
+            self._receiving.set_error(error)
+        else:
+            self._receiving.feed_eof()
+        self._wake_drain()
+        if not self._lost.done():
+            self._lost.set_result(None)
+        self._ctx.on_lost(error)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain()
+
+    def _wake_drain(self) -> None:
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _pause_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    # ByteChannel
+
+    @property
+    def receive_complete(self) -> bool:
+        return self._receiving.at_eof
+
+    @property
+    def socket(self) -> socket.socket | None:
+        """The underlying socket, for options netconn does not wrap."""
+        return None if self._transport is None else self._transport.get_extra_info("socket")
+
+    @property
+    def buffered_bytes(self) -> tuple[int, int]:
+        """Bytes held in the process: (waiting to be sent, received and not read)."""
+        sending = 0 if self._transport is None else self._transport.get_write_buffer_size()
+        return sending, len(self._receiving)
+
+    async def send(self, data: bytes | bytearray | memoryview, is_complete: bool) -> None:
+        if self._sending:
+            raise Busy("another task is already sending on this connection")
+        if self._write_closed:
+            raise InvalidState("sending after is_complete=True")
+        self._sending = True
+        try:
+            view = memoryview(data).cast("B")
+            for offset in range(0, len(view), _CHUNK):
+                transport = self._writable()
+                transport.write(view[offset : offset + _CHUNK])
+                if self._write_paused:
+                    await self._drain()
+            if is_complete:
+                self._write_closed = True
+                transport = self._writable()
+                with mapped("send"):
+                    transport.write_eof()
+        finally:
+            self._sending = False
+
+    def _writable(self) -> asyncio.Transport:
+        if self._error is not None:
+            raise self._error
+        if self._transport is None or self._transport.is_closing():
+            raise ConnectionClosed("the connection is closed")
+        return self._transport
+
+    async def _drain(self) -> None:
+        while self._write_paused and self._error is None and not self._lost.done():
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+        self._writable()
+
+    async def receive(self, at_least: int, at_most: int) -> bytes:
+        return await self._receiving.receive(at_least, at_most)
+
+    async def close(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        if not transport.is_closing():
+            transport.close()  # flushes the write buffer, then FIN
+        try:
+            async with asyncio.timeout(_CLOSE_TIMEOUT):
+                await asyncio.shield(self._lost)
+        except TimeoutError:
+            transport.abort()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+
+def _map(exc: BaseException) -> NetconnError:
+    if isinstance(exc, NetconnError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return ConnectionTimeout("the peer stopped acknowledging data (user timeout)")
+    if isinstance(exc, OSError):
+        return map_os_error(exc)
+    return ConnectionClosed(str(exc) or type(exc).__name__)

@@ -1,0 +1,448 @@
+"""TLS over any byte stream, on the ``ssl`` module's memory BIOs.
+
+``ssl.SSLObject`` is OpenSSL's record layer without I/O: we feed it what the
+inner channel received and send what it produced. Doing the I/O ourselves (not
+through asyncio's SSL transport) lets TLS sit on any channel, gives a real
+half-close (TLS 1.3 allows reading after our close_notify), and keeps the same
+back-pressure as the channel underneath.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeGuard
+
+from ..endpoint import Address
+from ..errors import (
+    Busy,
+    CertificateError,
+    ConnectionClosed,
+    InvalidState,
+    NetconnError,
+    map_ssl_error,
+)
+from .base import AttemptContext, ByteChannel, Channel, Stack, StreamProtocol
+from .tcp import TCP
+
+__all__ = ["TLS", "PeerCertificate", "TLSChannel", "TLSSessionCache", "TLSVersion"]
+
+TLSVersion = ssl.TLSVersion
+_READ_CHUNK = 256 * 1024
+_WRITE_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCertificate:
+    """What a verify hook is shown of the peer."""
+
+    der: bytes
+    """The peer's leaf certificate, DER encoded."""
+    server_name: str | None
+    """The name the client asked for (SNI), if any."""
+    verified_by_default: bool
+    """Whether OpenSSL's chain and host-name checks already passed."""
+
+
+class TLSSessionCache:
+    """Sessions kept for resumption, per server name and port.
+
+    Share one cache between connections to resume their sessions
+    (``TLS(session_cache=cache)``). Holds at most ``size`` sessions.
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self._sessions: dict[tuple[str, int], ssl.SSLSession] = {}
+        self._size = size
+
+    def get(self, key: tuple[str, int]) -> ssl.SSLSession | None:
+        return self._sessions.get(key)
+
+    def put(self, key: tuple[str, int], session: ssl.SSLSession) -> None:
+        self._sessions.pop(key, None)
+        self._sessions[key] = session
+        while len(self._sessions) > self._size:
+            del self._sessions[next(iter(self._sessions))]
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+
+@dataclass(frozen=True, slots=True)
+class TLS(StreamProtocol):
+    """TLS options. ``TLS()`` runs over ``TCP()``.
+
+    Certificates and host names are verified against the system's trust store
+    by default. Turning that off takes ``insecure_skip_verify=True``.
+    """
+
+    inner: Stack = field(default_factory=TCP)
+    """The byte stream under TLS; default ``TCP()``."""
+    alpn: Sequence[str] = ()
+    """Application protocols to offer (client) or accept (server), in preference order."""
+    server_name: str | None = None
+    """Name to send (SNI) and verify; default: the endpoint's host name."""
+    min_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2
+    """Lowest TLS version allowed; default TLS 1.2."""
+    max_version: ssl.TLSVersion = ssl.TLSVersion.MAXIMUM_SUPPORTED
+    """Highest TLS version allowed; default the newest."""
+    ca_file: str | None = None
+    """PEM file of trusted CAs, replacing the system store; default: the system store."""
+    ca_data: str | None = None
+    """PEM text of trusted CAs, replacing the system store."""
+    certificate: tuple[str, str] | None = None
+    """(certificate chain PEM file, private key PEM file): the server's identity,
+    or the client's certificate."""
+    verify_hook: Callable[[PeerCertificate], bool] | None = None
+    """Called with the peer's certificate after the handshake; returning False
+    rejects it. With ``insecure_skip_verify`` the hook alone decides."""
+    insecure_skip_verify: bool = False
+    """Accept any certificate and host name. Only for testing."""
+    require_client_certificate: bool = False
+    """Server: ask for a client certificate and reject clients without one."""
+    session_cache: TLSSessionCache | None = None
+    """Client: resume sessions from this cache; default no resumption."""
+    ciphers: str | None = None
+    """OpenSSL cipher string for TLS 1.2; default OpenSSL's."""
+    keylog_file: str | None = None
+    """Append key material here (NSS key log format) to decrypt captures."""
+    allow_truncation: bool = False
+    """Accept a peer that closes TCP without close_notify as a clean end of stream."""
+
+    @property
+    def inner_stack(self) -> Stack:
+        return self.inner
+
+    def context(self, *, server_side: bool) -> ssl.SSLContext:
+        """Build the ``ssl.SSLContext`` these options describe."""
+        purpose = ssl.Purpose.CLIENT_AUTH if server_side else ssl.Purpose.SERVER_AUTH
+        if server_side or self.ca_file or self.ca_data:
+            ctx = ssl.SSLContext(
+                ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT
+            )
+            if self.ca_file or self.ca_data:
+                ctx.load_verify_locations(cafile=self.ca_file, cadata=self.ca_data)
+        else:
+            ctx = ssl.create_default_context(purpose)
+        ctx.minimum_version = self.min_version
+        ctx.maximum_version = self.max_version
+        if self.certificate is not None:
+            ctx.load_cert_chain(*self.certificate)
+        if server_side:
+            if self.require_client_certificate:
+                ctx.verify_mode = ssl.CERT_REQUIRED
+                if not (self.ca_file or self.ca_data):
+                    ctx.load_default_certs(ssl.Purpose.CLIENT_AUTH)
+        elif self.insecure_skip_verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if self.alpn:
+            ctx.set_alpn_protocols(list(self.alpn))
+        if self.ciphers:
+            ctx.set_ciphers(self.ciphers)
+        if self.keylog_file:
+            ctx.keylog_filename = self.keylog_file
+        return ctx
+
+    async def open_channel(self, ctx: AttemptContext, address: Address) -> TLSChannel:
+        inner = await self.inner.open_channel(ctx, address)
+        if not _is_byte_channel(inner):
+            raise TypeError("TLS needs a byte stream underneath")
+        server_name = self.server_name
+        if server_name is None and ctx.endpoint is not None and not ctx.endpoint.is_literal:
+            server_name = ctx.endpoint.host
+        key = (server_name or address.host, address.port)
+        session = self.session_cache.get(key) if self.session_cache else None
+        channel = TLSChannel(
+            self,
+            inner,
+            _cached_context(self, server_side=False),
+            server_side=False,
+            server_name=server_name,
+            session=session,
+        )
+        try:
+            await channel.handshake()
+        except BaseException:
+            inner.abort()
+            raise
+        if self.session_cache is not None:
+            channel.on_session(
+                lambda s: self.session_cache.put(key, s) if self.session_cache else None
+            )
+        return channel
+
+    async def accept_channel(self, ctx: AttemptContext, inner: Channel) -> TLSChannel:
+        inner = await self.inner.accept_channel(ctx, inner)
+        if not _is_byte_channel(inner):
+            raise TypeError("TLS needs a byte stream underneath")
+        channel = TLSChannel(self, inner, _cached_context(self, server_side=True), server_side=True)
+        try:
+            await channel.handshake()
+        except BaseException:
+            inner.abort()
+            raise
+        return channel
+
+
+_contexts: dict[tuple[int, bool], tuple[TLS, ssl.SSLContext]] = {}
+
+
+def _cached_context(options: TLS, *, server_side: bool) -> ssl.SSLContext:
+    # Loading a trust store costs milliseconds: build each options object's
+    # context once (keyed by identity; the stored reference keeps it alive).
+    key = (id(options), server_side)
+    hit = _contexts.get(key)
+    if hit is not None and hit[0] is options:
+        return hit[1]
+    ctx = options.context(server_side=server_side)
+    if len(_contexts) > 64:
+        _contexts.clear()
+    _contexts[key] = (options, ctx)
+    return ctx
+
+
+def _is_byte_channel(channel: Channel) -> TypeGuard[ByteChannel]:
+    return hasattr(channel, "receive") and hasattr(channel, "send")
+
+
+class TLSChannel:
+    """TLS records over an inner byte channel."""
+
+    def __init__(
+        self,
+        options: TLS,
+        inner: ByteChannel,
+        context: ssl.SSLContext,
+        *,
+        server_side: bool,
+        server_name: str | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> None:
+        self._options = options
+        self._inner = inner
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._server_side = server_side
+        self._ssl = context.wrap_bio(
+            self._incoming,
+            self._outgoing,
+            server_side=server_side,
+            server_hostname=None if server_side else server_name,
+            session=session,
+        )
+        self._server_name = server_name
+        self._plain = bytearray()
+        self._eof = False
+        self._write_closed = False
+        self._receiving = False
+        self._sending = False
+        self._session_callback: Callable[[ssl.SSLSession], None] | None = None
+
+    # Properties a connection reports
+
+    @property
+    def local_address(self) -> Address | None:
+        return self._inner.local_address
+
+    @property
+    def remote_address(self) -> Address | None:
+        return self._inner.remote_address
+
+    @property
+    def inner(self) -> ByteChannel:
+        """The channel under TLS."""
+        return self._inner
+
+    @property
+    def negotiated_alpn(self) -> str | None:
+        """The application protocol both sides agreed on."""
+        return self._ssl.selected_alpn_protocol()
+
+    @property
+    def version(self) -> str | None:
+        """The negotiated TLS version, e.g. ``"TLSv1.3"``."""
+        return self._ssl.version()
+
+    @property
+    def cipher(self) -> str | None:
+        """The negotiated cipher suite."""
+        cipher = self._ssl.cipher()
+        return None if cipher is None else cipher[0]
+
+    @property
+    def session_reused(self) -> bool:
+        """Whether the handshake resumed an earlier session."""
+        return self._ssl.session_reused
+
+    @property
+    def peer_certificate(self) -> bytes | None:
+        """The peer's certificate, DER encoded."""
+        return self._ssl.getpeercert(binary_form=True)
+
+    def on_session(self, callback: Callable[[ssl.SSLSession], None]) -> None:
+        """Call ``callback`` with the session once the server has sent its ticket."""
+        self._session_callback = callback
+        self._offer_session()
+
+    def _offer_session(self) -> None:
+        session = self._ssl.session
+        callback = self._session_callback
+        if callback is not None and session is not None:
+            if self._ssl.version() == "TLSv1.3" and not session.has_ticket:
+                return  # the ticket has not arrived yet
+            callback(session)
+            self._session_callback = None
+
+    # Handshake
+
+    async def handshake(self) -> None:
+        """Run the handshake to its end; raise :class:`TLSError` or :class:`CertificateError`."""
+        while True:
+            try:
+                self._ssl.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                await self._flush()
+                await self._pull("during the TLS handshake")
+            except ssl.SSLError as exc:
+                await self._flush_quietly()
+                raise map_ssl_error(exc) from exc
+        await self._flush()
+        self._check_hook()
+
+    def _check_hook(self) -> None:
+        hook = self._options.verify_hook
+        if hook is None or self._server_side:
+            return
+        der = self._ssl.getpeercert(binary_form=True) or b""
+        info = PeerCertificate(der, self._server_name, not self._options.insecure_skip_verify)
+        try:
+            accepted = hook(info)
+        except Exception as exc:
+            raise CertificateError(f"verify hook raised {exc!r}") from exc
+        if not accepted:
+            raise CertificateError("rejected by the verify hook")
+
+    async def _pull(self, when: str) -> None:
+        data = await self._inner.receive(1, _READ_CHUNK)
+        if not data:
+            raise ConnectionClosed(f"the peer closed the connection {when}")
+        self._incoming.write(data)
+
+    async def _flush(self) -> None:
+        if self._outgoing.pending:
+            await self._inner.send(self._outgoing.read(), False)
+
+    async def _flush_quietly(self) -> None:
+        # Send our alert if we can; the handshake failed either way.
+        with contextlib.suppress(NetconnError):
+            await self._flush()
+
+    # ByteChannel
+
+    @property
+    def receive_complete(self) -> bool:
+        return self._eof and not self._plain
+
+    async def send(self, data: bytes | bytearray | memoryview, is_complete: bool) -> None:
+        if self._sending:
+            raise Busy("another task is already sending on this connection")
+        if self._write_closed:
+            raise InvalidState("sending after is_complete=True")
+        self._sending = True
+        try:
+            view = memoryview(data).cast("B")
+            for offset in range(0, len(view), _WRITE_CHUNK):
+                try:
+                    self._ssl.write(view[offset : offset + _WRITE_CHUNK])
+                except ssl.SSLError as exc:
+                    raise map_ssl_error(exc) from exc
+                await self._flush()
+            if is_complete:
+                await self._send_close_notify()
+        finally:
+            self._sending = False
+
+    async def _send_close_notify(self) -> None:
+        self._write_closed = True
+        try:
+            self._ssl.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # the peer's close_notify comes later, if at all
+        except ssl.SSLError as exc:
+            raise map_ssl_error(exc) from exc
+        await self._flush()
+
+    async def receive(self, at_least: int, at_most: int) -> bytes:
+        if self._receiving:
+            raise Busy("another task is already receiving on this connection")
+        self._receiving = True
+        try:
+            while len(self._plain) < at_least and not self._eof:
+                if not self._decrypt(at_most):
+                    await self._flush()  # e.g. a KeyUpdate answer
+                    await self._pull_data()
+            await self._flush()
+        finally:
+            self._receiving = False
+        data = bytes(self._plain[:at_most])
+        del self._plain[:at_most]
+        return data
+
+    def _decrypt(self, at_most: int) -> bool:
+        """Decrypt what the BIO holds; False when more ciphertext is needed."""
+        progressed = False
+        while len(self._plain) < at_most:
+            try:
+                chunk = self._ssl.read(at_most - len(self._plain))
+            except ssl.SSLWantReadError:
+                self._offer_session()
+                return progressed
+            except ssl.SSLZeroReturnError:
+                self._eof = True
+                return True
+            except ssl.SSLError as exc:
+                raise map_ssl_error(exc) from exc
+            if not chunk:
+                self._eof = True
+                return True
+            self._plain += chunk
+            progressed = True
+        return True
+
+    async def _pull_data(self) -> None:
+        data = await self._inner.receive(1, _READ_CHUNK)
+        if data:
+            self._incoming.write(data)
+            return
+        if self._options.allow_truncation:
+            self._eof = True
+            return
+        raise ConnectionClosed(
+            "the peer closed the TCP connection without a TLS close_notify "
+            "(the data may be truncated)"
+        )
+
+    async def close(self) -> None:
+        try:
+            if not self._write_closed:
+                await asyncio.wait_for(self._send_close_notify(), 5.0)
+        except (NetconnError, TimeoutError):
+            pass
+        await self._inner.close()
+
+    def abort(self) -> None:
+        self._inner.abort()
+
+    def tls_info(self) -> dict[str, Any]:
+        """Version, cipher, ALPN and resumption, for reports."""
+        return {
+            "version": self.version,
+            "cipher": self.cipher,
+            "alpn": self.negotiated_alpn,
+            "session_reused": self.session_reused,
+        }

@@ -1,0 +1,272 @@
+"""UDP: connected client flows, and a listener that splits one socket into flows.
+
+As in Network framework, a UDP "connection" is a flow: the datagrams between
+one local and one remote address and port. The listener hands out one
+:class:`~netconn.Connection` per remote address and port it hears from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+from ..endpoint import Address
+from ..errors import (
+    Busy,
+    ConnectionClosed,
+    MessageTooLarge,
+    NetconnError,
+    map_os_error,
+    mapped,
+)
+from ..parameters import Parameters
+from .base import AttemptContext, Message, MessageProtocol, constant
+from .sockets import apply_parameters, bind_listening_sockets, check_path
+
+if TYPE_CHECKING:
+    from ..listener import Listener
+
+__all__ = ["UDP", "UDPChannel"]
+
+MAX_IPV4_DATAGRAM = 65507  # 65535 - 20 (IPv4 header) - 8 (UDP header)
+MAX_IPV6_DATAGRAM = 65527  # 65535 - 8; the IPv6 header is outside the payload length
+_RECEIVE_QUEUE = 1024  # datagrams held per flow before new ones are dropped
+
+
+@dataclass(frozen=True, slots=True)
+class UDP(MessageProtocol):
+    """UDP options. Every ``send`` is one datagram; every receive returns one."""
+
+    resolve_kind = "datagram"
+
+    receive_queue: int = _RECEIVE_QUEUE
+    """Datagrams held unread per flow before new ones are dropped; default 1024."""
+
+    async def open_channel(self, ctx: AttemptContext, address: Address) -> UDPChannel:
+        params = ctx.parameters
+        check_path(address, params)
+        loop = asyncio.get_running_loop()
+        with mapped(f"connect to {address}"):
+            sock = socket.socket(address.family, socket.SOCK_DGRAM)
+        try:
+            with mapped(f"connect to {address}"):
+                sock.setblocking(False)
+                apply_parameters(sock, params, address.family)
+                sock.connect(address.sockaddr)
+                channel = UDPChannel(params, ctx, self.receive_queue)
+                await loop.create_datagram_endpoint(lambda: _ClientProtocol(channel), sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        return channel
+
+    async def start_listener(self, listener: Listener[Any], host: str | None, port: int) -> None:
+        sockets = bind_listening_sockets(host, port, socket.SOCK_DGRAM, listener.parameters)
+        loop = asyncio.get_running_loop()
+        for sock in sockets:
+            demux = _Demultiplexer(listener, self.receive_queue)
+            await loop.create_datagram_endpoint(constant(demux), sock=sock)
+            listener.add_closer(demux.close)
+        listener.set_sockets(sockets)
+
+
+class UDPChannel:
+    """One UDP flow: a bounded queue of received datagrams and a send path."""
+
+    def __init__(self, parameters: Parameters, ctx: AttemptContext, queue_size: int) -> None:
+        self._ctx = ctx
+        self._send_limit = parameters.send_buffer
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._queue_size = queue_size
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._closed = False
+        self._error: NetconnError | None = None
+        self._transport: asyncio.DatagramTransport | None = None
+        self._peer: tuple[Any, ...] | None = None
+        self._on_close: Any = None
+        self.dropped = 0
+        """Datagrams dropped because the receive queue was full."""
+        self.local_address: Address | None = None
+        self.remote_address: Address | None = None
+
+    def attach(self, transport: asyncio.DatagramTransport, peer: tuple[Any, ...] | None) -> None:
+        """Send through ``transport``; to ``peer`` when the socket is shared."""
+        self._transport = transport
+        self._peer = peer
+        sock = transport.get_extra_info("socket")
+        self.local_address = Address.from_sockaddr(sock.getsockname())
+        self.remote_address = Address.from_sockaddr(peer if peer else sock.getpeername())
+        if peer is None:
+            transport.set_write_buffer_limits(high=self._send_limit)  # type: ignore[attr-defined]
+
+    # fed by the protocol
+
+    def feed(self, data: bytes) -> None:
+        if len(self._queue) >= self._queue_size:
+            self.dropped += 1  # UDP may drop; a bounded queue must
+            return
+        self._queue.append(data)
+        self._wake()
+
+    def fail(self, error: NetconnError | None) -> None:
+        if error is not None and self._error is None:
+            self._error = error
+        self._closed = True
+        self._wake()
+        self._wake_drain()
+
+    def set_write_paused(self, paused: bool) -> None:
+        self._write_paused = paused
+        if not paused:
+            self._wake_drain()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _wake_drain(self) -> None:
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    # MessageChannel
+
+    @property
+    def maximum_message_size(self) -> int:
+        if self.remote_address is not None and self.remote_address.family == socket.AF_INET6:
+            return MAX_IPV6_DATAGRAM
+        return MAX_IPV4_DATAGRAM
+
+    async def send_message(self, data: bytes | bytearray | memoryview, is_complete: bool) -> None:
+        size = memoryview(data).nbytes
+        if size > self.maximum_message_size:
+            raise MessageTooLarge(size, self.maximum_message_size, "datagram")
+        if self._error is not None:
+            raise self._error
+        if self._closed or self._transport is None or self._transport.is_closing():
+            raise ConnectionClosed("the flow is closed")
+        if self._peer is None:
+            self._transport.sendto(data)
+        else:
+            self._transport.sendto(data, self._peer)
+        while self._write_paused and not self._closed:
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+
+    async def receive_message(self) -> Message:
+        if self._waiter is not None:
+            raise Busy("another task is already receiving on this flow")
+        while not self._queue:
+            if self._error is not None:
+                raise self._error
+            if self._closed:
+                raise ConnectionClosed("the flow is closed")
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return Message(self._queue.popleft(), True, {"remote": self.remote_address})
+
+    @property
+    def pending(self) -> int:
+        """Datagrams received and not yet read."""
+        return len(self._queue)
+
+    async def close(self) -> None:
+        self.abort()
+
+    def abort(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._wake()
+        if self._peer is None:
+            if self._transport is not None:
+                self._transport.close()
+        elif self._on_close is not None:
+            self._on_close(self)
+        self._ctx.on_lost(None)
+
+
+class _ClientProtocol(asyncio.DatagramProtocol):
+    def __init__(self, channel: UDPChannel) -> None:
+        self._channel = channel
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._channel.attach(cast(asyncio.DatagramTransport, transport), None)
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self._channel.feed(data)
+        self._channel._ctx.on_viability(True)
+
+    def error_received(self, exc: Exception) -> None:
+        # An ICMP error (port unreachable...) does not end a UDP flow, but the
+        # peer is not reachable right now.
+        self._channel._ctx.on_viability(False)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._channel.fail(map_os_error(exc) if isinstance(exc, OSError) else None)
+
+    def pause_writing(self) -> None:
+        self._channel.set_write_paused(True)
+
+    def resume_writing(self) -> None:
+        self._channel.set_write_paused(False)
+
+
+class _Demultiplexer(asyncio.DatagramProtocol):
+    """One listening socket; a flow per remote address and port."""
+
+    def __init__(self, listener: Listener[Any], queue_size: int) -> None:
+        self._listener = listener
+        self._queue_size = queue_size
+        self._flows: dict[tuple[Any, ...], UDPChannel] = {}
+        self._transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        flow = self._flows.get(addr)
+        if flow is None:
+            if self._transport is None or not self._listener.has_room():
+                return  # like a full accept queue: the datagram is dropped
+            ctx = self._listener.attempt_context()
+            flow = UDPChannel(self._listener.parameters, ctx, self._queue_size)
+            flow.attach(self._transport, addr)
+            flow._on_close = self._forget
+            self._flows[addr] = flow
+            self._listener.accepted(flow, ctx)
+        flow.feed(data)
+
+    def _forget(self, flow: UDPChannel) -> None:
+        if flow._peer is not None:
+            self._flows.pop(flow._peer, None)
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # an ICMP error for one flow says nothing about the others
+
+    def pause_writing(self) -> None:
+        for flow in self._flows.values():
+            flow.set_write_paused(True)
+
+    def resume_writing(self) -> None:
+        for flow in self._flows.values():
+            flow.set_write_paused(False)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for flow in list(self._flows.values()):
+            flow.fail(ConnectionClosed("the listener closed"))
+        self._flows.clear()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
