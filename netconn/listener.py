@@ -149,9 +149,13 @@ class Listener(Generic[P_co]):
         if is_terminal(self._state):
             return
         self.closing = True
-        self._close_sockets()
-        for task in list(self._tasks):
+        # Stop the accept loops before closing their sockets: a pending
+        # sock_accept must unregister its fd before the number can be reused.
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._close_sockets()
         children = list(self._children)
         self._children.clear()
         await asyncio.gather(*(c.cancel() for c in children), return_exceptions=True)

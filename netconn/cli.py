@@ -1,0 +1,161 @@
+"""The ``netconn`` command: ``netconn cat`` (a netcat over every stack) and ``netconn demo``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import sys
+from collections.abc import Sequence
+from typing import Any, cast
+
+from .connection import Connection
+from .endpoint import Endpoint
+from .errors import ConnectionClosed, NetconnError
+from .listener import Listener
+from .stacks.base import Stack
+from .stacks.tcp import TCP
+from .stacks.tls import TLS
+from .stacks.udp import UDP
+from .state import State
+
+__all__ = ["main"]
+
+_STDIN_CHUNK = 65536
+
+
+def _build_stack(args: argparse.Namespace) -> Stack:
+    tcp = TCP(no_delay=True)
+    if args.udp:
+        return UDP()
+    if args.tls:
+        certificate = (args.cert, args.key) if args.cert else None
+        return TLS(
+            tcp,
+            alpn=args.alpn or (),
+            server_name=args.server_name,
+            ca_file=args.ca,
+            certificate=certificate,
+            insecure_skip_verify=args.insecure,
+        )
+    return tcp
+
+
+def _log_state(connection: Connection[Any], state: State) -> None:
+    print(f"netconn: {state}", file=sys.stderr)
+
+
+async def _stdin_chunks() -> Any:
+    """Read stdin in a thread: asyncio cannot poll regular files or every terminal."""
+    loop = asyncio.get_running_loop()
+    stdin = cast(io.BufferedReader, sys.stdin.buffer)
+    while True:
+        chunk = await loop.run_in_executor(None, stdin.read1, _STDIN_CHUNK)
+        if not chunk:
+            return
+        yield chunk
+
+
+async def _pump(conn: Connection[Any], message_based: bool) -> None:
+    async def upstream() -> None:
+        async for chunk in _stdin_chunks():
+            await conn.send(chunk)
+        if not message_based:
+            await conn.send(b"", is_complete=True)
+
+    async def downstream() -> None:
+        out = sys.stdout.buffer
+        while True:
+            if message_based:
+                try:
+                    message = await conn.receive_message()
+                except ConnectionClosed:
+                    return
+                data = message.content
+            else:
+                data = await conn.receive(1, 65536)
+                if not data:
+                    return
+            out.write(data)
+            out.flush()
+
+    up = asyncio.ensure_future(upstream())
+    try:
+        await downstream()
+    finally:
+        up.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await up
+
+
+async def _cat(args: argparse.Namespace) -> int:
+    stack = _build_stack(args)
+    message_based = stack.kind == "message"
+    if args.listen:
+        host = args.host if args.host not in (None, "*") else None
+        async with Listener(stack, host=host, port=args.port) as listener:
+            print(
+                f"netconn: listening on port {listener.port} ({stack.describe()})", file=sys.stderr
+            )
+            conn = await listener.accept()
+            if conn is None:
+                return 1
+            print(f"netconn: connection from {conn.remote_endpoint}", file=sys.stderr)
+            conn.on_state_update(_log_state)
+            await _pump(conn, message_based)
+            await conn.cancel()
+        return 0
+    endpoint = Endpoint.host_port(args.host, args.port)
+    conn = Connection(endpoint, stack).on_state_update(_log_state)
+    conn.on_path_update(lambda c, p: print(f"netconn: path {p.describe()}", file=sys.stderr))
+    async with conn:
+        await _pump(conn, message_based)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="netconn", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    cat = commands.add_parser("cat", help="stdin to the peer, the peer to stdout")
+    which = cat.add_mutually_exclusive_group()
+    which.add_argument("--tcp", action="store_true", help="plain TCP (default)")
+    which.add_argument("--tls", action="store_true", help="TLS over TCP")
+    which.add_argument("--udp", action="store_true", help="UDP datagrams")
+    cat.add_argument("-l", "--listen", action="store_true", help="accept one connection")
+    cat.add_argument("host", nargs="?", default=None, help="host to connect to or bind")
+    cat.add_argument("port", type=int, help="port")
+    cat.add_argument("--alpn", action="append", help="ALPN protocol to offer (repeatable)")
+    cat.add_argument("--server-name", help="TLS server name (SNI) to send and verify")
+    cat.add_argument("--ca", help="PEM file of trusted CAs (default: system store)")
+    cat.add_argument("--cert", help="PEM certificate chain (server identity or client cert)")
+    cat.add_argument("--key", help="PEM private key for --cert")
+    cat.add_argument(
+        "--insecure", action="store_true", help="accept any certificate (testing only)"
+    )
+
+    demo = commands.add_parser("demo", help="a live loopback demo of every stack")
+    demo.add_argument(
+        "--megabytes", type=float, default=64.0, help="bytes per stream transfer, in MB"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``netconn`` command."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "cat":
+            if not args.listen and args.host is None:
+                print("netconn cat: a host is needed unless --listen", file=sys.stderr)
+                return 2
+            return asyncio.run(_cat(args))
+        from .demo import run_demo
+
+        return asyncio.run(run_demo(megabytes=args.megabytes))
+    except NetconnError as error:
+        print(f"netconn: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
