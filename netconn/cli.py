@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import io
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
 from .connection import Connection
@@ -18,7 +18,7 @@ from .stacks.base import Stack
 from .stacks.tcp import TCP
 from .stacks.tls import TLS
 from .stacks.udp import UDP
-from .state import State
+from .state import Ready, State
 
 __all__ = ["main"]
 
@@ -46,30 +46,58 @@ def _log_state(connection: Connection[Any], state: State) -> None:
     print(f"netconn: {state}", file=sys.stderr)
 
 
-async def _stdin_chunks() -> Any:
-    """Read stdin in a thread: asyncio cannot poll regular files or every terminal."""
+async def _stdin_chunks() -> AsyncIterator[bytes]:
+    """Read stdin in a daemon thread: asyncio cannot poll regular files or every
+    terminal, and a daemon thread blocked in read() does not hold up exit."""
     loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)  # bounds what is read ahead
     stdin = cast(io.BufferedReader, sys.stdin.buffer)
-    while True:
-        chunk = await loop.run_in_executor(None, stdin.read1, _STDIN_CHUNK)
-        if not chunk:
-            return
+
+    def reader() -> None:
+        while True:
+            try:
+                chunk = stdin.read1(_STDIN_CHUNK)
+            except (OSError, ValueError):
+                chunk = b""
+            try:
+                asyncio.run_coroutine_threadsafe(queue.put(chunk), loop).result()
+            except RuntimeError:  # the loop has gone
+                return
+            if not chunk:
+                return
+
+    threading.Thread(target=reader, name="netconn-stdin", daemon=True).start()
+    while chunk := await queue.get():
         yield chunk
 
 
-async def _pump(conn: Connection[Any], message_based: bool) -> None:
+async def _pump(conn: Connection[Any], message_based: bool, idle: float) -> None:
+    """Copy stdin to ``conn`` and ``conn`` to stdout.
+
+    Byte streams end when both directions have ended (half-close aware).
+    Datagram flows have no end: after stdin ends they keep printing replies
+    until none came for ``idle`` seconds.
+    """
+    out = sys.stdout.buffer
+    stdin_done = asyncio.Event()
+
     async def upstream() -> None:
         async for chunk in _stdin_chunks():
             await conn.send(chunk)
         if not message_based:
             await conn.send(b"", is_complete=True)
+        stdin_done.set()
 
     async def downstream() -> None:
-        out = sys.stdout.buffer
         while True:
             if message_based:
                 try:
-                    message = await conn.receive_message()
+                    async with asyncio.timeout(idle):
+                        message = await conn.receive_message()
+                except TimeoutError:
+                    if stdin_done.is_set():
+                        return
+                    continue
                 except ConnectionClosed:
                     return
                 data = message.content
@@ -80,13 +108,11 @@ async def _pump(conn: Connection[Any], message_based: bool) -> None:
             out.write(data)
             out.flush()
 
-    up = asyncio.ensure_future(upstream())
-    try:
+    async with asyncio.TaskGroup() as group:
+        up = group.create_task(upstream())
         await downstream()
-    finally:
-        up.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await up
+        if message_based or conn.state != Ready():
+            up.cancel()
 
 
 async def _cat(args: argparse.Namespace) -> int:
@@ -103,14 +129,14 @@ async def _cat(args: argparse.Namespace) -> int:
                 return 1
             print(f"netconn: connection from {conn.remote_endpoint}", file=sys.stderr)
             conn.on_state_update(_log_state)
-            await _pump(conn, message_based)
+            await _pump(conn, message_based, args.idle)
             await conn.cancel()
         return 0
     endpoint = Endpoint.host_port(args.host, args.port)
     conn = Connection(endpoint, stack).on_state_update(_log_state)
     conn.on_path_update(lambda c, p: print(f"netconn: path {p.describe()}", file=sys.stderr))
     async with conn:
-        await _pump(conn, message_based)
+        await _pump(conn, message_based, args.idle)
     return 0
 
 
@@ -133,6 +159,12 @@ def _parser() -> argparse.ArgumentParser:
     cat.add_argument("--key", help="PEM private key for --cert")
     cat.add_argument(
         "--insecure", action="store_true", help="accept any certificate (testing only)"
+    )
+    cat.add_argument(
+        "--idle",
+        type=float,
+        default=2.0,
+        help="datagrams: after stdin ends, exit once no reply came for this many seconds",
     )
 
     demo = commands.add_parser("demo", help="a live loopback demo of every stack")

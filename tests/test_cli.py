@@ -1,0 +1,114 @@
+"""The ``netconn`` command: ``cat`` both ways over each stack, and the demo."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from netconn.certs import make_local_certificate
+from netconn.demo import CASES, run_demo
+
+from .conftest import timeout
+
+
+def _free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def _netconn(*args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``python -m netconn ARGS`` with pipes; kill and reap it on the way out."""
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "netconn", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None and not pipe.closed:
+                pipe.close()
+        proc.wait()
+
+
+def _listening(server: subprocess.Popen[bytes], port: int) -> None:
+    assert server.stderr is not None
+    line = server.stderr.readline().decode()
+    assert f"listening on port {port}" in line, line
+
+
+@pytest.mark.parametrize("stack", ["--tcp", "--tls"])
+def test_cat_copies_both_ways_over_a_stream(stack: str, tmp_path: Path) -> None:
+    port = _free_port(socket.SOCK_STREAM)
+    cert = make_local_certificate(directory=str(tmp_path))
+    server_tls = ["--cert", cert.cert, "--key", cert.key] if stack == "--tls" else []
+    client_tls = ["--ca", cert.ca] if stack == "--tls" else []
+    with _netconn("cat", stack, "--listen", "127.0.0.1", str(port), *server_tls) as server:
+        _listening(server, port)
+        assert server.stdin is not None
+        server.stdin.write(b"from server\n")
+        server.stdin.close()  # the server half-closes once its stdin ends
+        with _netconn("cat", stack, "localhost", str(port), *client_tls) as client:
+            client_out, client_err = client.communicate(b"from client\n", timeout(20))
+        assert server.stdout is not None and server.stderr is not None
+        server_out = server.stdout.read()
+        server.wait(timeout(20))
+        server_err = server.stderr.read()
+    assert server_out == b"from client\n", server_err
+    assert client_out == b"from server\n", client_err
+    assert b"ready" in client_err
+    assert b"path lo (loopback)" in client_err
+    assert client.returncode == 0 and server.returncode == 0
+
+
+def test_cat_over_udp_sends_datagrams_both_ways() -> None:
+    port = _free_port(socket.SOCK_DGRAM)
+    with _netconn("cat", "--udp", "--listen", "127.0.0.1", str(port)) as server:
+        _listening(server, port)
+        with _netconn("cat", "--udp", "--idle", "1", "localhost", str(port)) as client:
+            assert client.stdin and client.stdout and server.stdin and server.stdout
+            client.stdin.write(b"ping\n")
+            client.stdin.flush()
+            assert server.stdout.readline() == b"ping\n"  # the flow exists now
+            server.stdin.write(b"pong\n")
+            server.stdin.flush()
+            assert client.stdout.readline() == b"pong\n"
+            client.stdin.close()
+            assert client.wait(timeout(10)) == 0  # exits once replies stop
+
+
+def test_cat_reports_a_refused_port_clearly() -> None:
+    port = _free_port(socket.SOCK_STREAM)
+    with _netconn("cat", "127.0.0.1", str(port)) as client:
+        _, err = client.communicate(b"", timeout(20))
+    assert client.returncode == 1
+    assert b"ConnectionRefused" in err
+
+
+async def test_demo_runs_every_stack() -> None:
+    out = io.StringIO()
+    status = await run_demo(megabytes=1, out=out)
+    text = out.getvalue()
+    assert status == 0, text
+    for case in CASES:
+        assert f"== {case.name} ==" in text
+    assert "FAILED" not in text
+    assert text.count(" ready\n") == len(CASES), text  # each client
+    assert text.count("accepted (ready)") == len(CASES), text  # each server
+    assert text.count("path   lo (loopback) 127.0.0.1:") == len(CASES)
+    assert text.count("MB/s") == len(CASES)
