@@ -33,10 +33,15 @@ __all__ = [
     "InterfaceType",
     "Path",
     "PathStatus",
+    "allowed_interfaces",
+    "better_interface",
     "clear_interface_configuration",
     "configure_interface",
+    "connection_path",
+    "disallowed",
     "interface_for_address",
     "list_interfaces",
+    "monitor_path",
     "path_for",
 ]
 

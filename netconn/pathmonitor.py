@@ -396,6 +396,13 @@ class PathWatcher:
         self._endpoints = (local, remote) if local is not None and remote is not None else None
         self.path = self._evaluate(local, remote)
         self.better_path = False
+        if local is not None and self.path.interface is None:
+            # A fresh connection's local address is always on one of its
+            # namespace's interfaces: this socket lives in another namespace
+            # than the thread that started the connection, so our netlink
+            # view says nothing about it.
+            self.stop()
+            self.path = Path(local=local, remote=remote)
         return self.path
 
     def stop(self) -> None:
