@@ -499,7 +499,9 @@ class Lab:
             time.sleep(0.02)
 
     def _sysctl(self, host: Host, key: str, value: str) -> None:
-        self._cmd("ip", "netns", "exec", host.netns, "sysctl", "-q", "-w", f"{key}={value}")
+        # /proc/sys/net shows the namespace of the thread that opens it.
+        with self.inside(host), open(f"/proc/sys/{key.replace('.', '/')}", "w") as f:
+            f.write(value)
 
     def _link(self, a: Host, a_name: str, b: Host, b_name: str, *, subnet: int) -> None:
         self._cmd(

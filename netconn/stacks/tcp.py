@@ -33,14 +33,6 @@ _TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)
 _TCP_FASTOPEN_CONNECT = getattr(socket, "TCP_FASTOPEN_CONNECT", 30)
 _CHUNK = 256 * 1024
 _CLOSE_TIMEOUT = 10.0  # seconds a graceful close may take before it aborts
-_VIABILITY_POLL = 0.25  # seconds between TCP_INFO reads
-# struct tcp_info (linux/tcp.h): state, ca_state, retransmits, probes, backoff,
-# options, wscale, flags (u8 each); rto, ato, snd_mss, rcv_mss, unacked, sacked,
-# lost, retrans, fackets, last_data_sent, last_ack_sent, last_data_recv,
-# last_ack_recv (u32 each).
-_TCP_INFO = struct.Struct("=8B13I")
-_STALLED_RETRANSMITS = 2  # RTO expiries in a row on the same data: acks stopped
-_STALLED_PROBES = 2  # keepalive (or zero-window) probes in a row without an answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +136,16 @@ class TCP(StreamProtocol):
                 listener.report_accept_error(exc)
                 continue
             listener.accepted(channel, ctx)
+
+
+_VIABILITY_POLL = 0.25  # seconds between TCP_INFO reads
+# struct tcp_info (linux/tcp.h): state, ca_state, retransmits, probes, backoff,
+# options, wscale, flags (u8 each); rto, ato, snd_mss, rcv_mss, unacked, sacked,
+# lost, retrans, fackets, last_data_sent, last_ack_sent, last_data_recv,
+# last_ack_recv (u32 each).
+_TCP_INFO = struct.Struct("=8B13I")
+_STALLED_RETRANSMITS = 2  # RTO expiries in a row on the same data: acks stopped
+_STALLED_PROBES = 2  # keepalive (or zero-window) probes in a row without an answer
 
 
 class TCPChannel(asyncio.Protocol):
