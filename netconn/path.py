@@ -43,6 +43,7 @@ __all__ = [
     "list_interfaces",
     "monitor_path",
     "path_for",
+    "policy_version",
 ]
 
 
@@ -77,6 +78,12 @@ class InterfaceProperties:
 
 
 _overrides: dict[str, InterfaceProperties] = {}
+_policy_version = 0
+
+
+def policy_version() -> int:
+    """A number that changes whenever :func:`configure_interface` changes the policy."""
+    return _policy_version
 
 
 def configure_interface(
@@ -92,15 +99,19 @@ def configure_interface(
     application (or a test lab) says which ones are. Takes effect at the next
     path evaluation; monitors see it at their next event.
     """
+    global _policy_version
     _overrides[name] = InterfaceProperties(type, expensive, constrained)
+    _policy_version += 1
 
 
 def clear_interface_configuration(name: str | None = None) -> None:
     """Forget what :func:`configure_interface` set for ``name`` (every name if ``None``)."""
+    global _policy_version
     if name is None:
         _overrides.clear()
     else:
         _overrides.pop(name, None)
+    _policy_version += 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +306,8 @@ class HostNetwork:
     """Every interface, up or down."""
     routes: tuple[_netlink.Route, ...]
     """Every route of every table."""
+    policy: int = 0
+    """The :func:`policy_version` the interfaces were classified under."""
 
     @classmethod
     def capture(cls) -> HostNetwork:
@@ -306,7 +319,7 @@ class HostNetwork:
         interfaces = tuple(
             _interface(link, tuple(addresses.get(link.index, ()))) for link in _netlink.dump_links()
         )
-        return cls(interfaces, tuple(_netlink.dump_routes()))
+        return cls(interfaces, tuple(_netlink.dump_routes()), _policy_version)
 
     def by_index(self, index: int) -> Interface | None:
         """The interface with kernel index ``index``."""

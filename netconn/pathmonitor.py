@@ -31,6 +31,7 @@ from .path import (
     better_interface,
     connection_path,
     monitor_path,
+    policy_version,
 )
 
 __all__ = ["Debouncer", "PathMonitor", "PathWatcher", "ViabilityTracker", "watch_network"]
@@ -94,11 +95,14 @@ class _EventSource:
         self._loop = loop
         self._sock = _netlink.event_socket()
         self._subscribers: list[Callable[[], None]] = []
+        self._snapshot: HostNetwork | None = None
         loop.add_reader(self._sock.fileno(), self._readable)
 
     @classmethod
     def subscribe(cls, callback: Callable[[], None]) -> Callable[[], None]:
         loop = asyncio.get_running_loop()
+        for stale in [s for s in cls._sources.values() if s._loop.is_closed()]:
+            stale._close()  # subscribers that never unsubscribed before their loop closed
         key = (id(loop), _netns_id())
         source = cls._sources.get(key)
         if source is None or source._loop is not loop:
@@ -129,6 +133,7 @@ class _EventSource:
             if _netlink.event_kinds(data):
                 changed = True
         if changed:
+            self._snapshot = None
             for callback in list(self._subscribers):
                 try:
                     callback()
@@ -137,12 +142,27 @@ class _EventSource:
                         {"message": "network change callback raised", "exception": exc}
                     )
 
+    @classmethod
+    def snapshot(cls) -> HostNetwork:
+        """The network as the last events left it: shared by every subscriber until the next."""
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        source = cls._sources.get((id(loop), _netns_id())) if loop is not None else None
+        if source is None or source._loop is not loop:
+            return HostNetwork.capture()
+        if source._snapshot is None or source._snapshot.policy != policy_version():
+            source._snapshot = HostNetwork.capture()
+        return source._snapshot
+
     def _close(self) -> None:
         if self._sources.get(self._key) is self:
             del self._sources[self._key]
         if not self._loop.is_closed():
             self._loop.remove_reader(self._sock.fileno())
         self._sock.close()
+        self._subscribers.clear()
 
 
 def watch_network(callback: Callable[[], None]) -> Callable[[], None]:
@@ -244,7 +264,7 @@ class PathMonitor:
 
     def _evaluate(self) -> None:
         try:
-            path = monitor_path(HostNetwork.capture(), self._criteria)
+            path = monitor_path(_EventSource.snapshot(), self._criteria)
         except OSError as exc:
             path = Path(PathStatus.UNSATISFIED, unsatisfied_reason=f"netlink failed: {exc}")
         if path == self._path:
@@ -415,7 +435,7 @@ class PathWatcher:
 
     def _evaluate(self, local: Address | None, remote: Address | None) -> Path:
         try:
-            return connection_path(HostNetwork.capture(), local, remote, self._parameters)
+            return connection_path(_EventSource.snapshot(), local, remote, self._parameters)
         except OSError:
             return Path(local=local, remote=remote)
 
@@ -424,7 +444,7 @@ class PathWatcher:
             self._on_change()
             return
         try:
-            net = HostNetwork.capture()
+            net = _EventSource.snapshot()
         except OSError:
             return
         path = connection_path(net, *self._endpoints, self._parameters)
