@@ -56,6 +56,18 @@ async def until(predicate: Callable[[], bool], seconds: float, what: str) -> Non
         await asyncio.sleep(0.02)
 
 
+def syn_sent_sockets() -> list[str]:
+    """TCP sockets of the calling thread's namespace still in SYN_SENT."""
+    found = []
+    for table in ("tcp", "tcp6"):
+        with open(f"/proc/thread-self/net/{table}") as f:
+            for line in f.read().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "02":  # TCP_SYN_SENT
+                    found.append(line)
+    return found
+
+
 def params(**changes: object) -> nc.Parameters:
     base: dict[str, object] = {"viability_debounce": 0.1, "attempt_timeout": 10.0}
     base.update(changes)
@@ -130,6 +142,18 @@ async def test_unacknowledged_data_makes_tcp_inviable_until_acks_resume(lab: Lab
                 lab.remove(rule)
                 await until(lambda: conn.is_viable, 10, "viability true once acks resume")
                 assert await conn.receive_exactly(16) == b"lost in the void"
+
+
+async def test_unanswered_keepalives_make_an_idle_connection_inviable(lab: Lab) -> None:
+    keepalive = nc.TCP(keepalive=True, keepalive_idle=1, keepalive_interval=1, keepalive_count=30)
+    async with echo_server(lab) as listener:
+        with lab.inside(lab.client):
+            endpoint = nc.Endpoint.host_port(lab.server.ipv4, listener.port)
+            async with nc.Connection(endpoint, keepalive, params()) as conn:
+                rule = lab.blackhole(lab.server.ipv4)  # nothing is sent but probes
+                await until(lambda: not conn.is_viable, 10, "viability false without probe acks")
+                lab.remove(rule)
+                await until(lambda: conn.is_viable, 10, "viability true once a probe is answered")
 
 
 async def test_address_changes_update_the_path(lab: Lab) -> None:
@@ -285,6 +309,8 @@ async def test_a_blackholed_ipv6_address_loses_the_race_to_ipv4(lab: Lab) -> Non
                 assert second.started_after >= stagger
                 # Ready one stagger after the start, far below the attempt timeout.
                 assert report.duration < stagger + timeout(2.0)
+                # The losing socket is gone, not left half-open.
+                assert syn_sent_sockets() == []
                 await conn.send(b"v4")
                 assert await conn.receive_exactly(2) == b"v4"
 
