@@ -10,6 +10,7 @@ namespace of the thread that opened it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import socket
@@ -26,6 +27,7 @@ __all__ = [
     "dump_links",
     "dump_routes",
     "event_socket",
+    "open_query_socket",
     "route_get",
 ]
 
@@ -175,6 +177,15 @@ def _messages(data: bytes) -> Iterator[tuple[int, bytes, int]]:
         offset += (length + 3) & ~3
 
 
+def open_query_socket() -> socket.socket:
+    """A blocking netlink socket for dumps and look-ups in the calling thread's namespace.
+
+    Pass it as ``sock`` to the functions here to ask *that* namespace later,
+    whichever namespace the calling thread is in by then.
+    """
+    return _open()
+
+
 def _open() -> socket.socket:
     sock = socket.socket(
         socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE
@@ -188,10 +199,10 @@ def _request(kind: int, flags: int, body: bytes) -> tuple[int, bytes]:
     return seq, _HEADER.pack(_HEADER.size + len(body), kind, flags, seq, 0) + body
 
 
-def _dump(kind: int, body: bytes) -> list[tuple[int, bytes, int]]:
+def _dump(kind: int, body: bytes, sock: socket.socket | None) -> list[tuple[int, bytes, int]]:
     """Every message of a dump; raises ``OSError`` if the kernel answers with an error."""
     out: list[tuple[int, bytes, int]] = []
-    with _open() as sock:
+    with _borrowed(sock) as sock:
         seq, request = _request(kind, _NLM_F_REQUEST | _NLM_F_DUMP, body)
         sock.send(request)
         while True:
@@ -222,17 +233,29 @@ def parse_link(message: bytes, start: int) -> Link:
     return Link(index, name, arphrd, flags, kind, operstate)
 
 
-def dump_links() -> list[Link]:
+@contextlib.contextmanager
+def _borrowed(sock: socket.socket | None) -> Iterator[socket.socket]:
+    """``sock`` as is, or a fresh socket closed after use."""
+    if sock is not None:
+        yield sock
+        return
+    with _open() as fresh:
+        yield fresh
+
+
+def dump_links(sock: socket.socket | None = None) -> list[Link]:
     """Every link of this network namespace."""
     body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
-    return [parse_link(m, s) for kind, m, s in _dump(RTM_GETLINK, body) if kind == RTM_NEWLINK]
+    return [
+        parse_link(m, s) for kind, m, s in _dump(RTM_GETLINK, body, sock) if kind == RTM_NEWLINK
+    ]
 
 
-def dump_addresses() -> list[LinkAddress]:
+def dump_addresses(sock: socket.socket | None = None) -> list[LinkAddress]:
     """Every IPv4 and IPv6 address of this network namespace."""
     out = []
     body = _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
-    for kind, message, start in _dump(RTM_GETADDR, body):
+    for kind, message, start in _dump(RTM_GETADDR, body, sock):
         if kind != RTM_NEWADDR:
             continue
         family, plen, flags, _scope, index = _IFADDRMSG.unpack_from(message, start)
@@ -276,18 +299,20 @@ def _parse_route(message: bytes, start: int) -> Route:
     )
 
 
-def dump_routes() -> list[Route]:
+def dump_routes(sock: socket.socket | None = None) -> list[Route]:
     """Every IPv4 and IPv6 route of every table in this network namespace."""
     out: list[Route] = []
     for family in (socket.AF_INET, socket.AF_INET6):
         body = _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
         out.extend(
-            _parse_route(m, s) for kind, m, s in _dump(RTM_GETROUTE, body) if kind == RTM_NEWROUTE
+            _parse_route(m, s)
+            for kind, m, s in _dump(RTM_GETROUTE, body, sock)
+            if kind == RTM_NEWROUTE
         )
     return out
 
 
-def route_get(destination: str) -> Route | None:
+def route_get(destination: str, sock: socket.socket | None = None) -> Route | None:
     """The route the kernel picks for ``destination`` now (``ip route get``), or ``None``.
 
     Returns ``None`` when there is no route (``ENETUNREACH``, ``EHOSTUNREACH``).
@@ -297,7 +322,7 @@ def route_get(destination: str) -> Route | None:
     raw = socket.inet_pton(family, host)
     attr = _RTATTR.pack(_RTATTR.size + len(raw), _RTA_DST) + raw
     body = _RTMSG.pack(family, len(raw) * 8, 0, 0, 0, 0, 0, 0, 0) + attr
-    with _open() as sock:
+    with _borrowed(sock) as sock:
         seq, request = _request(RTM_GETROUTE, _NLM_F_REQUEST, body)
         sock.send(request)
         while True:

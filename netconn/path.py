@@ -17,6 +17,7 @@ import enum
 import ipaddress
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -310,16 +311,17 @@ class HostNetwork:
     """The :func:`policy_version` the interfaces were classified under."""
 
     @classmethod
-    def capture(cls) -> HostNetwork:
-        """Ask the kernel now. Raises ``OSError`` if netlink is unavailable."""
+    def capture(cls, sock: socket.socket | None = None) -> HostNetwork:
+        """Ask the kernel now (through ``sock``: its namespace). Raises ``OSError`` on failure."""
         addresses: dict[int, list[str]] = {}
-        for entry in _netlink.dump_addresses():
+        for entry in _netlink.dump_addresses(sock):
             if entry.usable:
                 addresses.setdefault(entry.index, []).append(entry.address)
         interfaces = tuple(
-            _interface(link, tuple(addresses.get(link.index, ()))) for link in _netlink.dump_links()
+            _interface(link, tuple(addresses.get(link.index, ())))
+            for link in _netlink.dump_links(sock)
         )
-        return cls(interfaces, tuple(_netlink.dump_routes()), _policy_version)
+        return cls(interfaces, tuple(_netlink.dump_routes(sock)), _policy_version)
 
     def by_index(self, index: int) -> Interface | None:
         """The interface with kernel index ``index``."""
@@ -504,7 +506,11 @@ def _rank(interface: Interface) -> tuple[bool, bool, int]:
 
 
 def better_interface(
-    net: HostNetwork, path: Path, parameters: Parameters | None = None
+    net: HostNetwork,
+    path: Path,
+    parameters: Parameters | None = None,
+    *,
+    route_get: Callable[[str], _netlink.Route | None] = _netlink.route_get,
 ) -> Interface | None:
     """An interface preferable to the one ``path`` uses, that also reaches its remote.
 
@@ -516,7 +522,7 @@ def better_interface(
     if current is None or remote is None or current.type is InterfaceType.LOOPBACK:
         return None
     try:
-        chosen = _netlink.route_get(remote.host)
+        chosen = route_get(remote.host)
     except OSError:
         chosen = None
     family = 6 if _bare(remote.host).version == 6 else 4

@@ -34,7 +34,14 @@ from .path import (
     policy_version,
 )
 
-__all__ = ["Debouncer", "PathMonitor", "PathWatcher", "ViabilityTracker", "watch_network"]
+__all__ = [
+    "Debouncer",
+    "NetworkWatch",
+    "PathMonitor",
+    "PathWatcher",
+    "ViabilityTracker",
+    "watch_network",
+]
 
 logger = logging.getLogger("netconn")
 
@@ -86,7 +93,12 @@ def _netns_id() -> int:
 
 
 class _EventSource:
-    """The shared netlink subscription of one event loop in one network namespace."""
+    """The shared netlink subscription of one event loop in one network namespace.
+
+    It also holds a query socket opened in that namespace, so snapshots and
+    route look-ups describe it even when the thread has since moved to
+    another namespace (see :meth:`netconn.lab.Lab.inside`).
+    """
 
     _sources: dict[tuple[int, int], _EventSource] = {}  # noqa: RUF012 - registry
 
@@ -94,12 +106,17 @@ class _EventSource:
         self._key = key
         self._loop = loop
         self._sock = _netlink.event_socket()
+        try:
+            self._query = _netlink.open_query_socket()
+        except BaseException:
+            self._sock.close()
+            raise
         self._subscribers: list[Callable[[], None]] = []
         self._snapshot: HostNetwork | None = None
         loop.add_reader(self._sock.fileno(), self._readable)
 
     @classmethod
-    def subscribe(cls, callback: Callable[[], None]) -> Callable[[], None]:
+    def subscribe(cls, callback: Callable[[], None]) -> NetworkWatch:
         loop = asyncio.get_running_loop()
         for stale in [s for s in cls._sources.values() if s._loop.is_closed()]:
             stale._close()  # subscribers that never unsubscribed before their loop closed
@@ -108,14 +125,13 @@ class _EventSource:
         if source is None or source._loop is not loop:
             source = cls._sources[key] = cls(key, loop)
         source._subscribers.append(callback)
+        return NetworkWatch(source, callback)
 
-        def unsubscribe() -> None:
-            with contextlib.suppress(ValueError):
-                source._subscribers.remove(callback)
-            if not source._subscribers:
-                source._close()
-
-        return unsubscribe
+    def unsubscribe(self, callback: Callable[[], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._subscribers.remove(callback)
+        if not self._subscribers:
+            self._close()
 
     def _readable(self) -> None:
         changed = False
@@ -142,19 +158,15 @@ class _EventSource:
                         {"message": "network change callback raised", "exception": exc}
                     )
 
-    @classmethod
-    def snapshot(cls) -> HostNetwork:
+    def snapshot(self) -> HostNetwork:
         """The network as the last events left it: shared by every subscriber until the next."""
-        try:
-            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        source = cls._sources.get((id(loop), _netns_id())) if loop is not None else None
-        if source is None or source._loop is not loop:
-            return HostNetwork.capture()
-        if source._snapshot is None or source._snapshot.policy != policy_version():
-            source._snapshot = HostNetwork.capture()
-        return source._snapshot
+        if self._snapshot is None or self._snapshot.policy != policy_version():
+            self._snapshot = HostNetwork.capture(self._query)
+        return self._snapshot
+
+    def route_get(self, host: str) -> _netlink.Route | None:
+        """The kernel's route to ``host`` in this source's namespace."""
+        return _netlink.route_get(host, self._query)
 
     def _close(self) -> None:
         if self._sources.get(self._key) is self:
@@ -162,16 +174,45 @@ class _EventSource:
         if not self._loop.is_closed():
             self._loop.remove_reader(self._sock.fileno())
         self._sock.close()
+        self._query.close()
         self._subscribers.clear()
 
 
-def watch_network(callback: Callable[[], None]) -> Callable[[], None]:
+class NetworkWatch:
+    """A subscription to network events (from :func:`watch_network`).
+
+    Its snapshots and look-ups describe the namespace it was made in.
+    """
+
+    def __init__(self, source: _EventSource, callback: Callable[[], None]) -> None:
+        self._source: _EventSource | None = source
+        self._callback = callback
+
+    def snapshot(self) -> HostNetwork:
+        """The network now (cached between events). Raises ``OSError`` after :meth:`close`."""
+        if self._source is None:
+            raise OSError("the network watch is closed")
+        return self._source.snapshot()
+
+    def route_get(self, host: str) -> _netlink.Route | None:
+        """The kernel's route to ``host`` now, or ``None`` if there is none."""
+        if self._source is None:
+            raise OSError("the network watch is closed")
+        return self._source.route_get(host)
+
+    def close(self) -> None:
+        """Stop the calls; the netlink sockets close with the last watch. Idempotent."""
+        source, self._source = self._source, None
+        if source is not None:
+            source.unsubscribe(self._callback)
+
+
+def watch_network(callback: Callable[[], None]) -> NetworkWatch:
     """Call ``callback()`` on the running loop after link, address or route events.
 
     The events are those of the calling thread's network namespace; calls are
-    not debounced. Returns the function that stops the calls (call it exactly
-    once; the netlink socket closes with the last subscriber). Raises
-    ``OSError`` when netlink is unavailable.
+    not debounced. Close the returned watch to stop them. Raises ``OSError``
+    when netlink is unavailable.
     """
     return _EventSource.subscribe(callback)
 
@@ -207,7 +248,7 @@ class PathMonitor:
         )
         self._debounce_delay = debounce
         self._debouncer: Debouncer | None = None
-        self._unsubscribe: Callable[[], None] | None = None
+        self._watch: NetworkWatch | None = None
         self._path: Path | None = None
         self._callbacks: list[Callable[[PathMonitor, Path], None]] = []
         self._mailboxes: list[asyncio.Queue[Path | None]] = []
@@ -230,13 +271,13 @@ class PathMonitor:
         namespace. Starting twice does nothing. Raises ``NetconnError`` if
         netlink is unavailable.
         """
-        if self._unsubscribe is not None or self._cancelled:
+        if self._watch is not None or self._cancelled:
             return self
         from .errors import mapped
 
         self._debouncer = Debouncer(self._debounce_delay, self._evaluate)
         with mapped("watch the network"):
-            self._unsubscribe = watch_network(self._debouncer.poke)
+            self._watch = watch_network(self._debouncer.poke)
         self._evaluate()
         return self
 
@@ -245,9 +286,9 @@ class PathMonitor:
         self._cancelled = True
         if self._debouncer is not None:
             self._debouncer.cancel()
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         for box in self._mailboxes:
             _put_latest(box, None)
 
@@ -264,7 +305,8 @@ class PathMonitor:
 
     def _evaluate(self) -> None:
         try:
-            path = monitor_path(_EventSource.snapshot(), self._criteria)
+            net = self._watch.snapshot() if self._watch else HostNetwork.capture()
+            path = monitor_path(net, self._criteria)
         except OSError as exc:
             path = Path(PathStatus.UNSATISFIED, unsatisfied_reason=f"netlink failed: {exc}")
         if path == self._path:
@@ -395,7 +437,7 @@ class PathWatcher:
         self._on_link = on_link
         self._on_better_path = on_better_path
         self._debouncer = Debouncer(_PATH_DEBOUNCE, self._changed)
-        self._unsubscribe: Callable[[], None] | None = None
+        self._watch: NetworkWatch | None = None
         self._endpoints: tuple[Address, Address] | None = None
         self.path: Path | None = None
         """The last path evaluated."""
@@ -404,10 +446,10 @@ class PathWatcher:
 
     def start(self) -> None:
         """Subscribe to the network's events; does nothing if netlink is unavailable."""
-        if self._unsubscribe is not None:
+        if self._watch is not None:
             return
         try:
-            self._unsubscribe = watch_network(self._debouncer.poke)
+            self._watch = watch_network(self._debouncer.poke)
         except OSError as exc:
             logger.debug("no netlink events (%s): paths are evaluated once", exc)
 
@@ -429,13 +471,14 @@ class PathWatcher:
         """Unsubscribe; no callback runs afterwards."""
         self._debouncer.cancel()
         self._endpoints = None
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
 
     def _evaluate(self, local: Address | None, remote: Address | None) -> Path:
         try:
-            return connection_path(_EventSource.snapshot(), local, remote, self._parameters)
+            net = self._watch.snapshot() if self._watch else HostNetwork.capture()
+            return connection_path(net, local, remote, self._parameters)
         except OSError:
             return Path(local=local, remote=remote)
 
@@ -443,8 +486,10 @@ class PathWatcher:
         if self._endpoints is None:
             self._on_change()
             return
+        if self._watch is None:
+            return
         try:
-            net = _EventSource.snapshot()
+            net = self._watch.snapshot()
         except OSError:
             return
         path = connection_path(net, *self._endpoints, self._parameters)
@@ -452,7 +497,10 @@ class PathWatcher:
             self.path = path
             self._on_path(path)
         self._on_link(path.status is PathStatus.SATISFIED)
-        better = better_interface(net, path, self._parameters) is not None
+        better = (
+            better_interface(net, path, self._parameters, route_get=self._watch.route_get)
+            is not None
+        )
         if better != self.better_path:
             self.better_path = better
             self._on_better_path(better)

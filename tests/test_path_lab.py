@@ -384,3 +384,27 @@ async def test_path_monitor_async_iteration(lab: Lab) -> None:
             nc.PathStatus.UNSATISFIED,
             nc.PathStatus.SATISFIED,
         ]
+
+
+async def test_paths_follow_the_namespace_they_started_in(lab: Lab) -> None:
+    async with echo_server(lab) as listener:
+        with lab.inside(lab.client):
+            monitor = nc.PathMonitor(debounce=0.05).start()
+            conn = nc.Connection(
+                nc.Endpoint.host_port(lab.server.ipv4, listener.port), nc.TCP(), params()
+            )
+            await conn.wait_ready(timeout(5))
+        # Back in the test's own namespace: both still describe the client.
+        try:
+            lab.set_link(lab.client, up=False)
+            await until(lambda: not conn.is_viable, 5, "viability false after link down")
+            path = monitor.current_path
+            assert path is not None and path.status is nc.PathStatus.UNSATISFIED
+            lab.set_link(lab.client, up=True)
+            await until(lambda: conn.is_viable, 5, "viability true after link up")
+            path = monitor.current_path
+            assert path is not None and path.interface is not None
+            assert path.interface.name == "c0"
+        finally:
+            monitor.cancel()
+            await conn.cancel()

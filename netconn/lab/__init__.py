@@ -44,6 +44,7 @@ import contextlib
 import ctypes
 import itertools
 import os
+import re
 import shutil
 import signal
 import socket
@@ -555,8 +556,6 @@ def _remove_stale_namespaces() -> None:
     except OSError:
         return
     for name in names:
-        if not name.startswith(_PREFIX):
-            continue
-        pid_text = name[len(_PREFIX) :].split("x", 1)[0]
-        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+        match = re.fullmatch(rf"{_PREFIX}(\d+)x\d+[crs]", name)
+        if match is not None and not _pid_alive(int(match.group(1))):
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
