@@ -239,9 +239,13 @@ class Race:
                     next_start = now + self._parameters.connection_attempt_delay
                     continue
                 if not running and not queue and not resolvers:
-                    if not errors and not resolve_errors:
-                        raise ConnectError("no more addresses to try")
-                    raise pick_error(errors or resolve_errors)
+                    if errors:
+                        raise pick_error(errors)
+                    if resolve_errors:
+                        # A temporary failure of either query may clear: prefer it (Waiting).
+                        retryable = [e for e in resolve_errors if e.retryable]
+                        raise (retryable or resolve_errors)[-1]
+                    raise ConnectError("no more addresses to try")
                 # Sleep until something finishes, the next turn, the AAAA deadline or a skip.
                 deadlines = []
                 if queue and running:

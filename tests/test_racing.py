@@ -10,7 +10,7 @@ import asyncio
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from conftest import timeout
@@ -232,3 +232,28 @@ async def test_real_tcp_a_refused_ipv6_port_falls_back_to_ipv4_at_once() -> None
             assert second.address.host == "127.0.0.1" and second.outcome == "ready"
             assert second.started_after < 10
             assert "ready after" in conn.establishment_report.describe()
+
+
+async def test_a_temporary_dns_failure_of_one_family_means_waiting() -> None:
+    class Flaky(LabEndpoint):
+        async def resolve(
+            self, *, kind: Literal["stream", "datagram"] = "stream", family: int = 0
+        ) -> list[Address]:
+            if family == socket.AF_INET6:
+                raise nc.DNSError("no AAAA records")
+            raise nc.DNSError("the server timed out", retryable=True)
+
+    conn = nc.Connection(Flaky("flaky.test", 443), Scripted({}), fast())
+    with pytest.raises(nc.DNSError, match="timed out"):
+        await conn.wait_ready(timeout(5))
+    assert isinstance(conn.state, nc.Waiting)
+    assert conn.establishment_report.attempts == []
+    conn.force_cancel()
+
+
+async def test_one_family_without_records_still_connects() -> None:
+    stack = Scripted({"192.0.2.1": (0.0, "ok")})
+    conn = nc.Connection(named("192.0.2.1"), stack, fast())  # AAAA: no addresses
+    await conn.wait_ready(timeout(5))
+    assert [a.address.host for a in conn.establishment_report.attempts] == ["192.0.2.1"]
+    conn.force_cancel()
