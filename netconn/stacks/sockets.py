@@ -63,13 +63,16 @@ def route_interface(address: Address, params: Parameters) -> Interface | None:
     return interface_for_address(local.host, list_interfaces())
 
 
-def check_path(address: Address, params: Parameters) -> Interface | None:
-    """The interface to bind to reach ``address`` as ``params`` allow (``None``: any).
+def check_path(
+    address: Address, params: Parameters, *, will_bind: bool = False
+) -> Interface | None:
+    """The interface that reaches ``address`` as ``params`` allow (``None``: no constraint).
 
-    With no interface constraint this asks nothing and returns ``None``. When
-    the kernel's route uses an interface the parameters exclude, another
-    allowed interface with a route to ``address`` is chosen (bind to it with
-    ``SO_BINDTODEVICE``). Raises :class:`NoSatisfyingPath` (retryable: the
+    With no interface constraint this asks nothing and returns ``None``.
+    When the kernel's route uses an interface the parameters exclude and the
+    caller ``will_bind`` its socket to the returned interface (pass its name
+    to :func:`apply_parameters`), another allowed interface with a route to
+    ``address`` is chosen. Raises :class:`NoSatisfyingPath` (retryable: the
     connection waits for a path to appear) when none will do.
     """
     if (
@@ -89,7 +92,7 @@ def check_path(address: Address, params: Parameters) -> Interface | None:
             raise NoSatisfyingPath(f"the required interface {interface} is down")
     else:
         interface = net.by_index(chosen.oif) if chosen is not None else None
-        if interface is not None and disallowed(interface, params) is not None:
+        if will_bind and interface is not None and disallowed(interface, params) is not None:
             # Prefer an allowed interface that also reaches the address.
             interface = next(
                 (i for i in allowed_interfaces(net, params) if net.routes_to(address.host, i)),

@@ -79,7 +79,7 @@ class TCP(StreamProtocol):
 
     async def open_channel(self, ctx: AttemptContext, address: Address) -> TCPChannel:
         params = ctx.parameters
-        interface = check_path(address, params)
+        interface = check_path(address, params, will_bind=True)
         loop = asyncio.get_running_loop()
         with mapped(f"connect to {address}"):
             sock = socket.socket(address.family, socket.SOCK_STREAM)
