@@ -113,6 +113,7 @@ class _EventSource:
             raise
         self._subscribers: list[Callable[[], None]] = []
         self._snapshot: HostNetwork | None = None
+        self._routes: dict[str, _netlink.Route | None] = {}  # look-ups since the last event
         loop.add_reader(self._sock.fileno(), self._readable)
 
     @classmethod
@@ -150,6 +151,7 @@ class _EventSource:
                 changed = True
         if changed:
             self._snapshot = None
+            self._routes.clear()
             for callback in list(self._subscribers):
                 try:
                     callback()
@@ -165,8 +167,12 @@ class _EventSource:
         return self._snapshot
 
     def route_get(self, host: str) -> _netlink.Route | None:
-        """The kernel's route to ``host`` in this source's namespace."""
-        return _netlink.route_get(host, self._query)
+        """The kernel's route to ``host`` in this source's namespace (cached between events)."""
+        if host not in self._routes:
+            if len(self._routes) >= 4096:
+                self._routes.clear()
+            self._routes[host] = _netlink.route_get(host, self._query)
+        return self._routes[host]
 
     def _close(self) -> None:
         if self._sources.get(self._key) is self:
