@@ -234,6 +234,8 @@ class Connection(Generic[P_co]):
         logger.debug("connection #%d: %s -> %s", self.id, old, new)
         if is_terminal(new):
             self._stop_watching()
+        elif isinstance(new, Waiting) and self._watcher is not None:
+            self._watcher.refresh()
         waiters, self._state_waiters = self._state_waiters, []
         for waiter in waiters:
             if not waiter.done():

@@ -420,8 +420,9 @@ class ViabilityTracker:
 class PathWatcher:
     """One connection's view of the network: its path, link viability and better path.
 
-    Before the connection is ready, every (debounced) change calls
-    ``on_change`` so a waiting connection can retry at once. Once
+    Before the connection is ready, every (debounced) change reports the
+    host's path for the parameters (as a monitor would) and calls
+    ``on_change``, so a waiting connection can retry at once. Once
     :meth:`track` gives it the endpoints, it re-evaluates the path at every
     change and calls ``on_path`` when the path differs, ``on_link`` with
     whether the path is satisfied, and ``on_better_path`` when a preferable
@@ -488,8 +489,21 @@ class PathWatcher:
         except OSError:
             return Path(local=local, remote=remote)
 
+    def refresh(self) -> None:
+        """Before the connection is ready: report the path it would take (e.g. why none)."""
+        if self._endpoints is not None or self._watch is None:
+            return
+        try:
+            path = monitor_path(self._watch.snapshot(), self._parameters)
+        except OSError:
+            return
+        if path != self.path:
+            self.path = path
+            self._on_path(path)
+
     def _changed(self) -> None:
         if self._endpoints is None:
+            self.refresh()
             self._on_change()
             return
         if self._watch is None:

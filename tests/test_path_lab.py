@@ -273,11 +273,18 @@ async def test_waiting_for_a_missing_interface_becomes_ready_when_it_appears(lab
                 assert isinstance(conn.state, nc.Waiting)
                 assert isinstance(conn.state.error, nc.NoSatisfyingPath)
                 assert "c1" in str(conn.state.error)
+                waiting_path = conn.current_path
+                assert waiting_path is not None
+                assert waiting_path.status is nc.PathStatus.UNSATISFIED
+                assert waiting_path.unsatisfied_reason == "interface c1 does not exist"
 
                 lab.add_second_link(route_metric=200)
                 await conn.wait_ready(timeout(5), allow_waiting=True)
                 assert conn.local_endpoint is not None
                 assert conn.local_endpoint.host == "10.77.3.2"
+                ready_path = conn.current_path
+                assert ready_path is not None and ready_path.interface is not None
+                assert ready_path.interface.name == "c1"
                 assert any(isinstance(s, nc.Waiting) for s in states)
                 assert isinstance(states[-1], nc.Ready)
             finally:
