@@ -173,3 +173,19 @@ def test_nat_rebinding_changes_the_source_port_and_address(lab: Lab) -> None:
 def test_rebind_needs_nat(lab: Lab) -> None:
     with pytest.raises(LabError, match="enable_nat"):
         lab.rebind()
+
+
+def test_routes_come_back_after_a_link_flap(lab: Lab) -> None:
+    lab.add_route(lab.client, "10.77.9.0/24", via="10.77.1.1", dev="c0", metric=7)
+
+    def routes() -> str:
+        return lab.run(lab.client, "ip", "-4", "route").stdout
+
+    assert "10.77.9.0/24 via 10.77.1.1 dev c0 metric 7" in routes()
+    lab.set_link(lab.client, up=False)
+    assert "10.77.9.0/24" not in routes()  # the kernel drops them with the link
+    lab.set_link(lab.client, up=True)
+    assert "10.77.9.0/24 via 10.77.1.1 dev c0 metric 7" in routes()
+    assert "default via 10.77.1.1 dev c0" in routes()
+    lab.delete_route(lab.client, "10.77.9.0/24", dev="c0", metric=7)
+    assert "10.77.9.0/24" not in routes()
