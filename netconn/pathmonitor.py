@@ -22,6 +22,7 @@ from typing import Self
 
 from . import _netlink
 from .endpoint import Address
+from .errors import mapped
 from .parameters import Parameters
 from .path import (
     HostNetwork,
@@ -279,8 +280,6 @@ class PathMonitor:
         """
         if self._watch is not None or self._cancelled:
             return self
-        from .errors import mapped
-
         self._debouncer = Debouncer(self._debounce_delay, self._evaluate)
         with mapped("watch the network"):
             self._watch = watch_network(self._debouncer.poke)
