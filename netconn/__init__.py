@@ -33,7 +33,16 @@ from .errors import (
 )
 from .listener import Listener
 from .parameters import Parameters, ServiceClass
-from .path import Interface, InterfaceType, Path, PathStatus
+from .path import (
+    Interface,
+    InterfaceProperties,
+    InterfaceType,
+    Path,
+    PathStatus,
+    clear_interface_configuration,
+    configure_interface,
+)
+from .pathmonitor import PathMonitor
 from .stacks import (
     TCP,
     TLS,
@@ -74,6 +83,7 @@ __all__ = [
     "Failed",
     "HostUnreachable",
     "Interface",
+    "InterfaceProperties",
     "InterfaceType",
     "InvalidState",
     "Listener",
@@ -85,6 +95,7 @@ __all__ = [
     "NoSatisfyingPath",
     "Parameters",
     "Path",
+    "PathMonitor",
     "PathStatus",
     "PeerCertificate",
     "Preparing",
@@ -100,4 +111,6 @@ __all__ = [
     "TLSSessionCache",
     "TLSVersion",
     "Waiting",
+    "clear_interface_configuration",
+    "configure_interface",
 ]

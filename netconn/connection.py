@@ -1,10 +1,11 @@
 """``Connection[P]``: one connection over a stack, its state, path and data.
 
 How this works: ``start()`` runs one establishment task. It resolves the
-endpoint, tries each address in turn, and asks the stack to build its channel
-(TCP, then TLS on it, ...). A retryable failure puts the connection in
-``Waiting`` and the task sleeps (doubling the delay) or wakes on
-``restart()``; anything else ends in ``Failed``. Once a channel is up the
+endpoint and races its addresses (Happy Eyeballs, :mod:`netconn.racing`),
+each attempt asking the stack to build its channel (TCP, then TLS on it,
+...). A retryable failure puts the connection in ``Waiting`` and the task
+sleeps (doubling the delay) or wakes on ``restart()`` or a network change
+(:mod:`netconn.pathmonitor`); anything else ends in ``Failed``. Once a channel is up the
 connection is ``Ready`` and ``send``/``receive`` go straight to the channel,
 which enforces the buffer bounds. Every state change goes through
 ``_transition``, which checks the table in :mod:`netconn.state`.
@@ -17,9 +18,8 @@ import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Generic, Literal, Self, TypeVar, cast
+from typing import Any, Generic, Self, TypeVar, cast
 
 from .endpoint import Address, Endpoint
 from .errors import (
@@ -30,7 +30,9 @@ from .errors import (
     map_os_error,
 )
 from .parameters import Parameters
-from .path import Path, path_for
+from .path import Path
+from .pathmonitor import PathWatcher, ViabilityTracker
+from .racing import Attempt, EstablishmentReport, Race
 from .stacks.base import (
     AttemptContext,
     ByteChannel,
@@ -66,36 +68,6 @@ Buffer = bytes | bytearray | memoryview
 _ids = itertools.count(1)
 
 
-@dataclass(slots=True)
-class Attempt:
-    """One establishment attempt to one address."""
-
-    address: Address
-    """Where the attempt went."""
-    started_after: float
-    """Seconds after the connection started."""
-    duration: float = 0.0
-    """Seconds the attempt took."""
-    outcome: Literal["ready", "failed", "cancelled", "running"] = "running"
-    """How it ended."""
-    error: NetconnError | None = None
-    """Why it failed."""
-
-
-@dataclass(slots=True)
-class EstablishmentReport:
-    """What establishing the connection took: resolution and every attempt."""
-
-    resolution_duration: float = 0.0
-    """Seconds spent resolving the endpoint (in the last round)."""
-    resolved: list[Address] = field(default_factory=list)
-    """The addresses the endpoint resolved to."""
-    attempts: list[Attempt] = field(default_factory=list)
-    """Every attempt in every round, the losers too, in start order."""
-    duration: float = 0.0
-    """Seconds from start to ready."""
-
-
 class Connection(Generic[P_co]):
     """A connection to ``endpoint`` over ``stack``.
 
@@ -128,7 +100,13 @@ class Connection(Generic[P_co]):
         self._restart: asyncio.Event | None = None
         self._accepted: Channel | None = None
         self._path: Path | None = None
-        self._viable = False
+        self._viability = ViabilityTracker(
+            self._parameters.viability_debounce,
+            lambda viable: self._notify(self._viability_callbacks, viable),
+        )
+        self._watcher: PathWatcher | None = None
+        self._race: Race | None = None
+        self._skip_first = 0
         self._report = EstablishmentReport()
         self.id = next(_ids)
         """A number unique among this process's connections."""
@@ -184,8 +162,13 @@ class Connection(Generic[P_co]):
 
     @property
     def is_viable(self) -> bool:
-        """Whether packets can currently flow on the path."""
-        return self._viable
+        """Whether packets can currently flow on the path (debounced)."""
+        return self._viability.reported
+
+    @property
+    def better_path_available(self) -> bool:
+        """Whether a preferable path (e.g. a non-expensive interface) reaches the remote."""
+        return self._watcher is not None and self._watcher.better_path
 
     @property
     def establishment_report(self) -> EstablishmentReport:
@@ -249,6 +232,10 @@ class Connection(Generic[P_co]):
         check_transition(old, new)
         self._state = new
         logger.debug("connection #%d: %s -> %s", self.id, old, new)
+        if is_terminal(new):
+            self._stop_watching()
+        elif isinstance(new, Waiting) and self._watcher is not None:
+            self._watcher.refresh()
         waiters, self._state_waiters = self._state_waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -265,17 +252,41 @@ class Connection(Generic[P_co]):
                 self._state_waiters.remove(waiter)
 
     def _set_viable(self, ctx: AttemptContext, viable: bool) -> None:
-        if ctx is not self._ctx or viable == self._viable or is_terminal(self._state):
+        if ctx is not self._ctx or is_terminal(self._state):
             return
-        self._viable = viable
-        self._notify(self._viability_callbacks, viable)
+        self._viability.set_transport(viable)
 
     def _lost(self, ctx: AttemptContext, error: NetconnError | None) -> None:
         if ctx is not self._ctx or is_terminal(self._state):
             return
         if error is not None and isinstance(self._state, Ready):
-            self._set_viable(ctx, False)
+            self._viability.stop(final=False)
             self._transition(Failed(error))
+
+    # Path: the watcher lives from start() to a final state.
+
+    def _start_watching(self) -> None:
+        self._watcher = PathWatcher(
+            self._parameters,
+            on_change=self._network_changed,
+            on_path=self._path_changed,
+            on_link=self._viability.set_link,
+            on_better_path=lambda better: self._notify(self._better_path_callbacks, better),
+        )
+        self._watcher.start()
+
+    def _stop_watching(self) -> None:
+        self._viability.stop()
+        if self._watcher is not None:
+            self._watcher.stop()
+
+    def _network_changed(self) -> None:
+        if isinstance(self._state, Waiting) and self._restart is not None:
+            self._restart.set()  # a path may have appeared: retry now
+
+    def _path_changed(self, path: Path) -> None:
+        self._path = path
+        self._notify(self._path_callbacks, path)
 
     # Life cycle
 
@@ -287,6 +298,7 @@ class Connection(Generic[P_co]):
         if not isinstance(self._state, Setup) or self._task is not None:
             return self
         self._restart = asyncio.Event()
+        self._start_watching()
         self._task = asyncio.get_running_loop().create_task(self._run(), name=repr(self))
         return self
 
@@ -320,6 +332,25 @@ class Connection(Generic[P_co]):
         except TimeoutError:
             last = self._state.error if isinstance(self._state, Waiting) else None
             raise ConnectionTimeout(f"not ready after {timeout} s (state: {self._state})") from last
+
+    def try_next_endpoint(self) -> None:
+        """Move on to the next resolved address now.
+
+        While preparing, the attempts in flight are abandoned (recorded as
+        ``cancelled``) and the next address starts at once; while waiting, the
+        next round starts now, one address further down the list. Raises
+        :class:`InvalidState` in any other state.
+        """
+        if isinstance(self._state, Preparing) and self._race is not None:
+            self._race.skip()
+        elif isinstance(self._state, Waiting) and self._restart is not None:
+            self._skip_first += 1
+            self._restart.set()
+        else:
+            raise InvalidState(
+                f"try_next_endpoint() needs a preparing or waiting connection, not {self._state}",
+                self._state,
+            )
 
     def restart(self) -> None:
         """Retry now, from ``Waiting``, without waiting out the back-off."""
@@ -433,56 +464,37 @@ class Connection(Generic[P_co]):
             self._accepted = None
             return
         assert self._endpoint is not None
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        addresses = await self._endpoint.resolve(kind=self._stack.bottom.resolve_kind)
-        self._report.resolution_duration = loop.time() - t0
-        self._report.resolved = addresses
-        errors: list[NetconnError] = []
-        for address in addresses:
-            attempt = Attempt(address, loop.time() - started)
-            self._report.attempts.append(attempt)
+
+        def make_context() -> AttemptContext:
             ctx = AttemptContext(self._endpoint, self._parameters, on_lost=lambda e: None)
-            ctx.on_lost = lambda error, ctx=ctx: self._lost(ctx, error)  # type: ignore[misc]
-            ctx.on_viability = lambda viable, ctx=ctx: self._set_viable(ctx, viable)  # type: ignore[misc]
-            try:
-                async with asyncio.timeout(self._parameters.attempt_timeout):
-                    with _mapped(f"connect to {address}"):
-                        channel = await self._stack.open_channel(ctx, address)
-            except NetconnError as exc:
-                error: NetconnError = exc
-            except TimeoutError as exc:
-                error = ConnectionTimeout(f"connect to {address} timed out")
-                error.__cause__ = exc
-            except asyncio.CancelledError:
-                attempt.outcome = "cancelled"
-                attempt.duration = loop.time() - started - attempt.started_after
-                raise
-            else:
-                attempt.outcome = "ready"
-                attempt.duration = loop.time() - started - attempt.started_after
-                self._channel = channel
-                self._ctx = ctx
-                return
-            attempt.outcome = "failed"
-            attempt.error = error
-            attempt.duration = loop.time() - started - attempt.started_after
-            errors.append(error)
-            if not error.retryable:
-                break  # a certificate or protocol failure will not differ by address
-        raise _pick_error(errors)
+            ctx.on_lost = lambda error: self._lost(ctx, error)
+            ctx.on_viability = lambda viable: self._set_viable(ctx, viable)
+            return ctx
+
+        self._race = Race(
+            self._stack,
+            self._endpoint,
+            self._parameters,
+            self._report,
+            make_context,
+            started=started,
+            skip_first=self._skip_first,
+        )
+        try:
+            self._channel, self._ctx, _attempt = await self._race.run()
+        finally:
+            self._race = None
 
     def _became_ready(self) -> None:
         assert self._channel is not None
         self._transition(Ready())
         local, remote = self._channel.local_address, self._channel.remote_address
-        try:
-            self._path = path_for(local, remote)
-        except OSError:
+        if self._watcher is not None:
+            self._path = self._watcher.track(local, remote)
+        else:
             self._path = Path(local=local, remote=remote)
         self._notify(self._path_callbacks, self._path)
-        if self._ctx is not None:
-            self._set_viable(self._ctx, True)
+        self._viability.become_viable_now()
 
     async def _ready_channel(self) -> Channel:
         """Start if needed, wait for ``Ready`` (riding out ``Waiting``), return the channel."""
@@ -579,14 +591,6 @@ class Connection(Generic[P_co]):
         """The largest datagram ``send`` accepts on this flow."""
         channel = cast(MessageChannel | None, self._channel)
         return 65507 if channel is None else channel.maximum_message_size
-
-
-def _pick_error(errors: list[NetconnError]) -> NetconnError:
-    """The error that best explains why every attempt failed."""
-    for error in errors:
-        if not error.retryable:
-            return error
-    return errors[-1] if errors else NetconnError("no address to try")
 
 
 @contextmanager

@@ -52,6 +52,12 @@ class Parameters:
     """Bytes a connection holds unread before it stops reading; default 1 MiB."""
     attempt_timeout: float = 30.0
     """Seconds one establishment attempt may take before it counts as failed."""
+    connection_attempt_delay: float = 0.25
+    """Seconds between starting one address's attempt and the next (RFC 8305); default 0.25."""
+    resolution_delay: float = 0.05
+    """Seconds to wait for IPv6 (AAAA) answers once IPv4 ones arrived (RFC 8305); default 0.05."""
+    viability_debounce: float = 0.5
+    """Seconds a viability change must last before it is reported; default 0.5."""
     retry_delays: tuple[float, float] = (0.5, 10.0)
     """Seconds before the first retry from ``Waiting``, and the cap as it doubles."""
     wait_for_connectivity: bool = False
@@ -64,3 +70,5 @@ class Parameters:
             raise ValueError("send_buffer and receive_buffer must be positive")
         if self.attempt_timeout <= 0:
             raise ValueError("attempt_timeout must be positive")
+        if min(self.connection_attempt_delay, self.resolution_delay, self.viability_debounce) < 0:
+            raise ValueError("delays must not be negative")

@@ -5,20 +5,34 @@ from __future__ import annotations
 import contextlib
 import socket
 
+from .. import _netlink
 from ..endpoint import Address
 from ..errors import NoSatisfyingPath, mapped
 from ..parameters import Parameters
-from ..path import Interface, interface_for_address, list_interfaces
+from ..path import (
+    HostNetwork,
+    Interface,
+    allowed_interfaces,
+    disallowed,
+    interface_for_address,
+    list_interfaces,
+)
 
 __all__ = ["apply_parameters", "bind_listening_sockets", "check_path", "route_interface"]
 
 _SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 
 
-def apply_parameters(sock: socket.socket, params: Parameters, family: int) -> None:
-    """Bind device, local endpoint and traffic class as ``params`` ask."""
-    if params.required_interface:
-        sock.setsockopt(socket.SOL_SOCKET, _SO_BINDTODEVICE, params.required_interface.encode())
+def apply_parameters(
+    sock: socket.socket, params: Parameters, family: int, device: str | None = None
+) -> None:
+    """Bind device, local endpoint and traffic class as ``params`` ask.
+
+    ``device`` (what :func:`check_path` chose) overrides ``required_interface``.
+    """
+    device = device or params.required_interface
+    if device:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_BINDTODEVICE, device.encode())
     tos = params.service_class.tos
     if tos:
         if family == socket.AF_INET6:
@@ -49,24 +63,49 @@ def route_interface(address: Address, params: Parameters) -> Interface | None:
     return interface_for_address(local.host, list_interfaces())
 
 
-def check_path(address: Address, params: Parameters) -> None:
-    """Raise :class:`NoSatisfyingPath` if the route to ``address`` breaks the parameters."""
-    if params.required_interface_type is None and not params.prohibited_interface_types:
-        return
+def check_path(
+    address: Address, params: Parameters, *, will_bind: bool = False
+) -> Interface | None:
+    """The interface that reaches ``address`` as ``params`` allow (``None``: no constraint).
+
+    With no interface constraint this asks nothing and returns ``None``.
+    When the kernel's route uses an interface the parameters exclude and the
+    caller ``will_bind`` its socket to the returned interface (pass its name
+    to :func:`apply_parameters`), another allowed interface with a route to
+    ``address`` is chosen. Raises :class:`NoSatisfyingPath` (retryable: the
+    connection waits for a path to appear) when none will do.
+    """
+    if (
+        params.required_interface is None
+        and params.required_interface_type is None
+        and not params.prohibited_interface_types
+    ):
+        return None
     with mapped(f"route to {address}"):
-        interface = route_interface(address, params)
+        net = HostNetwork.capture()
+        chosen = _netlink.route_get(address.host)
+    if params.required_interface:
+        interface = net.by_name(params.required_interface)
+        if interface is None:
+            raise NoSatisfyingPath(f"interface {params.required_interface} does not exist")
+        if not interface.is_up:
+            raise NoSatisfyingPath(f"the required interface {interface} is down")
+    else:
+        interface = net.by_index(chosen.oif) if chosen is not None else None
+        if will_bind and interface is not None and disallowed(interface, params) is not None:
+            # Prefer an allowed interface that also reaches the address.
+            interface = next(
+                (i for i in allowed_interfaces(net, params) if net.routes_to(address.host, i)),
+                interface,
+            )
     if interface is None:
-        raise NoSatisfyingPath(f"no interface found for the route to {address}")
-    if params.required_interface_type not in (None, interface.type):
-        raise NoSatisfyingPath(
-            f"the route to {address} uses {interface.name} ({interface.type.value}), "
-            f"not a {params.required_interface_type.value} interface"
-        )
-    if interface.type in params.prohibited_interface_types:
-        raise NoSatisfyingPath(
-            f"the route to {address} uses {interface.name} ({interface.type.value}), "
-            "a prohibited interface type"
-        )
+        raise NoSatisfyingPath(f"no route to {address}")
+    why = disallowed(interface, params)
+    if why is not None:
+        raise NoSatisfyingPath(f"the route to {address} needs {interface}, but {why}")
+    if not net.routes_to(address.host, interface):
+        raise NoSatisfyingPath(f"no route to {address} through {interface}")
+    return interface
 
 
 def bind_listening_sockets(

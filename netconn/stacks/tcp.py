@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -78,14 +79,16 @@ class TCP(StreamProtocol):
 
     async def open_channel(self, ctx: AttemptContext, address: Address) -> TCPChannel:
         params = ctx.parameters
-        check_path(address, params)
+        interface = check_path(address, params, will_bind=True)
         loop = asyncio.get_running_loop()
         with mapped(f"connect to {address}"):
             sock = socket.socket(address.family, socket.SOCK_STREAM)
         try:
             with mapped(f"connect to {address}"):
                 sock.setblocking(False)
-                apply_parameters(sock, params, address.family)
+                apply_parameters(
+                    sock, params, address.family, interface.name if interface else None
+                )
                 self.configure(sock)
                 if self.fast_open:
                     sock.setsockopt(socket.IPPROTO_TCP, _TCP_FASTOPEN_CONNECT, 1)
@@ -135,6 +138,16 @@ class TCP(StreamProtocol):
             listener.accepted(channel, ctx)
 
 
+_VIABILITY_POLL = 0.25  # seconds between TCP_INFO reads
+# struct tcp_info (linux/tcp.h): state, ca_state, retransmits, probes, backoff,
+# options, wscale, flags (u8 each); rto, ato, snd_mss, rcv_mss, unacked, sacked,
+# lost, retrans, fackets, last_data_sent, last_ack_sent, last_data_recv,
+# last_ack_recv (u32 each).
+_TCP_INFO = struct.Struct("=8B13I")
+_STALLED_RETRANSMITS = 2  # RTO expiries in a row on the same data: acks stopped
+_STALLED_PROBES = 2  # keepalive (or zero-window) probes in a row without an answer
+
+
 class TCPChannel(asyncio.Protocol):
     """A running TCP connection: a bounded receive buffer and a bounded send path."""
 
@@ -151,6 +164,8 @@ class TCPChannel(asyncio.Protocol):
         self._error: NetconnError | None = None
         self._write_closed = False
         self._sending = False
+        self._viable = True
+        self._poll: asyncio.TimerHandle | None = None
         self.local_address: Address | None = None
         self.remote_address: Address | None = None
 
@@ -164,6 +179,34 @@ class TCPChannel(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         self.local_address = Address.from_sockaddr(sock.getsockname())
         self.remote_address = Address.from_sockaddr(sock.getpeername())
+        self._poll = asyncio.get_running_loop().call_later(_VIABILITY_POLL, self._check_viability)
+
+    def _check_viability(self) -> None:
+        """Read TCP_INFO: retransmissions or probes in a row mean acks stopped coming.
+
+        Viable again once an ack resets the kernel's counters.
+        """
+        self._poll = None
+        sock = self.socket
+        if sock is None or self._lost.done():
+            return
+        try:
+            raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO.size)
+        except OSError:
+            return
+        if len(raw) >= _TCP_INFO.size:
+            fields = _TCP_INFO.unpack_from(raw)
+            retransmits, probes, last_ack_recv = fields[2], fields[3], fields[20]
+            stalled = retransmits >= _STALLED_RETRANSMITS or (
+                probes >= _STALLED_PROBES and last_ack_recv > 1000
+            )
+            if stalled and self._viable:
+                self._viable = False
+                self._ctx.on_viability(False)
+            elif not self._viable and retransmits == 0 and probes == 0:
+                self._viable = True
+                self._ctx.on_viability(True)
+        self._poll = asyncio.get_running_loop().call_later(_VIABILITY_POLL, self._check_viability)
 
     def data_received(self, data: bytes) -> None:
         self._receiving.feed(data)
@@ -173,6 +216,9 @@ class TCPChannel(asyncio.Protocol):
         return True  # keep our sending direction open: half-close
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._poll is not None:
+            self._poll.cancel()
+            self._poll = None
         error: NetconnError | None = None
         if exc is not None:
             error = _map(exc)

@@ -1,0 +1,340 @@
+"""Happy Eyeballs version 2 (RFC 8305): race a name's addresses, keep the first that works.
+
+How this works: :func:`race` asks for the IPv6 (AAAA) and IPv4 (A) addresses
+at once (section 3). Attempts start as soon as IPv6 answers, or
+``resolution_delay`` after IPv4 answered first. Addresses are taken
+alternately by family, IPv6 first (section 4), and a new attempt starts every
+``connection_attempt_delay`` seconds, or at once when the last one failed
+(section 5). Late answers join the queue. The first attempt whose channel is
+ready wins; the others are cancelled and their channels aborted (section 6).
+
+The race only calls ``stack.open_channel(ctx, address)``, so every stack
+races the same way: TCP, TLS over TCP, WebSocket, and UDP-based stacks such
+as QUIC, whose attempt counts as ready once its handshake completed.
+
+Every attempt, the losers too, is recorded in the connection's
+:class:`~netconn.EstablishmentReport`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .endpoint import Address, Endpoint
+from .errors import ConnectError, ConnectionTimeout, NetconnError, mapped
+from .parameters import Parameters
+from .stacks.base import AttemptContext, Channel, Stack
+
+__all__ = ["Attempt", "EstablishmentReport", "Race", "interleave", "pick_error"]
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One establishment attempt to one address."""
+
+    address: Address
+    """Where the attempt went."""
+    started_after: float
+    """Seconds after the connection started."""
+    duration: float = 0.0
+    """Seconds the attempt took."""
+    outcome: Literal["ready", "failed", "cancelled", "running"] = "running"
+    """How it ended; ``cancelled`` for an attempt that lost the race or was skipped."""
+    error: NetconnError | None = None
+    """Why it failed."""
+
+
+@dataclass(slots=True)
+class EstablishmentReport:
+    """What establishing the connection took: resolution and every attempt."""
+
+    resolution_duration: float = 0.0
+    """Seconds spent resolving the endpoint (in the last round)."""
+    resolved: list[Address] = field(default_factory=list)
+    """The addresses the endpoint resolved to (in the last round), in answer order."""
+    attempts: list[Attempt] = field(default_factory=list)
+    """Every attempt in every round, the losers too, in start order."""
+    duration: float = 0.0
+    """Seconds from start to ready."""
+
+    def describe(self) -> str:
+        """Several lines for people: one per attempt, with offsets in milliseconds."""
+        lines = [f"resolved {len(self.resolved)} in {self.resolution_duration * 1000:.1f} ms"]
+        for a in self.attempts:
+            error = f" ({a.error})" if a.error is not None else ""
+            lines.append(
+                f"  +{a.started_after * 1000:7.1f} ms {a.address!s:<45} {a.outcome:<9}"
+                f" {a.duration * 1000:7.1f} ms{error}"
+            )
+        lines.append(f"ready after {self.duration * 1000:.1f} ms")
+        return "\n".join(lines)
+
+
+def interleave(addresses: list[Address]) -> list[Address]:
+    """``addresses`` alternately by family, starting with the family of the first (RFC 8305 §4).
+
+    Keeps the order within each family.
+    """
+    if not addresses:
+        return []
+    first = addresses[0].family
+    same = deque(a for a in addresses if a.family == first)
+    other = deque(a for a in addresses if a.family != first)
+    out: list[Address] = []
+    while same or other:
+        if same:
+            out.append(same.popleft())
+        if other:
+            out.append(other.popleft())
+    return out
+
+
+def pick_error(errors: list[NetconnError]) -> NetconnError:
+    """The error that best explains why every attempt failed (a final one first)."""
+    for error in errors:
+        if not error.retryable:
+            return error
+    return errors[-1] if errors else ConnectError("no address to try")
+
+
+class _Queue:
+    """Addresses not yet tried, taken alternately by family, IPv6 first."""
+
+    def __init__(self) -> None:
+        self._by_family: dict[int, deque[Address]] = {
+            socket.AF_INET6: deque(),
+            socket.AF_INET: deque(),
+        }
+        self._last: int | None = None
+        self.seen: list[Address] = []
+
+    def add(self, addresses: list[Address]) -> None:
+        for address in addresses:
+            if address not in self.seen:
+                self.seen.append(address)
+                self._by_family[address.family].append(address)
+
+    def __bool__(self) -> bool:
+        return any(self._by_family.values())
+
+    def pop(self) -> Address:
+        order = (socket.AF_INET, socket.AF_INET6)
+        if self._last != socket.AF_INET6:
+            order = (socket.AF_INET6, socket.AF_INET)
+        for family in order:
+            if self._by_family[family]:
+                self._last = family
+                return self._by_family[family].popleft()
+        raise IndexError("no address left")
+
+    def rotate(self, count: int) -> None:
+        """Move the next ``count`` addresses to the back (to start further down the list)."""
+        for _ in range(count % max(1, len(self.seen))):
+            if not self:
+                return
+            address = self.pop()
+            self._by_family[address.family].append(address)
+
+
+class Race:
+    """One round of Happy Eyeballs for one connection.
+
+    ``make_context()`` builds the :class:`AttemptContext` of each attempt (the
+    connection hooks its loss and viability callbacks there). Each attempt
+    is appended to ``report.attempts`` when it starts and completed when it
+    ends. :meth:`run` returns the winner; :meth:`skip` abandons the attempts
+    in flight and starts the next address at once.
+    """
+
+    def __init__(
+        self,
+        stack: Stack,
+        endpoint: Endpoint,
+        parameters: Parameters,
+        report: EstablishmentReport,
+        make_context: Callable[[], AttemptContext],
+        *,
+        started: float,
+        skip_first: int = 0,
+    ) -> None:
+        self._stack = stack
+        self._endpoint = endpoint
+        self._parameters = parameters
+        self._report = report
+        self._make_context = make_context
+        self._started = started
+        self._skip_first = skip_first
+        self._skip = asyncio.Event()
+
+    def skip(self) -> None:
+        """Give up on the attempts in flight and try the next address now."""
+        self._skip.set()
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time() - self._started
+
+    async def run(self) -> tuple[Channel, AttemptContext, Attempt]:
+        """Resolve, race, and return the winning channel, its context and its attempt.
+
+        Raises the most telling error when every address failed
+        (:func:`pick_error`), or the first non-retryable one at once (a
+        certificate rejected by one address will be by the others). If
+        cancelled, every attempt is cancelled and its channel aborted first.
+        """
+        queue = _Queue()
+        resolvers = self._start_resolution()
+        resolve_errors: list[NetconnError] = []
+        running: dict[asyncio.Task[Channel], tuple[Attempt, AttemptContext]] = {}
+        errors: list[NetconnError] = []
+        next_start = 0.0
+        resolution_started = self._now()
+        aaaa_waiting_since: float | None = None
+        rotated = False
+        try:
+            while True:
+                now = self._now()
+                # Answers that arrived join the queue (RFC 8305 §3).
+                for resolver in [t for t in resolvers if t.done()]:
+                    family = resolvers.pop(resolver)
+                    try:
+                        addresses = resolver.result()
+                    except NetconnError as exc:
+                        resolve_errors.append(exc)
+                        addresses = []
+                    if family == socket.AF_INET and socket.AF_INET6 in resolvers.values():
+                        aaaa_waiting_since = now
+                    queue.add([a for a in addresses if family == 0 or a.family == family])
+                    self._report.resolved = list(queue.seen)
+                    self._report.resolution_duration = now - resolution_started
+                ipv6_pending = socket.AF_INET6 in resolvers.values()
+                held_for_aaaa = (
+                    ipv6_pending
+                    and aaaa_waiting_since is not None
+                    and now < aaaa_waiting_since + self._parameters.resolution_delay
+                )
+                if self._skip_first and not rotated:
+                    # Starting further down the list needs the whole list.
+                    held_for_aaaa = held_for_aaaa or bool(resolvers)
+                    if not resolvers:
+                        queue.rotate(self._skip_first)
+                        rotated = True
+                if self._skip.is_set():
+                    self._skip.clear()
+                    await self._abandon(running, "skipped by try_next_endpoint()")
+                    next_start = now
+                # Start the next attempt when its turn came, or at once if none is running.
+                if queue and not held_for_aaaa and (not running or now >= next_start):
+                    address = queue.pop()
+                    ctx = self._make_context()
+                    attempt = Attempt(address, now)
+                    self._report.attempts.append(attempt)
+                    started = asyncio.get_running_loop().create_task(self._attempt(ctx, address))
+                    running[started] = (attempt, ctx)
+                    next_start = now + self._parameters.connection_attempt_delay
+                    continue
+                if not running and not queue and not resolvers:
+                    if errors:
+                        raise pick_error(errors)
+                    if resolve_errors:
+                        # A temporary failure of either query may clear: prefer it (Waiting).
+                        retryable = [e for e in resolve_errors if e.retryable]
+                        raise (retryable or resolve_errors)[-1]
+                    raise ConnectError("no more addresses to try")
+                # Sleep until something finishes, the next turn, the AAAA deadline or a skip.
+                deadlines = []
+                if queue and running:
+                    deadlines.append(next_start)
+                if held_for_aaaa and aaaa_waiting_since is not None:
+                    deadlines.append(aaaa_waiting_since + self._parameters.resolution_delay)
+                timeout = max(0.0, min(deadlines) - now) if deadlines else None
+                skip_wait = asyncio.ensure_future(self._skip.wait())
+                try:
+                    await asyncio.wait(
+                        [*running, *resolvers, skip_wait],
+                        timeout=timeout,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:
+                    skip_wait.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await skip_wait
+                for task in [t for t in running if t.done()]:
+                    attempt, ctx = running.pop(task)
+                    attempt.duration = self._now() - attempt.started_after
+                    error = _error_of(task, attempt.address)
+                    if error is None:
+                        attempt.outcome = "ready"
+                        await self._abandon(running, None)
+                        return task.result(), ctx, attempt
+                    attempt.outcome = "failed"
+                    attempt.error = error
+                    errors.append(error)
+                    if not error.retryable:
+                        await self._abandon(running, None)
+                        raise error
+                    next_start = self._now()  # a failure starts the next address at once
+        except BaseException:
+            await self._abandon(running, None)
+            for pending in resolvers:
+                pending.cancel()
+            await asyncio.gather(*resolvers, return_exceptions=True)
+            raise
+
+    def _start_resolution(self) -> dict[asyncio.Task[list[Address]], int]:
+        """AAAA and A queries in parallel (one task for a literal)."""
+        loop = asyncio.get_running_loop()
+        kind = self._stack.bottom.resolve_kind
+        if self._endpoint.is_literal:
+            return {loop.create_task(self._endpoint.resolve(kind=kind)): 0}
+        return {
+            loop.create_task(self._endpoint.resolve(kind=kind, family=family)): family
+            for family in (socket.AF_INET6, socket.AF_INET)
+        }
+
+    async def _attempt(self, ctx: AttemptContext, address: Address) -> Channel:
+        async with asyncio.timeout(self._parameters.attempt_timeout):
+            with mapped(f"connect to {address}"):
+                return await self._stack.open_channel(ctx, address)
+
+    async def _abandon(
+        self,
+        running: dict[asyncio.Task[Channel], tuple[Attempt, AttemptContext]],
+        reason: str | None,
+    ) -> None:
+        """Cancel every running attempt, wait for it, abort a channel that got through."""
+        if not running:
+            return
+        for task in running:
+            task.cancel()
+        await asyncio.wait(list(running))
+        for task, (attempt, _ctx) in running.items():
+            attempt.duration = self._now() - attempt.started_after
+            attempt.outcome = "cancelled"
+            if reason is not None:
+                attempt.error = ConnectError(reason)
+            if not task.cancelled() and task.exception() is None:
+                task.result().abort()  # it finished just as it was cancelled
+        running.clear()
+
+
+def _error_of(task: asyncio.Task[Channel], address: Address) -> NetconnError | None:
+    if task.cancelled():
+        return ConnectError(f"the attempt to {address} was cancelled")
+    exc = task.exception()
+    if exc is None:
+        return None
+    if isinstance(exc, NetconnError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        timeout = ConnectionTimeout(f"connect to {address} timed out")
+        timeout.__cause__ = exc
+        return timeout
+    error = ConnectError(f"connect to {address} failed: {exc!r}")
+    error.__cause__ = exc
+    return error

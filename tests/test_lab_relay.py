@@ -1,0 +1,140 @@
+"""The lab's UDP relay over loopback: delay, loss, reordering, corruption, rebinding."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
+
+import pytest
+from conftest import timeout
+
+from netconn.lab.relay import UDPRelay
+
+
+class Recorder(asyncio.DatagramProtocol):
+    """Keeps what arrives, with the sender; echoes if asked."""
+
+    def __init__(self, echo: bool) -> None:
+        self.echo = echo
+        self.received: list[tuple[bytes, Any]] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # asyncio's datagram transports do not all subclass DatagramTransport.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.received.append((data, addr))
+        if self.echo and self.transport is not None:
+            self.transport.sendto(data, addr)
+
+
+@contextlib.asynccontextmanager
+async def setup() -> AsyncIterator[tuple[UDPRelay, Recorder, Recorder]]:
+    """An echo server, a relay in front of it, and a client connected to the relay."""
+    loop = asyncio.get_running_loop()
+    server_t, server = await loop.create_datagram_endpoint(
+        lambda: Recorder(echo=True), local_addr=("127.0.0.1", 0)
+    )
+    relay = await UDPRelay(server_t.get_extra_info("sockname"), seed=7).start()
+    client_t, client = await loop.create_datagram_endpoint(
+        lambda: Recorder(echo=False), remote_addr=relay.address
+    )
+    try:
+        yield relay, server, client
+    finally:
+        client_t.close()
+        relay.close()
+        server_t.close()
+
+
+async def until(predicate: Callable[[], bool], seconds: float = 5) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout(seconds)
+    while not predicate():
+        if loop.time() > deadline:
+            pytest.fail("timed out")
+        await asyncio.sleep(0.005)
+
+
+async def test_delay_applies_in_each_direction() -> None:
+    async with setup() as (relay, _server, client):
+        relay.to_upstream.delay = 0.05
+        relay.to_client.delay = 0.05
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        assert client.transport is not None
+        client.transport.sendto(b"ping")
+        await until(lambda: len(client.received) == 1)
+        assert loop.time() - start >= 0.1  # a lower bound: the relay never sends early
+        assert client.received[0][0] == b"ping"
+        assert relay.stats_to_upstream.forwarded == relay.stats_to_client.forwarded == 1
+
+
+async def test_loss_and_blackhole() -> None:
+    async with setup() as (relay, server, client):
+        assert client.transport is not None
+        relay.to_upstream.loss = 0.5
+        for i in range(200):
+            client.transport.sendto(i.to_bytes(2, "big"))
+        await until(lambda: relay.stats_to_upstream.dropped + len(server.received) == 200)
+        assert 40 < len(server.received) < 160
+        relay.to_upstream.loss = 0.0
+        relay.to_upstream.blackhole = True
+        before = len(server.received)
+        client.transport.sendto(b"void")
+        await asyncio.sleep(0.05)
+        assert len(server.received) == before
+
+
+async def test_reordering_changes_the_order() -> None:
+    async with setup() as (relay, server, client):
+        assert client.transport is not None
+        relay.to_upstream.reorder = 0.3
+        relay.to_upstream.reorder_delay = 0.02
+        for i in range(100):
+            client.transport.sendto(i.to_bytes(2, "big"))
+        await until(lambda: len(server.received) == 100)
+        order = [int.from_bytes(data, "big") for data, _ in server.received]
+        assert sorted(order) == list(range(100)) and order != list(range(100))
+        assert relay.stats_to_upstream.reordered > 0
+
+
+async def test_corruption_flips_a_byte_near_the_start() -> None:
+    async with setup() as (relay, server, client):
+        assert client.transport is not None
+        relay.to_upstream.corrupt = 1.0
+        payload = bytes(100)
+        client.transport.sendto(payload)
+        await until(lambda: len(server.received) == 1)
+        received = server.received[0][0]
+        changed = [i for i in range(100) if received[i] != payload[i]]
+        assert len(changed) == 1 and changed[0] < 50
+
+
+async def test_rebind_gives_the_upstream_a_new_source_port() -> None:
+    async with setup() as (relay, server, client):
+        assert client.transport is not None
+        client.transport.sendto(b"one")
+        await until(lambda: len(client.received) == 1)
+        first = server.received[0][1]
+        relay.rebind()
+        client.transport.sendto(b"two")
+        await until(lambda: len(client.received) == 2)
+        second = server.received[1][1]
+        assert first[0] == second[0] and first[1] != second[1]
+        assert [data for data, _ in client.received] == [b"one", b"two"]
+
+
+async def test_held_datagrams_are_bounded() -> None:
+    async with setup() as (relay, server, client):
+        assert client.transport is not None
+        relay._max_queue = 10
+        relay.to_upstream.delay = 0.2
+        for i in range(50):
+            client.transport.sendto(i.to_bytes(2, "big"))
+        await until(lambda: relay.stats_to_upstream.dropped + relay._held["up"] == 50)
+        assert relay.stats_to_upstream.dropped == 40
+        await until(lambda: len(server.received) == 10)
