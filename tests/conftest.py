@@ -54,8 +54,10 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Certs]:
     ca = trustme.CA()
     other_ca = trustme.CA()
     good = ca.issue_cert("localhost", "127.0.0.1", "::1")
-    past = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
-    expired = ca.issue_cert("localhost", "127.0.0.1", not_before=past, not_after=past + datetime.timedelta(days=1))
+    past = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+    expired = ca.issue_cert(
+        "localhost", "127.0.0.1", not_before=past, not_after=past + datetime.timedelta(days=1)
+    )
     other = ca.issue_cert("other.example")
     untrusted = other_ca.issue_cert("localhost", "127.0.0.1")
     client = ca.issue_cert("client@netconn.test")

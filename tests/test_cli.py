@@ -72,7 +72,7 @@ def test_cat_copies_both_ways_over_a_stream(stack: str, tmp_path: Path) -> None:
     assert server_out == b"from client\n", server_err
     assert client_out == b"from server\n", client_err
     assert b"ready" in client_err
-    assert b"path lo (loopback)" in client_err
+    assert b"path satisfied lo[loopback] 127.0.0.1:" in client_err
     assert client.returncode == 0 and server.returncode == 0
 
 
@@ -110,5 +110,5 @@ async def test_demo_runs_every_stack() -> None:
     assert "FAILED" not in text
     assert text.count(" ready\n") == len(CASES), text  # each client
     assert text.count("accepted (ready)") == len(CASES), text  # each server
-    assert text.count("path   lo (loopback) 127.0.0.1:") == len(CASES)
+    assert text.count("path   satisfied lo[loopback] 127.0.0.1:") == len(CASES)
     assert text.count("MB/s") == len(CASES)
