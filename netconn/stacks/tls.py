@@ -152,9 +152,12 @@ class TLS(StreamProtocol):
         if not _is_byte_channel(inner):
             raise TypeError("TLS needs a byte stream underneath")
         server_name = self.server_name
-        if server_name is None and ctx.endpoint is not None and not ctx.endpoint.is_literal:
-            server_name = ctx.endpoint.host
-        key = (server_name or address.host, address.port)
+        if server_name is None:
+            # ssl verifies an IP literal against the certificate's IP addresses
+            # (and sends no SNI for it); check_hostname needs it either way.
+            host = ctx.endpoint.host if ctx.endpoint is not None else address.host
+            server_name = host.split("%", 1)[0]
+        key = (server_name, address.port)
         session = self.session_cache.get(key) if self.session_cache else None
         channel = TLSChannel(
             self,
@@ -282,6 +285,11 @@ class TLSChannel:
     def peer_certificate(self) -> bytes | None:
         """The peer's certificate, DER encoded."""
         return self._ssl.getpeercert(binary_form=True)
+
+    @property
+    def buffered_bytes(self) -> tuple[int, int]:
+        """Bytes held in this layer: (records not yet sent, received and not read)."""
+        return self._outgoing.pending, len(self._plain) + self._incoming.pending
 
     def on_session(self, callback: Callable[[ssl.SSLSession], None]) -> None:
         """Call ``callback`` with the session once the server has sent its ticket."""
