@@ -203,6 +203,23 @@ class Connection(Generic[P_co]):
         info = self._find_in_channels("tls_info")
         return None if info is None else cast(dict[str, Any], info())
 
+    @property
+    def buffered_bytes(self) -> tuple[int, int]:
+        """Bytes this connection holds in the process, summed over its layers.
+
+        ``(waiting to be sent, received and not yet read)``; each stays within
+        the bounds in :class:`Parameters` plus a chunk per layer.
+        """
+        sending = receiving = 0
+        channel: Any = self._channel
+        while channel is not None:
+            counts = getattr(channel, "buffered_bytes", None)
+            if counts is not None:
+                sending += counts[0]
+                receiving += counts[1]
+            channel = getattr(channel, "inner", None)
+        return sending, receiving
+
     def _find_in_channels(self, name: str) -> Any:
         channel: Any = self._channel
         while channel is not None:

@@ -176,6 +176,11 @@ class UDPChannel:
         return Message(self._queue.popleft(), True, {"remote": self.remote_address})
 
     @property
+    def buffered_bytes(self) -> tuple[int, int]:
+        """Bytes held in the process: (0, received datagrams not yet read)."""
+        return 0, sum(map(len, self._queue))
+
+    @property
     def pending(self) -> int:
         """Datagrams received and not yet read."""
         return len(self._queue)
