@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import random
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,8 +21,10 @@ __all__ = [
     "client_stack",
     "free_port",
     "oriented",
+    "record_states",
     "server_stack",
     "stream_pair",
+    "transfer",
     "wait_until",
 ]
 
@@ -93,3 +97,43 @@ async def wait_until(predicate: Callable[[], _T], seconds: float = 5.0) -> _T:
                 return value
             await asyncio.sleep(0.005)
     raise AssertionError("unreachable")
+
+
+def record_states(conn: nc.Connection[nc.Stack]) -> list[str]:
+    """A list that fills with the names of ``conn``'s states as they change."""
+    names: list[str] = []
+    conn.on_state_update(lambda _conn, state: names.append(type(state).__name__))
+    return names
+
+
+async def transfer(
+    sender: nc.Connection[nc.StreamProtocol],
+    receiver: nc.Connection[nc.StreamProtocol],
+    total: int,
+    chunk: int = 1 << 20,
+) -> None:
+    """Send ``total`` bytes (distinct 1 MiB blocks) and check the receiver's hash and count."""
+    block = bytearray(random.Random(total).randbytes(chunk))
+
+    async def send() -> str:
+        digest = hashlib.sha256()
+        for index in range(0, total, chunk):
+            block[:8] = index.to_bytes(8, "big")
+            piece = block[: min(chunk, total - index)]
+            digest.update(piece)
+            await sender.send(piece)
+        await sender.send(b"", is_complete=True)
+        return digest.hexdigest()
+
+    async def receive() -> tuple[int, str]:
+        digest = hashlib.sha256()
+        count = 0
+        while data := await receiver.receive(1, chunk):
+            digest.update(data)
+            count += len(data)
+        return count, digest.hexdigest()
+
+    async with asyncio.TaskGroup() as group:
+        sent = group.create_task(send())
+        received = group.create_task(receive())
+    assert received.result() == (total, sent.result())
