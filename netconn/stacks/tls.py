@@ -166,23 +166,24 @@ class TLS(StreamProtocol):
             server_side=False,
             server_name=server_name,
             session=session,
+            ctx=ctx,
         )
         try:
             await channel.handshake()
         except BaseException:
             inner.abort()
             raise
-        if self.session_cache is not None:
-            channel.on_session(
-                lambda s: self.session_cache.put(key, s) if self.session_cache else None
-            )
+        cache = self.session_cache
+        if cache is not None:  # not truthiness: an empty cache has len() 0
+            channel.on_session(lambda session: cache.put(key, session))
         return channel
 
     async def accept_channel(self, ctx: AttemptContext, inner: Channel) -> TLSChannel:
         inner = await self.inner.accept_channel(ctx, inner)
         if not _is_byte_channel(inner):
             raise TypeError("TLS needs a byte stream underneath")
-        channel = TLSChannel(self, inner, _cached_context(self, server_side=True), server_side=True)
+        context = _cached_context(self, server_side=True)
+        channel = TLSChannel(self, inner, context, server_side=True, ctx=ctx)
         try:
             await channel.handshake()
         except BaseException:
@@ -224,7 +225,9 @@ class TLSChannel:
         server_side: bool,
         server_name: str | None = None,
         session: ssl.SSLSession | None = None,
+        ctx: AttemptContext | None = None,
     ) -> None:
+        self._ctx = ctx
         self._options = options
         self._inner = inner
         self._incoming = ssl.MemoryBIO()
@@ -368,7 +371,7 @@ class TLSChannel:
                 try:
                     self._ssl.write(view[offset : offset + _WRITE_CHUNK])
                 except ssl.SSLError as exc:
-                    raise map_ssl_error(exc) from exc
+                    raise self._fatal(exc) from exc
                 await self._flush()
             if is_complete:
                 await self._send_close_notify()
@@ -414,13 +417,22 @@ class TLSChannel:
                 self._eof = True
                 return True
             except ssl.SSLError as exc:
-                raise map_ssl_error(exc) from exc
+                raise self._fatal(exc) from exc
             if not chunk:
                 self._eof = True
                 return True
             self._plain += chunk
             progressed = True
+        if self._session_callback is not None:
+            self._offer_session()  # the ticket may have come with this data
         return True
+
+    def _fatal(self, exc: ssl.SSLError) -> NetconnError:
+        # A TLS alert or a bad record ends the connection, not just this call.
+        error = map_ssl_error(exc)
+        if self._ctx is not None:
+            self._ctx.on_lost(error)
+        return error
 
     async def _pull_data(self) -> None:
         data = await self._inner.receive(1, _READ_CHUNK)
