@@ -156,6 +156,8 @@ class Listener(Generic[P_co]):
         self._children.clear()
         await asyncio.gather(*(c.cancel() for c in children), return_exceptions=True)
         self._transition(Cancelled())
+        while not self._ready.empty():  # they were cancelled above: never hand them out
+            self._ready.get_nowait()
         self._ready.put_nowait(None)
 
     def _close_sockets(self) -> None:
