@@ -33,6 +33,7 @@ __all__ = ["TLS", "PeerCertificate", "TLSChannel", "TLSSessionCache", "TLSVersio
 TLSVersion = ssl.TLSVersion
 _READ_CHUNK = 256 * 1024
 _WRITE_CHUNK = 64 * 1024
+_ALERT_CLOSE_TIMEOUT = 2.0  # seconds to deliver a handshake alert before aborting
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +171,9 @@ class TLS(StreamProtocol):
         )
         try:
             await channel.handshake()
+        except NetconnError:
+            await _close_after_alert(inner)
+            raise
         except BaseException:
             inner.abort()
             raise
@@ -186,10 +190,26 @@ class TLS(StreamProtocol):
         channel = TLSChannel(self, inner, context, server_side=True, ctx=ctx)
         try:
             await channel.handshake()
+        except NetconnError:
+            await _close_after_alert(inner)
+            raise
         except BaseException:
             inner.abort()
             raise
         return channel
+
+
+async def _close_after_alert(inner: ByteChannel) -> None:
+    """Close gracefully after a failed handshake: an abort (RST) could make the
+    peer's kernel drop our alert, and the peer would not learn why."""
+    try:
+        async with asyncio.timeout(_ALERT_CLOSE_TIMEOUT):
+            await inner.close()
+    except (NetconnError, TimeoutError):
+        inner.abort()
+    except asyncio.CancelledError:
+        inner.abort()
+        raise
 
 
 _contexts: dict[tuple[int, bool], tuple[TLS, ssl.SSLContext]] = {}
