@@ -23,6 +23,7 @@ from typing import Any, Generic, Literal, Self, TypeVar, cast
 
 from .endpoint import Address, Endpoint
 from .errors import (
+    ConnectionClosed,
     ConnectionTimeout,
     EndOfStream,
     InvalidState,
@@ -510,6 +511,12 @@ class Connection(Generic[P_co]):
             raise InvalidState("the connection is closed", self._state)
         return self._channel
 
+    def _check_not_cancelled(self) -> None:
+        # A receive woken by this side's cancel(): say so rather than report
+        # the closing transport as the peer's doing.
+        if isinstance(self._state, Cancelled):
+            raise InvalidState("the connection was cancelled while receiving", self._state)
+
     def _check_open(self) -> None:
         if is_terminal(self._state):
             cause = self._state.error if isinstance(self._state, Failed) else None
@@ -554,8 +561,15 @@ class Connection(Generic[P_co]):
             )
         self._check_open()
         channel = cast(ByteChannel, await self._ready_channel())
-        with _mapped("receive"):
-            return await channel.receive(at_least, at_most)
+        try:
+            with _mapped("receive"):
+                data = await channel.receive(at_least, at_most)
+        except ConnectionClosed:
+            self._check_not_cancelled()
+            raise
+        if not data and at_least:
+            self._check_not_cancelled()  # our own cancel() is no end of stream
+        return data
 
     async def receive_exactly(self: Connection[StreamProtocol], size: int) -> bytes:
         """Return exactly ``size`` bytes.
@@ -578,18 +592,24 @@ class Connection(Generic[P_co]):
         """The next whole message (or fragment, with ``is_complete`` false)."""
         self._check_open()
         channel = cast(MessageChannel, await self._ready_channel())
-        with _mapped("receive"):
-            return await channel.receive_message()
+        try:
+            with _mapped("receive"):
+                return await channel.receive_message()
+        except ConnectionClosed:
+            self._check_not_cancelled()
+            raise
 
     async def messages(self: Connection[MessageProtocol]) -> AsyncIterator[Message]:
-        """Every message until the connection closes."""
-        from .errors import ConnectionClosed
-
+        """Every message until the connection closes or is cancelled."""
         while True:
             try:
                 yield await self.receive_message()
             except ConnectionClosed:
                 return
+            except InvalidState:
+                if isinstance(self._state, Cancelled):
+                    return
+                raise
 
     @property
     def maximum_datagram_size(self: Connection[UDP]) -> int:
