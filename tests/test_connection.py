@@ -348,3 +348,20 @@ async def test_task_cancelled_mid_establishment_leaves_no_socket() -> None:
         await waiter
     conn.force_cancel()
     assert isinstance(conn.state, nc.Cancelled)
+
+
+@pytest.mark.parametrize("kind", STREAMS)
+@pytest.mark.parametrize("role", ["client", "server"])
+async def test_cancel_fails_a_pending_receive(kind: StreamKind, role: str, certs: Certs) -> None:
+    """A receive waiting when its own side cancels raises InvalidState, not a false EOF."""
+    async with stream_pair(client_stack(kind, certs), server_stack(kind, certs)) as pair:
+        subject, peer = oriented(pair, role)
+        pending = asyncio.create_task(subject.receive())
+        for _ in range(3):
+            await asyncio.sleep(0)
+        await subject.cancel()
+        with pytest.raises(nc.InvalidState, match="cancelled"):
+            async with asyncio.timeout(timeout(5)):
+                await pending
+        async with asyncio.timeout(timeout(5)):
+            assert await peer.receive() == b""

@@ -181,3 +181,24 @@ async def test_messages_iteration_ends_when_the_listener_closes() -> None:
         async with asyncio.timeout(timeout(5)):
             await task
         assert got == [b"a", b"b"]
+
+
+async def test_cancel_fails_a_pending_receive_and_ends_iteration() -> None:
+    async with udp_pair() as (client, server):
+        pending = asyncio.create_task(client.receive_message())
+        got: list[bytes] = []
+
+        async def collect() -> None:
+            async for message in server.messages():
+                got.append(message.content)
+
+        iterating = asyncio.create_task(collect())
+        for _ in range(3):
+            await asyncio.sleep(0)
+        await client.cancel()
+        await server.cancel()
+        async with asyncio.timeout(timeout(5)):
+            with pytest.raises(nc.InvalidState, match="cancelled"):
+                await pending
+            await iterating  # ends quietly
+        assert got == []
