@@ -424,6 +424,9 @@ class Connection(Generic[P_co]):
                 await self._establish(started)
             except NetconnError as error:
                 if error.retryable and self._accepted is None:
+                    assert self._restart is not None
+                    # Cleared before the callbacks run: one of them may call restart().
+                    self._restart.clear()
                     self._transition(Waiting(error))
                     await self._back_off(delay)
                     delay = min(cap, delay * 2)
@@ -436,7 +439,6 @@ class Connection(Generic[P_co]):
 
     async def _back_off(self, delay: float) -> None:
         assert self._restart is not None
-        self._restart.clear()
         try:
             async with asyncio.timeout(delay):
                 await self._restart.wait()
