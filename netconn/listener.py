@@ -219,6 +219,10 @@ class Listener(Generic[P_co]):
         try:
             await handler(conn)
         except Exception:
+            if self.closing and isinstance(conn.state, Cancelled):
+                # The listener's cancel() closed the connection under the handler.
+                logger.debug("handler for %r ended by the listener's cancel()", conn)
+                return
             logger.exception("handler for %r failed", conn)
             conn.force_cancel()
         else:
