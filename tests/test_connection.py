@@ -365,3 +365,22 @@ async def test_cancel_fails_a_pending_receive(kind: StreamKind, role: str, certs
                 await pending
         async with asyncio.timeout(timeout(5)):
             assert await peer.receive() == b""
+
+
+async def test_restart_from_a_state_callback() -> None:
+    """restart() called by the Waiting callback itself is not lost."""
+    conn = nc.Connection(nc.Endpoint.host_port("127.0.0.1", free_port()), nc.TCP(), NO_RETRY_SOON)
+    waits: list[nc.NetconnError] = []
+
+    def retry_twice(c: nc.Connection[nc.TCP], state: nc.State) -> None:
+        if isinstance(state, nc.Waiting):
+            waits.append(state.error)
+            if len(waits) < 3:
+                c.restart()
+
+    conn.on_state_update(retry_twice)
+    conn.start()
+    try:
+        await wait_until(lambda: len(waits) == 3)
+    finally:
+        await conn.cancel()

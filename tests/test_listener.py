@@ -205,3 +205,22 @@ async def test_failed_handshakes_are_not_handed_out(certs: Certs) -> None:
         async with asyncio.timeout(timeout(5)), good:
             accepted = await listener.accept()
             assert accepted is not None and isinstance(accepted.state, nc.Ready)
+
+
+async def test_cancel_under_a_waiting_handler_is_quiet(caplog: pytest.LogCaptureFixture) -> None:
+    """A handler blocked in receive() when the listener shuts down is not a handler failure."""
+    entered = asyncio.Event()
+
+    async def wait_forever(conn: nc.Connection[nc.TCP]) -> None:
+        entered.set()
+        await conn.receive()
+
+    async with nc.Listener(nc.TCP(), host="127.0.0.1") as listener:
+        running = asyncio.create_task(listener.run(wait_forever))
+        ep = nc.Endpoint.host_port("127.0.0.1", listener.port)
+        async with asyncio.timeout(timeout(5)), nc.Connection(ep, nc.TCP()) as conn:
+            await entered.wait()
+            await listener.cancel()
+            await running
+            assert await conn.receive() == b""
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")]
