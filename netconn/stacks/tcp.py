@@ -232,9 +232,11 @@ class TCPChannel(asyncio.Protocol):
         self._sending = True
         try:
             view = memoryview(data).cast("B")
-            for offset in range(0, len(view), _CHUNK):
+            # Writes no bigger than the bound keep what is held within twice the bound.
+            step = min(_CHUNK, self._send_limit)
+            for offset in range(0, len(view), step):
                 transport = self._writable()
-                transport.write(view[offset : offset + _CHUNK])
+                transport.write(view[offset : offset + step])
                 if self._write_paused:
                     await self._drain()
             if is_complete:
