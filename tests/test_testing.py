@@ -9,17 +9,26 @@ import pytest
 from conftest import Certs, timeout
 from loopback import STREAMS, StreamKind, client_stack, server_stack, stream_pair
 
+import netconn as nc
 from netconn import testing
 from netconn.testing import ByteStream, PairFactory
 
 
-def pairs(kind: StreamKind, certs: Certs) -> PairFactory:
+def pairs(kind: StreamKind, certs: Certs, parameters: nc.Parameters | None = None) -> PairFactory:
     @asynccontextmanager
     async def make() -> AsyncIterator[tuple[ByteStream, ByteStream]]:
-        async with stream_pair(client_stack(kind, certs), server_stack(kind, certs)) as pair:
+        client, server = client_stack(kind, certs), server_stack(kind, certs)
+        async with stream_pair(client, server, parameters=parameters) as pair:
             yield pair
 
     return make
+
+
+def bound(parameters: nc.Parameters) -> int:
+    """What a sender and a stalled reader may hold: up to twice the send buffer
+    (a write of at most the bound lands on a full buffer), the receive buffer,
+    and one socket read (256 KiB) that arrives just before reading pauses."""
+    return 2 * parameters.send_buffer + parameters.receive_buffer + (256 << 10)
 
 
 @pytest.mark.parametrize("kind", STREAMS)
@@ -48,5 +57,10 @@ async def test_busy(kind: StreamKind, certs: Certs) -> None:
 
 
 @pytest.mark.parametrize("kind", STREAMS)
-async def test_back_pressure(kind: StreamKind, certs: Certs) -> None:
-    await testing.check_back_pressure(pairs(kind, certs), seconds=timeout(60))
+@pytest.mark.parametrize("buffers", [1 << 20, 64 << 10], ids=["1MiB", "64KiB"])
+async def test_back_pressure(kind: StreamKind, buffers: int, certs: Certs) -> None:
+    """A slow reader: the bytes held follow the configured buffers, not the data size."""
+    params = nc.Parameters(send_buffer=buffers, receive_buffer=buffers)
+    await testing.check_back_pressure(
+        pairs(kind, certs, params), bound=bound(params), size=32 << 20, seconds=timeout(60)
+    )
