@@ -23,6 +23,8 @@ from ..errors import (
     ConnectionClosed,
     InvalidState,
     NetconnError,
+    TLSError,
+    map_os_error,
     map_ssl_error,
 )
 from .base import AttemptContext, ByteChannel, Channel, Stack, StreamProtocol
@@ -147,6 +149,17 @@ class TLS(StreamProtocol):
         if self.keylog_file:
             ctx.keylog_filename = self.keylog_file
         return ctx
+
+    def check_listener_options(self) -> None:
+        """A server needs a certificate, and its files must load."""
+        if self.certificate is None:
+            raise TLSError("a TLS listener needs a certificate: TLS(certificate=(chain, key))")
+        try:
+            _cached_context(self, server_side=True)
+        except ssl.SSLError as exc:
+            raise map_ssl_error(exc) from exc
+        except OSError as exc:
+            raise map_os_error(exc, "load the TLS certificate") from exc
 
     async def open_channel(self, ctx: AttemptContext, address: Address) -> TLSChannel:
         inner = await self.inner.open_channel(ctx, address)
