@@ -144,7 +144,7 @@ async def test_cancel_closes_every_child(kind: StreamKind, certs: Certs) -> None
             assert await listener.accept() is None
             for client in clients:
                 assert await client.receive() == b""
-            with pytest.raises(OSError):
+            with pytest.raises(ConnectionRefusedError):
                 socket.create_connection(("127.0.0.1", listener.port), timeout=timeout(5))
     finally:
         for client in clients:
@@ -224,3 +224,32 @@ async def test_cancel_under_a_waiting_handler_is_quiet(caplog: pytest.LogCapture
             await running
             assert await conn.receive() == b""
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (nc.TLS(certificate=("/nonexistent/cert.pem", "/nonexistent/key.pem")), "No such file"),
+        (nc.TLS(), "certificate"),
+    ],
+)
+async def test_bad_tls_server_options_fail_start(options: nc.TLS, message: str) -> None:
+    """A listener that could never complete a handshake fails start(), not every client."""
+    listener = nc.Listener(options, host="127.0.0.1")
+    try:
+        with pytest.raises(nc.NetconnError, match=message):
+            await listener.start()
+    finally:
+        await listener.cancel()
+    assert isinstance(listener.state, nc.Failed)
+    assert listener.port == 0  # nothing stays bound
+
+
+async def test_port_is_still_known_after_cancel() -> None:
+    listener = nc.Listener(nc.TCP(), host="127.0.0.1")
+    async with listener:
+        port = listener.port
+    assert listener.port == port
+    assert listener.local_endpoints == [nc.Address("127.0.0.1", port)]
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=timeout(5)).close()
