@@ -7,6 +7,7 @@ checked in both roles by tests/test_testing.py.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from pathlib import Path
 
@@ -267,3 +268,36 @@ async def test_reset_without_close_notify(role: str, certs: Certs) -> None:
         with pytest.raises(nc.ConnectionClosed):
             async with asyncio.timeout(timeout(5)):
                 await peer.receive()
+
+
+@pytest.mark.parametrize("allow_truncation", [False, True])
+async def test_close_without_close_notify(allow_truncation: bool, certs: Certs) -> None:
+    """A peer that closes TCP without close_notify may have truncated the data."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certs.cert, certs.key)
+    done = asyncio.Event()
+
+    async def truncating(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"partial")
+        await writer.drain()
+        writer.get_extra_info("socket").shutdown(socket.SHUT_WR)  # FIN, no close_notify
+        await done.wait()
+        writer.transport.abort()
+
+    server = await asyncio.start_server(truncating, "127.0.0.1", 0, ssl=context)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        client = nc.TLS(ca_file=certs.ca, allow_truncation=allow_truncation)
+        conn = nc.Connection(nc.Endpoint.host_port("127.0.0.1", port), client)
+        async with asyncio.timeout(timeout(5)), conn:
+            assert await conn.receive_exactly(7) == b"partial"
+            if allow_truncation:
+                assert await conn.receive() == b""
+            else:
+                with pytest.raises(nc.ConnectionClosed, match="close_notify"):
+                    await conn.receive()
+            done.set()
+    finally:
+        done.set()
+        server.close()
+        await server.wait_closed()

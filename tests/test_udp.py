@@ -202,3 +202,38 @@ async def test_cancel_fails_a_pending_receive_and_ends_iteration() -> None:
                 await pending
             await iterating  # ends quietly
         assert got == []
+
+
+async def test_concurrent_receive_is_busy() -> None:
+    async with udp_pair() as (client, _server):
+        pending = asyncio.create_task(client.receive_message())
+        await asyncio.sleep(0)
+        with pytest.raises(nc.Busy):
+            await client.receive_message()
+        pending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+
+
+async def test_listener_cancel_closes_every_flow() -> None:
+    listener = nc.Listener(nc.UDP(), host="127.0.0.1")
+    await listener.start()
+    ep = nc.Endpoint.host_port("127.0.0.1", listener.port)
+    clients = [nc.Connection(ep, nc.UDP()) for _ in range(3)]
+    try:
+        async with asyncio.timeout(timeout(5)):
+            for client in clients:
+                await client.send(b"hi")
+            taken = await listener.accept()
+            assert taken is not None
+            await wait_until(lambda: len(listener.connections) == 3)
+            flows = listener.connections
+            await listener.cancel()
+            assert all(isinstance(flow.state, nc.Cancelled) for flow in flows)
+            assert await listener.accept() is None
+            with pytest.raises(nc.InvalidState):
+                await taken.receive_message()
+    finally:
+        for client in clients:
+            client.force_cancel()
+        await listener.cancel()
