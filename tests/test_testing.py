@@ -24,11 +24,13 @@ def pairs(kind: StreamKind, certs: Certs, parameters: nc.Parameters | None = Non
     return make
 
 
-def bound(parameters: nc.Parameters) -> int:
+def bound(kind: StreamKind, parameters: nc.Parameters) -> int:
     """What a sender and a stalled reader may hold: up to twice the send buffer
     (a write of at most the bound lands on a full buffer), the receive buffer,
-    and one socket read (256 KiB) that arrives just before reading pauses."""
-    return 2 * parameters.send_buffer + parameters.receive_buffer + (256 << 10)
+    one socket read (256 KiB) that arrives just before reading pauses, and for
+    TLS one read of ciphertext (256 KiB) waiting to be decrypted."""
+    tls_read = 256 << 10 if kind == "tls" else 0
+    return 2 * parameters.send_buffer + parameters.receive_buffer + (256 << 10) + tls_read
 
 
 @pytest.mark.parametrize("kind", STREAMS)
@@ -61,6 +63,10 @@ async def test_busy(kind: StreamKind, certs: Certs) -> None:
 async def test_back_pressure(kind: StreamKind, buffers: int, certs: Certs) -> None:
     """A slow reader: the bytes held follow the configured buffers, not the data size."""
     params = nc.Parameters(send_buffer=buffers, receive_buffer=buffers)
-    await testing.check_back_pressure(
-        pairs(kind, certs, params), bound=bound(params), size=32 << 20, seconds=timeout(60)
+    peak = await testing.check_back_pressure(
+        pairs(kind, certs, params), bound=bound(kind, params), size=32 << 20, seconds=timeout(60)
+    )
+    assert peak > buffers  # the sender did fill the buffers
+    print(
+        f"{kind} {buffers >> 10} KiB buffers: peak {peak} bytes held, bound {bound(kind, params)}"
     )
