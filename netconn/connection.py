@@ -373,7 +373,9 @@ class Connection(Generic[P_co]):
 
     def _stop_task(self) -> None:
         task = self._task
-        if task is not None and not task.done() and task is not asyncio.current_task():
+        if task is not None and not task.done():
+            # Also when a state callback run by the task itself cancels: the
+            # task then stops at its next await instead of going on connecting.
             task.cancel()
 
     async def _close_channel(self, *, graceful: bool) -> None:
@@ -495,6 +497,8 @@ class Connection(Generic[P_co]):
     def _became_ready(self) -> None:
         assert self._channel is not None
         self._transition(Ready())
+        if self._channel is None:
+            return  # a state callback cancelled the connection
         local, remote = self._channel.local_address, self._channel.remote_address
         try:
             self._path = path_for(local, remote)
