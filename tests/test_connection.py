@@ -384,3 +384,27 @@ async def test_restart_from_a_state_callback() -> None:
         await wait_until(lambda: len(waits) == 3)
     finally:
         await conn.cancel()
+
+
+@pytest.mark.parametrize("state", [nc.Preparing, nc.Ready, nc.Waiting])
+async def test_force_cancel_from_a_state_callback(state: type[nc.State]) -> None:
+    """force_cancel() inside a state callback leaves a clean Cancelled connection."""
+    async with nc.Listener(nc.TCP(), host="127.0.0.1") as listener:
+        port = listener.port if state is not nc.Waiting else free_port()
+        conn = nc.Connection(nc.Endpoint.host_port("127.0.0.1", port), nc.TCP(), FAST_RETRY)
+        states = record_states(conn)
+
+        def stop(c: nc.Connection[nc.TCP], new: nc.State) -> None:
+            if isinstance(new, state):
+                c.force_cancel()
+
+        conn.on_state_update(stop)
+        conn.start()
+        await wait_until(lambda: isinstance(conn.state, nc.Cancelled))
+        for _ in range(10):
+            await asyncio.sleep(0.01)
+        expected = {"Preparing": [], "Ready": ["Ready"], "Waiting": ["Waiting"]}[state.__name__]
+        assert states == ["Preparing", *expected, "Cancelled"]
+        assert conn.local_endpoint is None
+        with pytest.raises(nc.InvalidState):
+            await conn.send(b"x")
