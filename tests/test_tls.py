@@ -301,3 +301,20 @@ async def test_close_without_close_notify(allow_truncation: bool, certs: Certs) 
         done.set()
         server.close()
         await server.wait_closed()
+
+
+async def test_silent_server_times_the_attempt_out(certs: Certs) -> None:
+    """A server that accepts TCP but never answers the ClientHello: Waiting(ConnectionTimeout)."""
+    async with nc.Listener(nc.TCP(), host="127.0.0.1") as silent:
+        params = nc.Parameters(attempt_timeout=0.2, retry_delays=(3600.0, 3600.0))
+        ep = nc.Endpoint.host_port("127.0.0.1", silent.port)
+        conn = nc.Connection(ep, nc.TLS(ca_file=certs.ca), params)
+        conn.start()
+        try:
+            await wait_until(lambda: isinstance(conn.state, nc.Waiting))
+            assert isinstance(conn.state, nc.Waiting)
+            assert isinstance(conn.state.error, nc.ConnectionTimeout)
+            [attempt] = conn.establishment_report.attempts
+            assert attempt.outcome == "failed" and 0.2 <= attempt.duration < timeout(5)
+        finally:
+            await conn.cancel()
