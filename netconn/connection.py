@@ -518,10 +518,10 @@ class Connection(Generic[P_co]):
         return self._channel
 
     def _check_not_cancelled(self) -> None:
-        # A receive woken by this side's cancel(): say so rather than report
+        # A call woken by this side's cancel(): say so rather than report
         # the closing transport as the peer's doing.
         if isinstance(self._state, Cancelled):
-            raise InvalidState("the connection was cancelled while receiving", self._state)
+            raise InvalidState("the connection was cancelled", self._state)
 
     def _check_open(self) -> None:
         if is_terminal(self._state):
@@ -543,6 +543,13 @@ class Connection(Generic[P_co]):
         """
         self._check_open()
         channel = await self._ready_channel()
+        try:
+            await self._send_on(channel, data, is_complete)
+        except ConnectionClosed:
+            self._check_not_cancelled()
+            raise
+
+    async def _send_on(self, channel: Channel, data: Buffer, is_complete: bool | None) -> None:
         with _mapped("send"):
             if self._stack.kind == "stream":
                 await cast(ByteChannel, channel).send(data, bool(is_complete))

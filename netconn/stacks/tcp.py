@@ -152,6 +152,7 @@ class TCPChannel(asyncio.Protocol):
         self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._error: NetconnError | None = None
         self._write_closed = False
+        self._closing = False
         self._sending = False
         self.local_address: Address | None = None
         self.remote_address: Address | None = None
@@ -232,11 +233,11 @@ class TCPChannel(asyncio.Protocol):
         self._sending = True
         try:
             view = memoryview(data).cast("B")
-            # Writes no bigger than the bound keep what is held within twice the bound.
-            step = min(_CHUNK, self._send_limit)
-            for offset in range(0, len(view), step):
+            # Whole pieces only: a layer above that sends less than _CHUNK at a
+            # time (TLS records) never has its bytes split by a cancellation.
+            for offset in range(0, len(view), _CHUNK):
                 transport = self._writable()
-                transport.write(view[offset : offset + step])
+                transport.write(view[offset : offset + _CHUNK])
                 if self._write_paused:
                     await self._drain()
             if is_complete:
@@ -255,7 +256,12 @@ class TCPChannel(asyncio.Protocol):
         return self._transport
 
     async def _drain(self) -> None:
-        while self._write_paused and self._error is None and not self._lost.done():
+        while (
+            self._write_paused
+            and self._error is None
+            and not self._lost.done()
+            and not self._closing
+        ):
             self._drain_waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._drain_waiter
@@ -270,6 +276,8 @@ class TCPChannel(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
+        self._closing = True
+        self._wake_drain()  # a send waiting for room fails now; what it wrote is flushed
         if not transport.is_closing():
             transport.close()  # flushes the write buffer, then FIN
         try:

@@ -277,6 +277,8 @@ class TLSChannel:
         self._plain = bytearray()
         self._eof = False
         self._write_closed = False
+        self._closing = False
+        self._write_lock = asyncio.Lock()
         self._receiving = False
         self._sending = False
         self._session_callback: Callable[[ssl.SSLSession], None] | None = None
@@ -378,8 +380,11 @@ class TLSChannel:
         self._incoming.write(data)
 
     async def _flush(self) -> None:
-        if self._outgoing.pending:
-            await self._inner.send(self._outgoing.read(), False)
+        # One writer at a time: a receive answering the peer, a send and
+        # close() all flush, and the records must leave in the order made.
+        async with self._write_lock:
+            if self._outgoing.pending:
+                await self._inner.send(self._outgoing.read(), False)
 
     async def _flush_quietly(self) -> None:
         # Send our alert if we can; the handshake failed either way.
@@ -401,6 +406,8 @@ class TLSChannel:
         try:
             view = memoryview(data).cast("B")
             for offset in range(0, len(view), _WRITE_CHUNK):
+                if self._closing:
+                    raise ConnectionClosed("the connection is closed")
                 try:
                     self._ssl.write(view[offset : offset + _WRITE_CHUNK])
                 except ssl.SSLError as exc:
@@ -481,6 +488,7 @@ class TLSChannel:
         )
 
     async def close(self) -> None:
+        self._closing = True
         try:
             if not self._write_closed:
                 await asyncio.wait_for(self._send_close_notify(), 5.0)
