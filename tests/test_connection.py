@@ -408,3 +408,34 @@ async def test_force_cancel_from_a_state_callback(state: type[nc.State]) -> None
         assert conn.local_endpoint is None
         with pytest.raises(nc.InvalidState):
             await conn.send(b"x")
+
+
+@pytest.mark.parametrize("kind", STREAMS)
+@pytest.mark.parametrize("role", ["client", "server"])
+async def test_cancel_during_a_blocked_send(kind: StreamKind, role: str, certs: Certs) -> None:
+    """cancel() while another task's send waits: that send raises InvalidState at once,
+    what it had handed over is flushed, and the peer sees a clean end after a prefix."""
+    size = 64 << 20
+    data = bytes(range(256)) * (size // 256)
+    async with stream_pair(client_stack(kind, certs), server_stack(kind, certs)) as pair:
+        subject, peer = oriented(pair, role)
+        sending = asyncio.create_task(subject.send(data))
+        await wait_until(lambda: peer.buffered_bytes[1] > 0)
+        for _ in range(10):
+            await asyncio.sleep(0.005)
+        assert not sending.done()
+
+        async def read_all() -> bytes:
+            received = bytearray()
+            while chunk := await peer.receive(1, 1 << 20):
+                received += chunk
+            return bytes(received)
+
+        async with asyncio.timeout(timeout(10)):
+            reader = asyncio.create_task(read_all())
+            await subject.cancel()
+            with pytest.raises(nc.InvalidState, match="cancelled"):
+                await sending
+            received = await reader  # a clean end of stream, no reset or truncation
+        assert 0 < len(received) < size
+        assert received == data[: len(received)]

@@ -25,12 +25,13 @@ def pairs(kind: StreamKind, certs: Certs, parameters: nc.Parameters | None = Non
 
 
 def bound(kind: StreamKind, parameters: nc.Parameters) -> int:
-    """What a sender and a stalled reader may hold: up to twice the send buffer
-    (a write of at most the bound lands on a full buffer), the receive buffer,
-    one socket read (256 KiB) that arrives just before reading pauses, and for
-    TLS one read of ciphertext (256 KiB) waiting to be decrypted."""
-    tls_read = 256 << 10 if kind == "tls" else 0
-    return 2 * parameters.send_buffer + parameters.receive_buffer + (256 << 10) + tls_read
+    """What a sender and a stalled reader may hold: the send buffer and one
+    256 KiB write that lands on it when full, the receive buffer and one 256 KiB
+    socket read that arrives just before reading pauses, and for TLS one read
+    of ciphertext (256 KiB) waiting to be decrypted."""
+    chunk = 256 << 10
+    tls_read = chunk if kind == "tls" else 0
+    return parameters.send_buffer + chunk + parameters.receive_buffer + chunk + tls_read
 
 
 @pytest.mark.parametrize("kind", STREAMS)
