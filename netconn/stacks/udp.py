@@ -137,7 +137,13 @@ class UDPChannel:
 
     @property
     def maximum_message_size(self) -> int:
-        if self.remote_address is not None and self.remote_address.family == socket.AF_INET6:
+        remote = self.remote_address
+        # An IPv4-mapped peer (::ffff:a.b.c.d on a dual-stack socket) is reached over IPv4.
+        if (
+            remote is not None
+            and remote.family == socket.AF_INET6
+            and not remote.host.lower().startswith("::ffff:")
+        ):
             return MAX_IPV6_DATAGRAM
         return MAX_IPV4_DATAGRAM
 
