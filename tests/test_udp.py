@@ -237,3 +237,20 @@ async def test_listener_cancel_closes_every_flow() -> None:
         for client in clients:
             client.force_cancel()
         await listener.cancel()
+
+
+async def test_ipv4_flow_on_a_dual_stack_listener() -> None:
+    """An IPv4 client of a listener bound to every address gets IPv4's datagram limit."""
+    async with nc.Listener(nc.UDP()) as listener:
+        conn = nc.Connection(nc.Endpoint.host_port("127.0.0.1", listener.port), nc.UDP())
+        try:
+            async with asyncio.timeout(timeout(5)):
+                await conn.send(b"hello")
+                flow = await listener.accept()
+                assert flow is not None
+                assert flow.maximum_datagram_size == 65507
+                largest = bytes(65507)
+                await flow.send(largest)
+                assert (await conn.receive_message()).content == largest
+        finally:
+            await conn.cancel()
