@@ -115,6 +115,10 @@ class TLS(StreamProtocol):
     allow_truncation: bool = False
     """Accept a peer that closes TCP without close_notify as a clean end of stream."""
 
+    def __post_init__(self) -> None:
+        if isinstance(self.alpn, str | bytes):  # would offer each letter as a protocol
+            raise TypeError(f"alpn takes a list of names, e.g. [{self.alpn!r}], not a string")
+
     @property
     def inner_stack(self) -> Stack:
         return self.inner
