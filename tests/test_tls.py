@@ -318,3 +318,10 @@ async def test_silent_server_times_the_attempt_out(certs: Certs) -> None:
             assert attempt.outcome == "failed" and 0.2 <= attempt.duration < timeout(5)
         finally:
             await conn.cancel()
+
+
+def test_alpn_must_be_a_list_of_names() -> None:
+    """A bare string would offer each of its letters as a protocol."""
+    with pytest.raises(TypeError, match="alpn"):
+        nc.TLS(alpn="h2")
+    assert nc.TLS(alpn=("h2", "http/1.1")).alpn == ("h2", "http/1.1")
