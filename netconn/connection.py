@@ -539,7 +539,9 @@ class Connection(Generic[P_co]):
         the protocol has fragments. Starts the connection if needed and waits
         for it to be ready.
 
-        If cancelled part-way, a prefix of ``data`` may have been sent.
+        If cancelled part-way, a prefix of ``data`` may have been sent. Raises
+        :class:`InvalidState` once the connection is cancelled or failed, also
+        when that happens while this call waits for room.
         """
         self._check_open()
         channel = await self._ready_channel()
@@ -566,7 +568,8 @@ class Connection(Generic[P_co]):
 
         Returns fewer than ``at_least`` only when the peer ended its direction:
         ``b""`` means end of stream. Cancelling a waiting receive loses no
-        bytes: the next receive gets them.
+        bytes: the next receive gets them. Raises :class:`InvalidState` once
+        this connection is cancelled, also when that happens while it waits.
         """
         if not 0 <= at_least <= at_most or at_most < 1:
             raise ValueError(
