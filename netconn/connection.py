@@ -540,8 +540,8 @@ class Connection(Generic[P_co]):
         for it to be ready.
 
         If cancelled part-way, a prefix of ``data`` may have been sent. Raises
-        :class:`InvalidState` once the connection is cancelled or failed, also
-        when that happens while this call waits for room.
+        :class:`InvalidState` once the connection has failed or is cancelled
+        (also when cancelled while this call waits for room).
         """
         self._check_open()
         channel = await self._ready_channel()
