@@ -10,9 +10,10 @@ import asyncio
 import socket
 import struct
 
+import netns
 import pytest
 from conftest import timeout
-from loopback import free_port, oriented, stream_pair, transfer
+from loopback import free_port, oriented, stream_pair, transfer, wait_until
 
 import netconn as nc
 
@@ -125,3 +126,33 @@ async def test_reset_by_a_plain_socket_peer() -> None:
             assert isinstance(conn.state, nc.Failed)
         finally:
             await conn.cancel()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        nc.TCP(connection_drop_time=1.0),
+        nc.TCP(keepalive=True, keepalive_idle=1, keepalive_interval=1, keepalive_count=2),
+    ],
+    ids=["user-timeout", "keepalive"],
+)
+async def test_dead_peer_fails_the_connection(options: nc.TCP) -> None:
+    """In a private namespace the peer goes silent: the option ends the connection."""
+    with netns.namespace() as name, netns.inside(name):
+        async with nc.Listener(nc.TCP(), host="127.0.0.1") as listener:
+            conn = nc.Connection(nc.Endpoint.host_port("127.0.0.1", listener.port), options)
+            try:
+                async with asyncio.timeout(timeout(20)):
+                    await conn.wait_ready()
+                    assert await listener.accept() is not None
+                    netns.blackhole_tcp_port(name, listener.port)
+                    if options.connection_drop_time is not None:
+                        await conn.send(b"never acknowledged")
+                    await wait_until(lambda: isinstance(conn.state, nc.Failed), 15)
+                match conn.state:
+                    case nc.Failed(error=error):
+                        assert isinstance(error, nc.ConnectionTimeout), error
+                    case other:
+                        raise AssertionError(other)
+            finally:
+                await conn.cancel()
