@@ -51,3 +51,14 @@ async def wrong_stack(udp: nc.Connection[nc.UDP]) -> None:
 def frozen_options(tcp: nc.TCP, state: nc.Waiting) -> None:
     tcp.no_delay = True  # E: misc
     state.error = nc.NetconnError()  # E: misc
+
+
+async def tcp_handler(conn: nc.Connection[nc.TCP]) -> None:
+    await conn.send(b"x")
+
+
+async def wrong_handler_and_options() -> None:
+    await nc.Listener(nc.UDP()).run(tcp_handler)  # E: arg-type
+    nc.Parameters(send_buffer="1")  # E: arg-type
+    conn = nc.Connection(ep, nc.TCP())
+    conn.on_path_update(lambda c, path: print(path.bogus))  # E: attr-defined

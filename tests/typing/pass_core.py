@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import assert_type
 
 import netconn as nc
+from netconn.testing import ByteStream
 
 
 async def client() -> None:
@@ -68,3 +69,9 @@ async def server(certs: tuple[str, str]) -> None:
     flows.on_new_connection(lambda conn: None)
     async for flow in flows:
         assert_type(await flow.receive_message(), nc.Message)
+
+
+def conformance(tcp: nc.Connection[nc.TCP], tls: nc.Connection[nc.TLS]) -> None:
+    """Connections are what netconn.testing checks."""
+    streams: list[ByteStream] = [tcp, tls]
+    assert streams
