@@ -450,8 +450,15 @@ class Connection(Generic[P_co]):
     async def _establish(self, started: float) -> None:
         if self._accepted is not None:
             assert self._ctx is not None
-            with _mapped("accept"):
-                self._channel = await self._stack.accept_channel(self._ctx, self._accepted)
+            try:
+                # Bounded like a client's attempt: a silent peer must not hold a
+                # listener's backlog slot for ever.
+                async with asyncio.timeout(self._parameters.attempt_timeout):
+                    with _mapped("accept"):
+                        channel = await self._stack.accept_channel(self._ctx, self._accepted)
+            except TimeoutError as exc:
+                raise ConnectionTimeout("the inbound handshake timed out") from exc
+            self._channel = channel
             self._accepted = None
             return
         assert self._endpoint is not None
