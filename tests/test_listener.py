@@ -253,3 +253,21 @@ async def test_port_is_still_known_after_cancel() -> None:
     assert listener.local_endpoints == [nc.Address("127.0.0.1", port)]
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=timeout(5)).close()
+
+
+async def test_silent_client_cannot_hold_the_backlog(certs: Certs) -> None:
+    """A client that never sends its ClientHello times out instead of holding a slot."""
+    params = nc.Parameters(attempt_timeout=0.3)
+    listener = nc.Listener(server_stack("tls", certs), host="127.0.0.1", parameters=params)
+    async with listener:
+        ep = nc.Endpoint.host_port("127.0.0.1", listener.port)
+        listener.backlog = 1
+        async with asyncio.timeout(timeout(5)), nc.Connection(ep, nc.TCP()) as silent:
+            await wait_until(lambda: listener.failed_handshakes == 1)
+            await wait_until(lambda: isinstance(silent.state, nc.Failed))  # reset
+            assert isinstance(silent.state, nc.Failed)
+            assert isinstance(silent.state.error, nc.ConnectionClosed)
+            good = nc.Connection(ep, client_stack("tls", certs))
+            async with good:
+                accepted = await listener.accept()
+                assert accepted is not None and isinstance(accepted.state, nc.Ready)
