@@ -34,18 +34,18 @@ StreamPair: TypeAlias = tuple[nc.Connection[nc.StreamProtocol], nc.Connection[nc
 _T = TypeVar("_T")
 
 
-def server_stack(kind: StreamKind, certs: Certs, **options: object) -> nc.StreamProtocol:
-    """``TCP()`` or a ``TLS`` server with the test certificate; ``options`` go to ``TLS``."""
+def server_stack(kind: StreamKind, certs: Certs) -> nc.StreamProtocol:
+    """``TCP()`` or a ``TLS`` server with the test certificate."""
     if kind == "tcp":
         return nc.TCP()
-    return nc.TLS(certificate=(certs.cert, certs.key), **options)  # type: ignore[arg-type]
+    return nc.TLS(certificate=(certs.cert, certs.key))
 
 
-def client_stack(kind: StreamKind, certs: Certs, **options: object) -> nc.StreamProtocol:
-    """``TCP()`` or a ``TLS`` client trusting the test CA; ``options`` go to ``TLS``."""
+def client_stack(kind: StreamKind, certs: Certs) -> nc.StreamProtocol:
+    """``TCP()`` or a ``TLS`` client trusting the test CA."""
     if kind == "tcp":
         return nc.TCP()
-    return nc.TLS(ca_file=certs.ca, **options)  # type: ignore[arg-type]
+    return nc.TLS(ca_file=certs.ca)
 
 
 @asynccontextmanager

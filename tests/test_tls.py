@@ -7,9 +7,11 @@ checked in both roles by tests/test_testing.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import ssl
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Certs, timeout
@@ -19,9 +21,9 @@ import netconn as nc
 from netconn.errors import certificate_problem
 
 
-def server(certs: Certs, cert: str | None = None, key: str | None = None, **kw: object) -> nc.TLS:
+def server(certs: Certs, cert: str | None = None, key: str | None = None, **kw: Any) -> nc.TLS:
     chain = (cert or certs.cert, key or certs.key)
-    return nc.TLS(certificate=chain, **kw)  # type: ignore[arg-type]
+    return dataclasses.replace(nc.TLS(certificate=chain), **kw)
 
 
 def leaf_der(chain_file: str) -> bytes:
