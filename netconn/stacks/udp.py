@@ -160,11 +160,11 @@ class UDPChannel:
         else:
             self._transport.sendto(data, self._peer)
         while self._write_paused and not self._closed:
-            self._drain_waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._drain_waiter
-            finally:
-                self._drain_waiter = None
+            # One future for every waiting sender (datagram sends may overlap),
+            # shielded so that one sender giving up does not wake the others.
+            if self._drain_waiter is None or self._drain_waiter.done():
+                self._drain_waiter = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._drain_waiter)
 
     async def receive_message(self) -> Message:
         if self._waiter is not None:
@@ -199,6 +199,7 @@ class UDPChannel:
             return
         self._closed = True
         self._wake()
+        self._wake_drain()
         if self._peer is None:
             if self._transport is not None:
                 self._transport.close()
