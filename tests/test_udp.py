@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 from conftest import timeout
@@ -254,3 +256,62 @@ async def test_ipv4_flow_on_a_dual_stack_listener() -> None:
                 assert (await conn.receive_message()).content == largest
         finally:
             await conn.cancel()
+
+
+class StalledTransport(asyncio.DatagramTransport):
+    """A shared-socket transport that records datagrams and never sends them."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+        self.sent: list[bytes] = []
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self.sock if name == "socket" else default
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        self.sent.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def test_every_sender_waiting_for_room_resumes() -> None:
+    """Concurrent datagram senders blocked on a full send buffer all resume, none hangs."""
+    from netconn.stacks.base import AttemptContext
+    from netconn.stacks.udp import UDPChannel
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        ctx = AttemptContext(None, nc.Parameters(), on_lost=lambda error: None)
+        channel = UDPChannel(nc.Parameters(), ctx, 8)
+        transport = StalledTransport(sock)
+        channel.attach(transport, ("127.0.0.1", 9))
+        channel.set_write_paused(True)
+        senders = [asyncio.create_task(channel.send_message(bytes([i]), True)) for i in range(3)]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert not any(s.done() for s in senders)
+        senders[0].cancel()  # one gives up; the others keep waiting
+        await asyncio.sleep(0)
+        channel.set_write_paused(False)
+        async with asyncio.timeout(timeout(5)):
+            await asyncio.gather(*senders[1:])
+        assert transport.sent == [b"\x00", b"\x01", b"\x02"]
+
+
+async def test_closing_wakes_senders_waiting_for_room() -> None:
+    from netconn.stacks.base import AttemptContext
+    from netconn.stacks.udp import UDPChannel
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        ctx = AttemptContext(None, nc.Parameters(), on_lost=lambda error: None)
+        channel = UDPChannel(nc.Parameters(), ctx, 8)
+        channel.attach(StalledTransport(sock), ("127.0.0.1", 9))
+        channel.set_write_paused(True)
+        sender = asyncio.create_task(channel.send_message(b"x", True))
+        await asyncio.sleep(0)
+        channel.abort()
+        async with asyncio.timeout(timeout(5)):
+            await sender  # the datagram was handed over before the wait
