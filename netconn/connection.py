@@ -23,6 +23,7 @@ from typing import Any, Generic, Self, TypeVar, cast
 
 from .endpoint import Address, Endpoint
 from .errors import (
+    ConnectionClosed,
     ConnectionTimeout,
     EndOfStream,
     InvalidState,
@@ -185,6 +186,23 @@ class Connection(Generic[P_co]):
         """TLS version, cipher, ALPN and resumption, when the stack has TLS."""
         info = self._find_in_channels("tls_info")
         return None if info is None else cast(dict[str, Any], info())
+
+    @property
+    def buffered_bytes(self) -> tuple[int, int]:
+        """Bytes this connection holds in the process, summed over its layers.
+
+        ``(waiting to be sent, received and not yet read)``; each stays within
+        the bounds in :class:`Parameters` plus a chunk per layer.
+        """
+        sending = receiving = 0
+        channel: Any = self._channel
+        while channel is not None:
+            counts = getattr(channel, "buffered_bytes", None)
+            if counts is not None:
+                sending += counts[0]
+                receiving += counts[1]
+            channel = getattr(channel, "inner", None)
+        return sending, receiving
 
     def _find_in_channels(self, name: str) -> Any:
         channel: Any = self._channel
@@ -386,7 +404,9 @@ class Connection(Generic[P_co]):
 
     def _stop_task(self) -> None:
         task = self._task
-        if task is not None and not task.done() and task is not asyncio.current_task():
+        if task is not None and not task.done():
+            # Also when a state callback run by the task itself cancels: the
+            # task then stops at its next await instead of going on connecting.
             task.cancel()
 
     async def _close_channel(self, *, graceful: bool) -> None:
@@ -437,6 +457,9 @@ class Connection(Generic[P_co]):
                 await self._establish(started)
             except NetconnError as error:
                 if error.retryable and self._accepted is None:
+                    assert self._restart is not None
+                    # Cleared before the callbacks run: one of them may call restart().
+                    self._restart.clear()
                     self._transition(Waiting(error))
                     await self._back_off(delay)
                     delay = min(cap, delay * 2)
@@ -449,7 +472,6 @@ class Connection(Generic[P_co]):
 
     async def _back_off(self, delay: float) -> None:
         assert self._restart is not None
-        self._restart.clear()
         try:
             async with asyncio.timeout(delay):
                 await self._restart.wait()
@@ -459,8 +481,15 @@ class Connection(Generic[P_co]):
     async def _establish(self, started: float) -> None:
         if self._accepted is not None:
             assert self._ctx is not None
-            with _mapped("accept"):
-                self._channel = await self._stack.accept_channel(self._ctx, self._accepted)
+            try:
+                # Bounded like a client's attempt: a silent peer must not hold a
+                # listener's backlog slot for ever.
+                async with asyncio.timeout(self._parameters.attempt_timeout):
+                    with _mapped("accept"):
+                        channel = await self._stack.accept_channel(self._ctx, self._accepted)
+            except TimeoutError as exc:
+                raise ConnectionTimeout("the inbound handshake timed out") from exc
+            self._channel = channel
             self._accepted = None
             return
         assert self._endpoint is not None
@@ -488,6 +517,8 @@ class Connection(Generic[P_co]):
     def _became_ready(self) -> None:
         assert self._channel is not None
         self._transition(Ready())
+        if self._channel is None:
+            return  # a state callback cancelled the connection
         local, remote = self._channel.local_address, self._channel.remote_address
         if self._watcher is not None:
             self._path = self._watcher.track(local, remote)
@@ -505,6 +536,12 @@ class Connection(Generic[P_co]):
             raise InvalidState("the connection is closed", self._state)
         return self._channel
 
+    def _check_not_cancelled(self) -> None:
+        # A call woken by this side's cancel(): say so rather than report
+        # the closing transport as the peer's doing.
+        if isinstance(self._state, Cancelled):
+            raise InvalidState("the connection was cancelled", self._state)
+
     def _check_open(self) -> None:
         if is_terminal(self._state):
             cause = self._state.error if isinstance(self._state, Failed) else None
@@ -521,10 +558,19 @@ class Connection(Generic[P_co]):
         the protocol has fragments. Starts the connection if needed and waits
         for it to be ready.
 
-        If cancelled part-way, a prefix of ``data`` may have been sent.
+        If cancelled part-way, a prefix of ``data`` may have been sent. Raises
+        :class:`InvalidState` once the connection has failed or is cancelled
+        (also when cancelled while this call waits for room).
         """
         self._check_open()
         channel = await self._ready_channel()
+        try:
+            await self._send_on(channel, data, is_complete)
+        except ConnectionClosed:
+            self._check_not_cancelled()
+            raise
+
+    async def _send_on(self, channel: Channel, data: Buffer, is_complete: bool | None) -> None:
         with _mapped("send"):
             if self._stack.kind == "stream":
                 await cast(ByteChannel, channel).send(data, bool(is_complete))
@@ -541,7 +587,8 @@ class Connection(Generic[P_co]):
 
         Returns fewer than ``at_least`` only when the peer ended its direction:
         ``b""`` means end of stream. Cancelling a waiting receive loses no
-        bytes: the next receive gets them.
+        bytes: the next receive gets them. Raises :class:`InvalidState` once
+        this connection is cancelled, also when that happens while it waits.
         """
         if not 0 <= at_least <= at_most or at_most < 1:
             raise ValueError(
@@ -549,8 +596,15 @@ class Connection(Generic[P_co]):
             )
         self._check_open()
         channel = cast(ByteChannel, await self._ready_channel())
-        with _mapped("receive"):
-            return await channel.receive(at_least, at_most)
+        try:
+            with _mapped("receive"):
+                data = await channel.receive(at_least, at_most)
+        except ConnectionClosed:
+            self._check_not_cancelled()
+            raise
+        if not data and at_least:
+            self._check_not_cancelled()  # our own cancel() is no end of stream
+        return data
 
     async def receive_exactly(self: Connection[StreamProtocol], size: int) -> bytes:
         """Return exactly ``size`` bytes.
@@ -573,18 +627,24 @@ class Connection(Generic[P_co]):
         """The next whole message (or fragment, with ``is_complete`` false)."""
         self._check_open()
         channel = cast(MessageChannel, await self._ready_channel())
-        with _mapped("receive"):
-            return await channel.receive_message()
+        try:
+            with _mapped("receive"):
+                return await channel.receive_message()
+        except ConnectionClosed:
+            self._check_not_cancelled()
+            raise
 
     async def messages(self: Connection[MessageProtocol]) -> AsyncIterator[Message]:
-        """Every message until the connection closes."""
-        from .errors import ConnectionClosed
-
+        """Every message until the connection closes or is cancelled."""
         while True:
             try:
                 yield await self.receive_message()
             except ConnectionClosed:
                 return
+            except InvalidState:
+                if isinstance(self._state, Cancelled):
+                    return
+                raise
 
     @property
     def maximum_datagram_size(self: Connection[UDP]) -> int:

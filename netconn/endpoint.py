@@ -94,6 +94,8 @@ class Endpoint:
             raise DNSError(
                 f"cannot resolve {self.host!r}: {exc.strerror}", retryable=temporary
             ) from exc
+        except UnicodeError as exc:  # the IDNA codec rejects e.g. empty or long labels
+            raise DNSError(f"cannot resolve {self.host!r}: not a valid host name") from exc
         seen: dict[Address, None] = {}
         for _family, _type, _proto, _canon, sockaddr in infos:
             seen.setdefault(Address.from_sockaddr(sockaddr), None)

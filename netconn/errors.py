@@ -242,8 +242,9 @@ def map_os_error(exc: OSError, what: str = "") -> NetconnError:
 def map_ssl_error(exc: ssl.SSLError) -> TLSError:
     """Turn an ``ssl.SSLError`` into :class:`TLSError` or :class:`CertificateError`."""
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return CertificateError(exc.verify_message or str(exc), code=exc.verify_code)
-    reason = exc.reason or str(exc)
+        message = getattr(exc, "verify_message", None) or str(exc)
+        return CertificateError(message, code=getattr(exc, "verify_code", None))
+    reason = getattr(exc, "reason", None) or str(exc)  # only OpenSSL sets .reason
     return TLSError(f"TLS failed: {reason}")
 
 

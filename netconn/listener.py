@@ -65,6 +65,7 @@ class Listener(Generic[P_co]):
         self._tasks: set[asyncio.Task[None]] = set()
         self._closers: list[Callable[[], None]] = []
         self._sockets: list[socket.socket] = []
+        self._bound: list[Address] = []
         self._children: set[Connection[P_co]] = set()
         self.closing = False
         """True once the listener is being cancelled."""
@@ -89,14 +90,12 @@ class Listener(Generic[P_co]):
     @property
     def port(self) -> int:
         """The bound port (the real one when 0 was asked for); 0 before start."""
-        for sock in self._sockets:
-            return int(sock.getsockname()[1])
-        return 0
+        return self._bound[0].port if self._bound else 0
 
     @property
     def local_endpoints(self) -> list[Address]:
-        """Every bound address."""
-        return [Address.from_sockaddr(s.getsockname()) for s in self._sockets]
+        """Every bound address (still known after cancel)."""
+        return list(self._bound)
 
     @property
     def connections(self) -> frozenset[Connection[P_co]]:
@@ -132,6 +131,8 @@ class Listener(Generic[P_co]):
             return self
         try:
             try:
+                for layer in self._stack.layers():
+                    layer.check_listener_options()
                 await self._stack.bottom.start_listener(self, self._host, self._requested_port)
             except OSError as exc:
                 if isinstance(exc, NetconnError):
@@ -160,6 +161,8 @@ class Listener(Generic[P_co]):
         self._children.clear()
         await asyncio.gather(*(c.cancel() for c in children), return_exceptions=True)
         self._transition(Cancelled())
+        while not self._ready.empty():  # they were cancelled above: never hand them out
+            self._ready.get_nowait()
         self._ready.put_nowait(None)
 
     def _close_sockets(self) -> None:
@@ -221,6 +224,10 @@ class Listener(Generic[P_co]):
         try:
             await handler(conn)
         except Exception:
+            if self.closing and isinstance(conn.state, Cancelled):
+                # The listener's cancel() closed the connection under the handler.
+                logger.debug("handler for %r ended by the listener's cancel()", conn)
+                return
             logger.exception("handler for %r failed", conn)
             conn.force_cancel()
         else:
@@ -241,6 +248,8 @@ class Listener(Generic[P_co]):
     def set_sockets(self, sockets: list[socket.socket]) -> None:
         """Record the bound sockets (for ``port`` and closing)."""
         self._sockets = sockets
+        # Kept apart from the sockets: a closed socket has no name to ask for.
+        self._bound = [Address.from_sockaddr(s.getsockname()) for s in sockets]
 
     def has_room(self) -> bool:
         """Whether another connection may be accepted now."""

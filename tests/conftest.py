@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import gc
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,35 @@ TIMEOUT_SCALE = float(os.environ.get("NETCONN_TEST_TIMEOUT_SCALE", "1"))
 def timeout(seconds: float) -> float:
     """``seconds`` scaled by ``NETCONN_TEST_TIMEOUT_SCALE``."""
     return seconds * TIMEOUT_SCALE
+
+
+@pytest.fixture(autouse=True)
+async def strict_loop() -> AsyncIterator[None]:
+    """Run every test with asyncio debug mode and fail it on anything the loop reports.
+
+    The loop's exception handler catches "Task was destroyed but it is
+    pending", "Future exception was never retrieved" and exceptions in
+    callbacks; tasks a test leaves running count as leaks. Unclosed
+    transports and sockets raise ``ResourceWarning``, an error here.
+    """
+    loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    loop.slow_callback_duration = 1.0  # debug mode logs slower callbacks; not an error
+    reported: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    yield
+    # Let aborted transports run their connection_lost callbacks.
+    for _ in range(5):
+        await asyncio.sleep(0)
+    gc.collect()
+    current = asyncio.current_task()
+    leaked = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    for task in leaked:
+        task.cancel()
+    loop.set_exception_handler(None)
+    problems = [f"{c.get('message')} ({c.get('exception')!r})" for c in reported]
+    assert not problems, f"the event loop reported: {problems}"
+    assert not leaked, f"tasks left running: {leaked}"
 
 
 @dataclass(frozen=True)

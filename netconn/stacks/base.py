@@ -145,6 +145,14 @@ class Stack(abc.ABC):
         """Server side: build this layer on an accepted ``inner`` channel."""
         return inner
 
+    def check_listener_options(self) -> None:
+        """Raise a :class:`NetconnError` if these options cannot serve a listener.
+
+        :meth:`Listener.start` calls it on every layer before binding, so that
+        a missing certificate fails the listener rather than every client.
+        """
+        return  # most options have nothing to check
+
     async def start_listener(self, listener: Listener[Any], host: str | None, port: int) -> None:
         """Bottom stacks only: bind and feed accepted channels to ``listener``."""
         raise TypeError(f"{type(self).__name__} cannot listen on its own")

@@ -33,6 +33,7 @@ _TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)
 _TCP_FASTOPEN_CONNECT = getattr(socket, "TCP_FASTOPEN_CONNECT", 30)
 _CHUNK = 256 * 1024
 _CLOSE_TIMEOUT = 10.0  # seconds a graceful close may take before it aborts
+_LINGER_ZERO = struct.pack("ii", 1, 0)  # struct linger {l_onoff=1, l_linger=0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +164,7 @@ class TCPChannel(asyncio.Protocol):
         self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._error: NetconnError | None = None
         self._write_closed = False
+        self._closing = False
         self._sending = False
         self._viable = True
         self._poll: asyncio.TimerHandle | None = None
@@ -276,6 +278,8 @@ class TCPChannel(asyncio.Protocol):
         self._sending = True
         try:
             view = memoryview(data).cast("B")
+            # Whole pieces only: a layer above that sends less than _CHUNK at a
+            # time (TLS records) never has its bytes split by a cancellation.
             for offset in range(0, len(view), _CHUNK):
                 transport = self._writable()
                 transport.write(view[offset : offset + _CHUNK])
@@ -297,7 +301,12 @@ class TCPChannel(asyncio.Protocol):
         return self._transport
 
     async def _drain(self) -> None:
-        while self._write_paused and self._error is None and not self._lost.done():
+        while (
+            self._write_paused
+            and self._error is None
+            and not self._lost.done()
+            and not self._closing
+        ):
             self._drain_waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._drain_waiter
@@ -312,6 +321,8 @@ class TCPChannel(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
+        self._closing = True
+        self._wake_drain()  # a send waiting for room fails now; what it wrote is flushed
         if not transport.is_closing():
             transport.close()  # flushes the write buffer, then FIN
         try:
@@ -321,8 +332,15 @@ class TCPChannel(asyncio.Protocol):
             transport.abort()
 
     def abort(self) -> None:
-        if self._transport is not None:
-            self._transport.abort()
+        transport = self._transport
+        if transport is None:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # A zero linger time makes close() send RST instead of FIN.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+        transport.abort()
 
 
 def _map(exc: BaseException) -> NetconnError:

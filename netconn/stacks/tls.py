@@ -23,6 +23,8 @@ from ..errors import (
     ConnectionClosed,
     InvalidState,
     NetconnError,
+    TLSError,
+    map_os_error,
     map_ssl_error,
 )
 from .base import AttemptContext, ByteChannel, Channel, Stack, StreamProtocol
@@ -33,6 +35,7 @@ __all__ = ["TLS", "PeerCertificate", "TLSChannel", "TLSSessionCache", "TLSVersio
 TLSVersion = ssl.TLSVersion
 _READ_CHUNK = 256 * 1024
 _WRITE_CHUNK = 64 * 1024
+_ALERT_CLOSE_TIMEOUT = 2.0  # seconds to deliver a handshake alert before aborting
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +115,10 @@ class TLS(StreamProtocol):
     allow_truncation: bool = False
     """Accept a peer that closes TCP without close_notify as a clean end of stream."""
 
+    def __post_init__(self) -> None:
+        if isinstance(self.alpn, str | bytes):  # would offer each letter as a protocol
+            raise TypeError(f"alpn takes a list of names, e.g. [{self.alpn!r}], not a string")
+
     @property
     def inner_stack(self) -> Stack:
         return self.inner
@@ -147,14 +154,28 @@ class TLS(StreamProtocol):
             ctx.keylog_filename = self.keylog_file
         return ctx
 
+    def check_listener_options(self) -> None:
+        """A server needs a certificate, and its files must load."""
+        if self.certificate is None:
+            raise TLSError("a TLS listener needs a certificate: TLS(certificate=(chain, key))")
+        try:
+            _cached_context(self, server_side=True)
+        except ssl.SSLError as exc:
+            raise map_ssl_error(exc) from exc
+        except OSError as exc:
+            raise map_os_error(exc, "load the TLS certificate") from exc
+
     async def open_channel(self, ctx: AttemptContext, address: Address) -> TLSChannel:
         inner = await self.inner.open_channel(ctx, address)
         if not _is_byte_channel(inner):
             raise TypeError("TLS needs a byte stream underneath")
         server_name = self.server_name
-        if server_name is None and ctx.endpoint is not None and not ctx.endpoint.is_literal:
-            server_name = ctx.endpoint.host
-        key = (server_name or address.host, address.port)
+        if server_name is None:
+            # ssl verifies an IP literal against the certificate's IP addresses
+            # (and sends no SNI for it); check_hostname needs it either way.
+            host = ctx.endpoint.host if ctx.endpoint is not None else address.host
+            server_name = host.split("%", 1)[0]
+        key = (server_name, address.port)
         session = self.session_cache.get(key) if self.session_cache else None
         channel = TLSChannel(
             self,
@@ -163,29 +184,49 @@ class TLS(StreamProtocol):
             server_side=False,
             server_name=server_name,
             session=session,
+            ctx=ctx,
         )
         try:
             await channel.handshake()
+        except NetconnError:
+            await _close_after_alert(inner)
+            raise
         except BaseException:
             inner.abort()
             raise
-        if self.session_cache is not None:
-            channel.on_session(
-                lambda s: self.session_cache.put(key, s) if self.session_cache else None
-            )
+        cache = self.session_cache
+        if cache is not None:  # not truthiness: an empty cache has len() 0
+            channel.on_session(lambda session: cache.put(key, session))
         return channel
 
     async def accept_channel(self, ctx: AttemptContext, inner: Channel) -> TLSChannel:
         inner = await self.inner.accept_channel(ctx, inner)
         if not _is_byte_channel(inner):
             raise TypeError("TLS needs a byte stream underneath")
-        channel = TLSChannel(self, inner, _cached_context(self, server_side=True), server_side=True)
+        context = _cached_context(self, server_side=True)
+        channel = TLSChannel(self, inner, context, server_side=True, ctx=ctx)
         try:
             await channel.handshake()
+        except NetconnError:
+            await _close_after_alert(inner)
+            raise
         except BaseException:
             inner.abort()
             raise
         return channel
+
+
+async def _close_after_alert(inner: ByteChannel) -> None:
+    """Close gracefully after a failed handshake: an abort (RST) could make the
+    peer's kernel drop our alert, and the peer would not learn why."""
+    try:
+        async with asyncio.timeout(_ALERT_CLOSE_TIMEOUT):
+            await inner.close()
+    except (NetconnError, TimeoutError):
+        inner.abort()
+    except asyncio.CancelledError:
+        inner.abort()
+        raise
 
 
 _contexts: dict[tuple[int, bool], tuple[TLS, ssl.SSLContext]] = {}
@@ -221,7 +262,9 @@ class TLSChannel:
         server_side: bool,
         server_name: str | None = None,
         session: ssl.SSLSession | None = None,
+        ctx: AttemptContext | None = None,
     ) -> None:
+        self._ctx = ctx
         self._options = options
         self._inner = inner
         self._incoming = ssl.MemoryBIO()
@@ -238,6 +281,8 @@ class TLSChannel:
         self._plain = bytearray()
         self._eof = False
         self._write_closed = False
+        self._closing = False
+        self._write_lock = asyncio.Lock()
         self._receiving = False
         self._sending = False
         self._session_callback: Callable[[ssl.SSLSession], None] | None = None
@@ -282,6 +327,11 @@ class TLSChannel:
     def peer_certificate(self) -> bytes | None:
         """The peer's certificate, DER encoded."""
         return self._ssl.getpeercert(binary_form=True)
+
+    @property
+    def buffered_bytes(self) -> tuple[int, int]:
+        """Bytes held in this layer: (records not yet sent, received and not read)."""
+        return self._outgoing.pending, len(self._plain) + self._incoming.pending
 
     def on_session(self, callback: Callable[[ssl.SSLSession], None]) -> None:
         """Call ``callback`` with the session once the server has sent its ticket."""
@@ -334,8 +384,11 @@ class TLSChannel:
         self._incoming.write(data)
 
     async def _flush(self) -> None:
-        if self._outgoing.pending:
-            await self._inner.send(self._outgoing.read(), False)
+        # One writer at a time: a receive answering the peer, a send and
+        # close() all flush, and the records must leave in the order made.
+        async with self._write_lock:
+            if self._outgoing.pending:
+                await self._inner.send(self._outgoing.read(), False)
 
     async def _flush_quietly(self) -> None:
         # Send our alert if we can; the handshake failed either way.
@@ -357,10 +410,12 @@ class TLSChannel:
         try:
             view = memoryview(data).cast("B")
             for offset in range(0, len(view), _WRITE_CHUNK):
+                if self._closing:
+                    raise ConnectionClosed("the connection is closed")
                 try:
                     self._ssl.write(view[offset : offset + _WRITE_CHUNK])
                 except ssl.SSLError as exc:
-                    raise map_ssl_error(exc) from exc
+                    raise self._fatal(exc) from exc
                 await self._flush()
             if is_complete:
                 await self._send_close_notify()
@@ -406,13 +461,22 @@ class TLSChannel:
                 self._eof = True
                 return True
             except ssl.SSLError as exc:
-                raise map_ssl_error(exc) from exc
+                raise self._fatal(exc) from exc
             if not chunk:
                 self._eof = True
                 return True
             self._plain += chunk
             progressed = True
+        if self._session_callback is not None:
+            self._offer_session()  # the ticket may have come with this data
         return True
+
+    def _fatal(self, exc: ssl.SSLError) -> NetconnError:
+        # A TLS alert or a bad record ends the connection, not just this call.
+        error = map_ssl_error(exc)
+        if self._ctx is not None:
+            self._ctx.on_lost(error)
+        return error
 
     async def _pull_data(self) -> None:
         data = await self._inner.receive(1, _READ_CHUNK)
@@ -428,6 +492,7 @@ class TLSChannel:
         )
 
     async def close(self) -> None:
+        self._closing = True
         try:
             if not self._write_closed:
                 await asyncio.wait_for(self._send_close_notify(), 5.0)

@@ -137,7 +137,13 @@ class UDPChannel:
 
     @property
     def maximum_message_size(self) -> int:
-        if self.remote_address is not None and self.remote_address.family == socket.AF_INET6:
+        remote = self.remote_address
+        # An IPv4-mapped peer (::ffff:a.b.c.d on a dual-stack socket) is reached over IPv4.
+        if (
+            remote is not None
+            and remote.family == socket.AF_INET6
+            and not remote.host.lower().startswith("::ffff:")
+        ):
             return MAX_IPV6_DATAGRAM
         return MAX_IPV4_DATAGRAM
 
@@ -154,11 +160,11 @@ class UDPChannel:
         else:
             self._transport.sendto(data, self._peer)
         while self._write_paused and not self._closed:
-            self._drain_waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._drain_waiter
-            finally:
-                self._drain_waiter = None
+            # One future for every waiting sender (datagram sends may overlap),
+            # shielded so that one sender giving up does not wake the others.
+            if self._drain_waiter is None or self._drain_waiter.done():
+                self._drain_waiter = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._drain_waiter)
 
     async def receive_message(self) -> Message:
         if self._waiter is not None:
@@ -176,6 +182,11 @@ class UDPChannel:
         return Message(self._queue.popleft(), True, {"remote": self.remote_address})
 
     @property
+    def buffered_bytes(self) -> tuple[int, int]:
+        """Bytes held in the process: (0, received datagrams not yet read)."""
+        return 0, sum(map(len, self._queue))
+
+    @property
     def pending(self) -> int:
         """Datagrams received and not yet read."""
         return len(self._queue)
@@ -188,6 +199,7 @@ class UDPChannel:
             return
         self._closed = True
         self._wake()
+        self._wake_drain()
         if self._peer is None:
             if self._transport is not None:
                 self._transport.close()
