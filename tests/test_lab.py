@@ -8,11 +8,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from conftest import timeout
 
 from netconn.lab import Lab, LabError
 from netconn.lab.fixtures import lab_fixture
-
-from .conftest import timeout
 
 
 @pytest.fixture

@@ -8,10 +8,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
 import pytest
+from conftest import timeout
 
 from netconn.lab.relay import UDPRelay
-
-from .conftest import timeout
 
 
 class Recorder(asyncio.DatagramProtocol):

@@ -11,6 +11,7 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+from conftest import timeout
 
 import netconn as nc
 from netconn import _netlink
@@ -25,8 +26,6 @@ from netconn.path import (
     monitor_path,
 )
 from netconn.pathmonitor import Debouncer, ViabilityTracker, _EventSource
-
-from .conftest import timeout
 
 UP = 0x1 | 0x40 | 0x10000  # IFF_UP | IFF_RUNNING | IFF_LOWER_UP
 

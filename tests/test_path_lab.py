@@ -12,12 +12,11 @@ import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
+from conftest import timeout
 
 import netconn as nc
 from netconn.lab import Lab
 from netconn.lab.fixtures import lab_fixture
-
-from .conftest import timeout
 
 
 @pytest.fixture

@@ -13,14 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pytest
+from conftest import timeout
 
 import netconn as nc
 from netconn.endpoint import Address
 from netconn.lab import LabEndpoint
 from netconn.racing import interleave
 from netconn.stacks.base import AttemptContext, Channel, StreamProtocol
-
-from .conftest import timeout
 
 
 @dataclass
