@@ -155,7 +155,7 @@ class TLS(StreamProtocol):
         if server_name is None and ctx.endpoint is not None and not ctx.endpoint.is_literal:
             server_name = ctx.endpoint.host
         key = (server_name or address.host, address.port)
-        session = self.session_cache.get(key) if self.session_cache else None
+        session = self.session_cache.get(key) if self.session_cache is not None else None
         channel = TLSChannel(
             self,
             inner,
@@ -171,7 +171,7 @@ class TLS(StreamProtocol):
             raise
         if self.session_cache is not None:
             channel.on_session(
-                lambda s: self.session_cache.put(key, s) if self.session_cache else None
+                lambda s: self.session_cache.put(key, s) if self.session_cache is not None else None
             )
         return channel
 
@@ -389,6 +389,10 @@ class TLSChannel:
             await self._flush()
         finally:
             self._receiving = False
+        if self._session_callback is not None:
+            # A read satisfied without SSLWantReadError never offered the
+            # ticket that arrived with the data.
+            self._offer_session()
         data = bytes(self._plain[:at_most])
         del self._plain[:at_most]
         return data
