@@ -109,7 +109,8 @@ class _Session:
 
     async def stream(self) -> Stream:
         if self._multiplexed:
-            return _ByteStream(await self._conn.open_stream())  # type: ignore[attr-defined]
+            quic: Any = self._conn  # Connection[QUIC] only in builds that have QUIC
+            return _ByteStream(await quic.open_stream())
         if self._messages:
             return _MessageStream(self._conn)
         return _ByteStream(self._conn)
@@ -321,12 +322,12 @@ class NetconnQUIC:
                     if reply is not None:
                         await conn.datagrams.send(reply)
 
-        async def handle(conn: nc.Connection[Any]) -> None:
+        async def handle(conn: Any) -> None:
             async with asyncio.TaskGroup() as group:
                 if env.datagram_frames:
                     group.create_task(datagrams(conn))
                 with contextlib.suppress(nc.NetconnError):
-                    async for stream in conn.inbound_streams():  # type: ignore[attr-defined]
+                    async for stream in conn.inbound_streams():
                         group.create_task(_serve_stream(on_stream, _ByteStream(stream)))
 
         async with _listen(stack, handle) as port:
@@ -338,7 +339,7 @@ class NetconnQUIC:
         if stack is None:
             extra: dict[str, Any] = {"ca_file": env.ca, "server_name": _SERVER_NAME}
             if options.resume:
-                extra["ticket_store"] = nc.MemoryTicketStore()  # type: ignore[attr-defined]
+                extra["ticket_store"] = _require("MemoryTicketStore")()
             if options.early_data:
                 extra["early_data"] = True
             stack = self._options(env, **extra)
