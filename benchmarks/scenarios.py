@@ -82,7 +82,7 @@ STACKS: dict[str, StackBench] = {
             "slow_reader",
         ),
         (("netconn", "aioquic"), ("netconn-qh3", "qh3"), ("qh3", "aioquic")),
-        scale={"bulk_bytes": 16 * MiB, "handshakes": 100, "datagram_size": 1000},
+        scale={"bulk_bytes": 16 * MiB, "handshakes": 50, "datagram_size": 1000},
         quick_scale={"bulk_bytes": 1 * MiB, "datagram_size": 1000},
         datagram_frames=True,
     ),
