@@ -9,13 +9,14 @@ import os
 import shlex
 import sys
 import tempfile
+from typing import Any
 
 from netconn.certs import make_local_certificate
 
 from .api import Env
 from .machine import CpuTimes, machine_info
-from .report import markdown, plot, to_json
-from .runner import run_scenarios
+from .report import from_json, markdown, plot, to_json
+from .runner import ScenarioResult, run_scenarios
 from .scenarios import STACKS, scenarios
 from .workloads import FULL, QUICK, WORKLOADS
 
@@ -65,12 +66,22 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout", type=float, default=None, help="seconds one client run may take"
     )
+    parser.add_argument(
+        "--from-json",
+        metavar="PATH",
+        default=None,
+        help="run nothing: render the Markdown and plots of an earlier results.json",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks; return the exit status (1 if a measurement failed)."""
     args = _parser().parse_args(argv)
+    if args.from_json is not None:
+        with open(args.from_json) as f:
+            header, results = from_json(f.read())
+        return _write(args, header, results)
     unknown = [s for s in args.stacks if s not in STACKS]
     unknown += [w for w in args.workloads or [] if w not in WORKLOADS]
     if unknown:
@@ -92,21 +103,20 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="netconn-bench-") as directory:
         cert = make_local_certificate(directory=directory)
-        results = []
+        plan = []
         for loop in loops:
             env = Env(ca=cert.ca, cert=cert.cert, key=cert.key, loop=loop)
-            plan = scenarios(
-                args.stacks,
-                args.workloads,
-                quick=args.quick,
-                env=env,
-                base=QUICK if args.quick else FULL,
-            )
-            header["scale"] = {s.stack: dataclasses.asdict(s.scale) for s in plan}
-            results += run_scenarios(
-                plan, rounds=rounds, timeout=timeout, progress=progress, only=args.only
-            )
+            base = QUICK if args.quick else FULL
+            plan += scenarios(args.stacks, args.workloads, quick=args.quick, env=env, base=base)
+        header["scale"] = {s.stack: dataclasses.asdict(s.scale) for s in plan}
+        results = run_scenarios(
+            plan, rounds=rounds, timeout=timeout, progress=progress, only=args.only
+        )
     header["cpu_during_run"] = cpu.summary()
+    return _write(args, header, results)
+
+
+def _write(args: argparse.Namespace, header: dict[str, Any], results: list[ScenarioResult]) -> int:
     os.makedirs(args.out, exist_ok=True)
     report = markdown(header, results)
     with open(os.path.join(args.out, "results.json"), "w") as f:

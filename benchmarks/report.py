@@ -7,10 +7,11 @@ import json
 import os
 from typing import Any
 
-from .runner import ImplResult, ScenarioResult
+from .runner import ImplResult, Ratio, ScenarioResult
 from .scenarios import STACKS
+from .workloads import Metric
 
-__all__ = ["markdown", "plot", "to_json"]
+__all__ = ["from_json", "markdown", "plot", "to_json"]
 
 _NOT_AVAILABLE = "not available in this build"
 
@@ -28,6 +29,28 @@ def to_json(header: dict[str, Any], results: list[ScenarioResult]) -> str:
             ratio["median"] = source.median
         scenarios.append(item)
     return json.dumps({"header": header, "scenarios": scenarios}, indent=1)
+
+
+def from_json(text: str) -> tuple[dict[str, Any], list[ScenarioResult]]:
+    """The header and results that :func:`to_json` wrote (to render reports again)."""
+    data = json.loads(text)
+    results = []
+    for item in data["scenarios"]:
+        results.append(
+            ScenarioResult(
+                item["stack"],
+                item["workload"],
+                item["loop"],
+                item["title"],
+                tuple(Metric(**m) for m in item["metrics"]),
+                {name: ImplResult(**impl) for name, impl in item["implementations"].items()},
+                [
+                    Ratio(r["subject"], r["reference"], r["metric"], r["rounds"])
+                    for r in item["ratios"]
+                ],
+            )
+        )
+    return data["header"], results
 
 
 def _number(value: float | None) -> str:
@@ -172,10 +195,15 @@ def plot(results: list[ScenarioResult], directory: str) -> list[str]:
 _COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
 
 
+_RATIO_TICKS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 3, 5, 10, 20, 50, 100]
+
+
 def _plot_ratios(results: list[ScenarioResult], directory: str) -> str:
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rows: list[tuple[str, float, str]] = []
+    outside: set[str] = set()
     loops = list(dict.fromkeys(r.loop for r in results))
     for result in results:
         metric = result.metrics[0]
@@ -183,16 +211,20 @@ def _plot_ratios(results: list[ScenarioResult], directory: str) -> str:
             if ratio.metric == metric.key and ratio.median is not None:
                 label = f"{result.stack} {result.workload}: {ratio.subject} ÷ {ratio.reference}"
                 rows.append((label, ratio.median, result.loop))
+                if not ratio.subject.startswith("netconn"):
+                    outside.add(label)
     labels = list(dict.fromkeys(label for label, _, _ in rows))
     fig, ax = plt.subplots(figsize=(10, 1.2 + 0.32 * max(1, len(labels)) * len(loops)))
     height = 0.8 / max(1, len(loops))
     for j, loop in enumerate(loops):
-        ys, xs = [], []
+        ys, xs, colours = [], [], []
         for label, value, row_loop in rows:
             if row_loop == loop:
                 ys.append(labels.index(label) + j * height)
                 xs.append(value)
-        bars = ax.barh(ys, xs, height=height, color=_COLOURS[j % len(_COLOURS)], label=loop)
+                single = len(loops) == 1 and label in outside
+                colours.append("#b0b0b0" if single else _COLOURS[j % len(_COLOURS)])
+        bars = ax.barh(ys, xs, height=height, color=colours, label=loop)
         for bar, value in zip(bars, xs, strict=True):
             ax.text(
                 value,
@@ -203,11 +235,19 @@ def _plot_ratios(results: list[ScenarioResult], directory: str) -> str:
             )
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_xscale("log")
+    values = [value for _, value, _ in rows] or [1.0]
+    ticks = [t for t in _RATIO_TICKS if min(values) / 1.5 <= t <= max(values) * 1.5]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:g}x" for t in ticks])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_yticks([i + height * (len(loops) - 1) / 2 for i in range(len(labels))])
     ax.set_yticklabels(labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("ratio, headline metric (> 1: the first does better; log scale)")
-    ax.set_title("netconn against the raw libraries (median of per-round ratios)")
+    title = "netconn against the raw libraries (median of per-round ratios)"
+    if len(loops) == 1 and outside:
+        title += "\ngrey: an outside reference against the raw baseline"
+    ax.set_title(title)
     if len(loops) > 1:
         ax.legend(title="event loop")
     fig.tight_layout()
@@ -241,7 +281,16 @@ def _plot_stack(stack: str, results: list[ScenarioResult], directory: str) -> st
                 x = i + (j - (len(loops) - 1) / 2) * width
                 median = impl.median(metric.key)
                 if median is None:
-                    ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=8, rotation=90)
+                    ax.text(
+                        x,
+                        0.03,
+                        "n/a",
+                        ha="center",
+                        va="bottom",
+                        fontsize=8,
+                        color="grey",
+                        transform=ax.get_xaxis_transform(),
+                    )
                     continue
                 ax.bar(
                     x,
@@ -252,6 +301,7 @@ def _plot_stack(stack: str, results: list[ScenarioResult], directory: str) -> st
                 )
                 points = [r[metric.key] for r in impl.rounds if r is not None and metric.key in r]
                 ax.scatter([x] * len(points), points, color="black", s=8, zorder=3)
+        ax.set_xlim(-0.5, len(names) - 0.5)
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, fontsize=8, rotation=15)
         better = "higher" if metric.higher_is_better else "lower"

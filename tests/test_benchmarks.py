@@ -99,3 +99,17 @@ def test_quick_mode_both_event_loops(tmp_path: Path) -> None:
             _check_measured(item, "asyncio")
     assert "Event loops side by side" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "ratios.png").read_bytes().startswith(PNG_MAGIC)
+    # The reports render again from the JSON alone.
+    again = tmp_path / "again"
+    source = str(tmp_path / "results.json")
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--from-json", source, "--out", str(again)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout(60),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (again / "results.md").read_text() == (tmp_path / "results.md").read_text()
+    assert (again / "tcp.png").read_bytes().startswith(PNG_MAGIC)
