@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import timeout
 
 import netconn
-
-from .conftest import timeout
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

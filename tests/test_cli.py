@@ -12,11 +12,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from conftest import timeout
 
 from netconn.certs import make_local_certificate
 from netconn.demo import CASES, run_demo
-
-from .conftest import timeout
 
 
 def _free_port(kind: int) -> int:
