@@ -155,7 +155,7 @@ class TLS(StreamProtocol):
         if server_name is None and ctx.endpoint is not None and not ctx.endpoint.is_literal:
             server_name = ctx.endpoint.host
         key = (server_name or address.host, address.port)
-        session = self.session_cache.get(key) if self.session_cache is not None else None
+        session = self.session_cache.get(key) if self.session_cache else None
         channel = TLSChannel(
             self,
             inner,
@@ -169,10 +169,9 @@ class TLS(StreamProtocol):
         except BaseException:
             inner.abort()
             raise
-        if self.session_cache is not None:
-            channel.on_session(
-                lambda s: self.session_cache.put(key, s) if self.session_cache is not None else None
-            )
+        cache = self.session_cache
+        if cache is not None:  # not truthiness: an empty cache has len() 0
+            channel.on_session(lambda session: cache.put(key, session))
         return channel
 
     async def accept_channel(self, ctx: AttemptContext, inner: Channel) -> TLSChannel:
@@ -391,10 +390,6 @@ class TLSChannel:
             await self._flush()
         finally:
             self._receiving = False
-        if self._session_callback is not None:
-            # A read satisfied without SSLWantReadError never offered the
-            # ticket that arrived with the data.
-            self._offer_session()
         data = bytes(self._plain[:at_most])
         del self._plain[:at_most]
         return data
@@ -418,6 +413,8 @@ class TLSChannel:
                 return True
             self._plain += chunk
             progressed = True
+        if self._session_callback is not None:
+            self._offer_session()  # the ticket may have come with this data
         return True
 
     async def _pull_data(self) -> None:
