@@ -269,8 +269,7 @@ async def _echo_client(impl: Implementation, env: Env, port: int, scale: Scale) 
     session = await impl.connect(env, port, ConnectOptions())
     try:
         stream = await session.stream()
-        request = bytes(range(256))[: scale.message_size] * (scale.message_size // 256 + 1)
-        request = request[: scale.message_size]
+        request = bytes(i % 256 for i in range(scale.message_size))
         samples: list[float] = []
         for i in range(scale.echo_rounds + 20):
             start = time.perf_counter()
