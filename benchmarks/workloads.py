@@ -199,7 +199,8 @@ def _slow_server(scale: Scale, stats: dict[str, float]) -> tuple[StreamHandler, 
             ahead = got / scale.slow_rate - (time.perf_counter() - start)
             if ahead > 0.001:
                 await asyncio.sleep(ahead)
-        stats["reader_peak_mib"] = (peak_rss() - base) / MiB
+        # The kernel syncs the peak counter lazily: a few pages below ``base`` means 0.
+        stats["reader_peak_mib"] = max(0, peak_rss() - base) / MiB
         await stream.send(b"k", end=True)
 
     return on_stream, _ignore_datagram
@@ -351,7 +352,7 @@ async def _slow(impl: Implementation, env: Env, port: int, scale: Scale) -> dict
         reset_peak_rss()
         base = rss()
         await _send_counted(stream, scale.slow_bytes)
-        peak = peak_rss() - base
+        peak = max(0, peak_rss() - base)
     finally:
         await session.close()
     return {"sender_peak_mib": peak / MiB}
