@@ -7,7 +7,7 @@ import contextlib
 import socket
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .._buffer import ReceiveBuffer
 from ..endpoint import Address
@@ -174,7 +174,8 @@ class TCPChannel(asyncio.Protocol):
     # asyncio.Protocol callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         # The transport's own buffer is the send bound: writes pause above it.
         transport.set_write_buffer_limits(high=self._send_limit, low=self._send_limit // 4)

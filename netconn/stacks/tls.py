@@ -339,9 +339,11 @@ class TLSChannel:
         self._offer_session()
 
     def _offer_session(self) -> None:
-        session = self._ssl.session
         callback = self._session_callback
-        if callback is not None and session is not None:
+        if callback is None:
+            return  # reading ssl.session costs ~100 us: only when someone wants it
+        session = self._ssl.session
+        if session is not None:
             if self._ssl.version() == "TLSv1.3" and not session.has_ticket:
                 return  # the ticket has not arrived yet
             callback(session)
