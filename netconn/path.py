@@ -14,6 +14,7 @@ or constrained is a host policy, set with :func:`configure_interface`.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import os
 import socket
@@ -218,12 +219,22 @@ class Path:
         return " ".join(parts + flags)
 
 
+@functools.lru_cache(maxsize=1024)
 def _bare(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """The address without scope; IPv4-mapped IPv6 addresses become IPv4."""
+    """The address without scope; IPv4-mapped IPv6 addresses become IPv4.
+
+    Cached: every new connection's path asks about the same few addresses.
+    """
     address = ipaddress.ip_address(host.split("%", 1)[0])
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
+
+
+@functools.lru_cache(maxsize=1024)
+def _network(destination: str, prefix_length: int) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A route's destination as a network (cached: routes change rarely)."""
+    return ipaddress.ip_network(f"{destination}/{prefix_length}", strict=False)
 
 
 # Classification
@@ -285,18 +296,32 @@ def _interface(link: _netlink.Link, addresses: tuple[str, ...]) -> Interface:
 # Snapshots
 
 
-def _nameservers() -> list[str]:
+_RESOLV_CONF = "/etc/resolv.conf"
+_nameserver_cache: tuple[tuple[int, int], tuple[str, ...]] | None = None
+
+
+def _nameservers() -> tuple[str, ...]:
+    """The nameservers of ``/etc/resolv.conf``, re-read only when the file changes."""
+    global _nameserver_cache
     try:
-        with open("/etc/resolv.conf") as f:
+        stat = os.stat(_RESOLV_CONF)
+    except OSError:
+        return ()
+    key = (stat.st_mtime_ns, stat.st_ino)
+    if _nameserver_cache is not None and _nameserver_cache[0] == key:
+        return _nameserver_cache[1]
+    try:
+        with open(_RESOLV_CONF) as f:
             lines = f.read().splitlines()
     except OSError:
-        return []
-    out = []
-    for line in lines:
-        words = line.split()
-        if len(words) >= 2 and words[0] == "nameserver":
-            out.append(words[1])
-    return out
+        return ()
+    found = tuple(
+        words[1]
+        for words in (line.split() for line in lines)
+        if len(words) >= 2 and words[0] == "nameserver"
+    )
+    _nameserver_cache = (key, found)
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,12 +381,11 @@ class HostNetwork:
                 continue
             if (route.family == socket.AF_INET6) != (target.version == 6):
                 continue
-            if route.destination is not None:
-                network = ipaddress.ip_network(
-                    f"{route.destination}/{route.prefix_length}", strict=False
-                )
-                if target not in network:
-                    continue
+            if (
+                route.destination is not None
+                and target not in _network(route.destination, route.prefix_length)
+            ):
+                continue
             found.append(route)
         found.sort(key=lambda r: (-r.prefix_length, r.priority))
         return found
