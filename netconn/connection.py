@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Generic, Literal, Self, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar, cast, overload
 
 from .endpoint import Address, Endpoint
 from .errors import (
@@ -40,8 +40,14 @@ from .stacks.base import (
     MessageProtocol,
     Stack,
     StreamProtocol,
+    TypedChannel,
 )
 from .stacks.udp import UDP
+
+if TYPE_CHECKING:
+    from .stacks.coder import Coder
+    from .stacks.framing import TLV, FramerChannel
+    from .stacks.websocket import WebSocket, WebSocketHandshake
 from .state import (
     Cancelled,
     Failed,
@@ -61,6 +67,9 @@ logger = logging.getLogger("netconn")
 P_co = TypeVar("P_co", bound=Stack, covariant=True)
 """The top of a connection's stack (covariant: a ``Connection[TLS]`` is a
 ``Connection[StreamProtocol]``)."""
+
+T = TypeVar("T")
+"""The message type of a ``Coder`` stack."""
 
 Buffer = bytes | bytearray | memoryview
 _ids = itertools.count(1)
@@ -500,37 +509,80 @@ class Connection(Generic[P_co]):
 
     # Data
 
-    async def send(self, data: Buffer, *, is_complete: bool | None = None) -> None:
+    @overload
+    async def send(self: Connection[Coder[T]], message: T, /) -> None: ...
+    @overload
+    async def send(
+        self: Connection[WebSocket], data: Buffer | str, *, is_complete: bool | None = None
+    ) -> None: ...
+    @overload
+    async def send(self: Connection[TLV], data: Buffer, *, type: int | None = None) -> None: ...
+    @overload
+    async def send(
+        self: Connection[StreamProtocol | MessageProtocol],
+        data: Buffer,
+        *,
+        is_complete: bool | None = None,
+    ) -> None: ...
+    async def send(
+        self: Connection[Any],
+        data: Any,
+        *,
+        is_complete: bool | None = None,
+        type: int | None = None,
+    ) -> None:
         """Send ``data``; return once the stack has taken it under its buffer bound.
 
         On a byte stream, ``is_complete=True`` ends the sending direction after
         ``data`` (FIN, close_notify); default false. On a message stack each
         call sends one message; ``is_complete=False`` sends a fragment where
-        the protocol has fragments. Starts the connection if needed and waits
-        for it to be ready.
+        the protocol has fragments. On a WebSocket a ``str`` is sent as a text
+        message. On a ``TLV`` stack ``type`` is the message's type. On a
+        ``Coder`` stack ``data`` is a value of the coder's type, encoded into
+        one message. Starts the connection if needed and waits for it to be
+        ready.
 
         If cancelled part-way, a prefix of ``data`` may have been sent.
         """
         self._check_open()
         channel = await self._ready_channel()
         with _mapped("send"):
-            if self._stack.kind == "stream":
+            kind = self._stack.kind
+            if kind == "stream":
                 await cast(ByteChannel, channel).send(data, bool(is_complete))
-            elif self._stack.kind == "message":
+            elif kind == "message":
                 done = True if is_complete is None else is_complete
-                await cast(MessageChannel, channel).send_message(data, done)
+                if type is None:
+                    await cast(MessageChannel, channel).send_message(data, done)
+                else:
+                    await cast("FramerChannel", channel).send_message(data, done, type)
+            elif kind == "typed":
+                await cast(TypedChannel, channel).send_value(data)
             else:
                 raise InvalidState(f"{self._stack.describe()} sends on streams, not the connection")
 
+    @overload
+    async def receive(self: Connection[Coder[T]]) -> T: ...
+    @overload
     async def receive(
         self: Connection[StreamProtocol], at_least: int = 1, at_most: int = 65536
-    ) -> bytes:
+    ) -> bytes: ...
+    async def receive(self: Connection[Any], at_least: int = 1, at_most: int = 65536) -> Any:
         """Return between ``at_least`` and ``at_most`` bytes.
 
         Returns fewer than ``at_least`` only when the peer ended its direction:
         ``b""`` means end of stream. Cancelling a waiting receive loses no
         bytes: the next receive gets them.
+
+        On a ``Coder`` stack: the next message, decoded into the coder's type.
+        Raises :class:`DecodeError` for a message that does not decode; the
+        connection stays usable.
         """
+        if self._stack.kind == "typed":
+            self._check_open()
+            typed = cast(TypedChannel, await self._ready_channel())
+            with _mapped("receive"):
+                return await typed.receive_value()
         if not 0 <= at_least <= at_most or at_most < 1:
             raise ValueError(
                 f"need 0 <= at_least <= at_most and at_most >= 1, got {at_least}, {at_most}"
@@ -573,6 +625,23 @@ class Connection(Generic[P_co]):
                 yield await self.receive_message()
             except ConnectionClosed:
                 return
+
+    @property
+    def websocket_handshake(self: Connection[WebSocket]) -> WebSocketHandshake | None:
+        """The WebSocket opening handshake (path, headers, subprotocol), once ready."""
+        return cast("WebSocketHandshake | None", self._find_in_channels("handshake"))
+
+    async def close_with(self: Connection[WebSocket], code: int = 1000, reason: str = "") -> None:
+        """Close the WebSocket with ``code`` and ``reason``, then cancel the connection.
+
+        Like :meth:`cancel`, but the close frame carries this code (1000,
+        1001-1014 or 3000-4999) and reason (at most 123 bytes of UTF-8).
+        Raises ``ValueError`` for a code or reason that may not be sent.
+        """
+        set_close = self._find_in_channels("set_close")
+        if set_close is not None:
+            set_close(code, reason)
+        await self.cancel()
 
     @property
     def maximum_datagram_size(self: Connection[UDP]) -> int:
