@@ -638,6 +638,9 @@ class Connection(Generic[P_co]):
         1001-1014 or 3000-4999) and reason (at most 123 bytes of UTF-8).
         Raises ``ValueError`` for a code or reason that may not be sent.
         """
+        from .stacks.websocket import check_close
+
+        check_close(code, reason)
         set_close = self._find_in_channels("set_close")
         if set_close is not None:
             set_close(code, reason)

@@ -43,7 +43,7 @@ from websockets.extensions.permessage_deflate import (
     ClientPerMessageDeflateFactory,
     ServerPerMessageDeflateFactory,
 )
-from websockets.frames import CloseCode, Opcode
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import Protocol
 from websockets.protocol import State as WSState
@@ -171,7 +171,7 @@ class WebSocket(MessageProtocol):
             host = ctx.endpoint.host
         resource, _, query = self.path.partition("?")
         uri = WebSocketURI(self.secure, host, address.port, resource, query)
-        protocol = ClientProtocol(
+        protocol = _ClientProtocol(
             uri,
             origin=None if self.origin is None else _origin(self.origin),
             extensions=[ClientPerMessageDeflateFactory()] if self.compression else None,
@@ -194,7 +194,7 @@ class WebSocket(MessageProtocol):
 
     async def accept_channel(self, ctx: AttemptContext, inner: Channel) -> WebSocketChannel:
         stream = _byte_channel(await self.inner.accept_channel(ctx, inner))
-        protocol = ServerProtocol(
+        protocol = _ServerProtocol(
             extensions=[ServerPerMessageDeflateFactory()] if self.compression else None,
             subprotocols=[Subprotocol(s) for s in self.subprotocols] or None,
             max_size=self.max_message_size,
@@ -212,6 +212,26 @@ class WebSocket(MessageProtocol):
             raise
         channel.start()
         return channel
+
+
+class _ClientProtocol(ClientProtocol):
+    def recv_frame(self, frame: Frame) -> None:
+        _forget_unfinished_message(self, frame)
+        super().recv_frame(frame)
+
+
+class _ServerProtocol(ServerProtocol):
+    def recv_frame(self, frame: Frame) -> None:
+        _forget_unfinished_message(self, frame)
+        super().recv_frame(frame)
+
+
+def _forget_unfinished_message(protocol: Protocol, frame: Frame) -> None:
+    # RFC 6455 §5.4 lets control frames, a close too, arrive between the
+    # fragments of a message; the library fails that with 1002. A close there
+    # simply ends the connection: the unfinished message is dropped.
+    if frame.opcode is Opcode.CLOSE:
+        protocol.current_size = None
 
 
 def _origin(value: str) -> Any:
@@ -428,21 +448,21 @@ class WebSocketChannel:
 
     async def _read_loop(self) -> None:
         try:
-            if self._pending_events:
-                events, self._pending_events = self._pending_events, []
-                self._handle(events)
-                await self._flush()
+            # Frames that came with the handshake response, and any reply the
+            # protocol produced for them (a close frame, if they were invalid).
+            events, self._pending_events = self._pending_events, []
+            self._handle(events)
+            await self._flush()
             while self._protocol.state is not WSState.CLOSED:
                 await self._room.wait()
                 data = await self._inner.receive(1, _READ_CHUNK)
-                if data:
-                    self._protocol.receive_data(data)
-                else:
+                if not data:
                     self._protocol.receive_eof()
+                    await self._flush_quietly()  # our end of stream, if still possible
+                    break
+                self._protocol.receive_data(data)
                 self._handle(self._protocol.events_received())
                 await self._flush()
-                if not data:
-                    break
                 if self._close_timer is None and self._protocol.close_expected():
                     # We sent a close frame (or failed): the peer has
                     # close_timeout seconds to finish before we abort.
@@ -473,6 +493,8 @@ class WebSocketChannel:
             elif opcode is Opcode.PONG:
                 self._pong(bytes(frame.data))
             elif opcode is Opcode.CLOSE:
+                self._parts = []  # an unfinished message ends here
+                self._decoder = None
                 close = self._protocol.close_rcvd
                 if close is not None:
                     metadata = {
@@ -558,9 +580,9 @@ class WebSocketChannel:
 
     def _final_error(self) -> NetconnError:
         protocol = self._protocol
-        if self._error is not None:
-            return self._error
         exc = protocol.parser_exc
+        if self._error is not None and (exc is None or isinstance(exc, EOFError)):
+            return self._error  # our own failure (UTF-8, keepalive, transport)
         if isinstance(exc, PayloadTooBig):
             limit = self._options.max_message_size or 0
             return MessageTooLarge(exc.size or exc.max_size + 1, limit)
@@ -701,10 +723,7 @@ class WebSocketChannel:
 
     def set_close(self, code: int, reason: str = "") -> None:
         """Use ``code`` and ``reason`` in the close frame that :meth:`close` sends."""
-        if not (code == 1000 or 3000 <= code <= 4999 or 1001 <= code <= 1014):
-            raise ValueError(f"close code {code} may not be sent")
-        if len(reason.encode()) > 123:
-            raise ValueError("a close reason is at most 123 bytes of UTF-8")
+        check_close(code, reason)
         self._close_code = code
         self._close_reason = reason
 
@@ -743,6 +762,15 @@ class WebSocketChannel:
         if not self._finished:
             self._fail_locally(ConnectionClosed("the connection was aborted"), send_close=False)
             self._finish()
+
+
+def check_close(code: int, reason: str) -> None:
+    """Raise ``ValueError`` unless ``code`` and ``reason`` may go in a close frame."""
+    # RFC 6455 §7.4: 1005, 1006 and 1015 are never sent; 1016-2999 are reserved.
+    if not (code == 1000 or 1001 <= code <= 1014 or 3000 <= code <= 4999) or code in (1005, 1006):
+        raise ValueError(f"close code {code} may not be sent")
+    if len(reason.encode()) > 123:
+        raise ValueError("a close reason is at most 123 bytes of UTF-8")
 
 
 def _handshake_error(exc: Exception, response: Response | None) -> NetconnError:
