@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -59,7 +60,7 @@ class JSONCodec:
 
     def decode(self, payload: bytes, kind: type[T]) -> T:
         try:
-            tree = json.loads(payload)
+            tree = json.loads(payload, parse_constant=_no_constant)
         except (UnicodeDecodeError, ValueError) as exc:
             raise DecodeError(f"not JSON: {exc}", payload) from exc
         try:
@@ -147,7 +148,9 @@ class JSONCodec:
                     return tree
             elif kind is float:
                 if isinstance(tree, int | float) and not isinstance(tree, bool):
-                    return float(tree)
+                    if math.isfinite(tree):
+                        return float(tree)
+                    raise _Mismatch(f"{where}: {tree} is not a finite number")
             elif kind is str:
                 if isinstance(tree, str):
                     return tree
@@ -179,6 +182,11 @@ class JSONCodec:
 
 class _Mismatch(Exception):
     pass
+
+
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259 §6), though Python's parser takes them.
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def _json_type(tree: Any) -> str:

@@ -40,12 +40,14 @@ def _check_width(name: str, width: int, allowed: tuple[int, ...]) -> None:
         raise ValueError(f"{name} must be one of {allowed} bytes, got {width}")
 
 
-def _check_max(max_length: int, length_width: int) -> None:
-    if not 0 < max_length <= (1 << (8 * length_width)) - 1:
-        raise ValueError(
-            f"max_length must be between 1 and {(1 << (8 * length_width)) - 1} "
-            f"for a {length_width}-byte length, got {max_length}"
-        )
+def _check_max(max_length: int) -> None:
+    if max_length < 1:
+        raise ValueError(f"max_length must be positive, got {max_length}")
+
+
+def _limit(max_length: int, length_width: int) -> int:
+    """``max_length``, capped at the largest value the length field can hold."""
+    return min(max_length, (1 << (8 * length_width)) - 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,14 +65,15 @@ class TLV(MessageProtocol):
     length_width: int = 4
     """Bytes in the length field: 1, 2, 4 or 8; default 4."""
     max_length: int = 1 << 20
-    """Largest value, in bytes, sent or accepted; default 1 MiB."""
+    """Largest value, in bytes, sent or accepted; default 1 MiB (less when the
+    length field cannot hold it)."""
     default_type: int = 0
     """Type used by a ``send`` that names none; default 0."""
 
     def __post_init__(self) -> None:
         _check_width("type_width", self.type_width, (1, 2, 4, 8))
         _check_width("length_width", self.length_width, (1, 2, 4, 8))
-        _check_max(self.max_length, self.length_width)
+        _check_max(self.max_length)
         if not 0 <= self.default_type < 1 << (8 * self.type_width):
             raise ValueError(f"default_type {self.default_type} does not fit the type field")
 
@@ -81,7 +84,12 @@ class TLV(MessageProtocol):
     def frame(self, channel: ByteChannel, ctx: AttemptContext | None = None) -> FramerChannel:
         """TLV messages over ``channel`` (any byte channel, e.g. a QUIC stream)."""
         return FramerChannel(
-            channel, self.type_width, self.length_width, self.max_length, self.default_type, ctx
+            channel,
+            self.type_width,
+            self.length_width,
+            _limit(self.max_length, self.length_width),
+            self.default_type,
+            ctx,
         )
 
     async def open_channel(self, ctx: AttemptContext, address: Address) -> FramerChannel:
@@ -100,11 +108,12 @@ class LengthPrefix(MessageProtocol):
     width: int = 4
     """Bytes in the length field: 1, 2, 4 or 8; default 4."""
     max_length: int = 1 << 20
-    """Largest message, in bytes, sent or accepted; default 1 MiB."""
+    """Largest message, in bytes, sent or accepted; default 1 MiB (less when the
+    length field cannot hold it)."""
 
     def __post_init__(self) -> None:
         _check_width("width", self.width, (1, 2, 4, 8))
-        _check_max(self.max_length, self.width)
+        _check_max(self.max_length)
 
     @property
     def inner_stack(self) -> Stack:
@@ -112,7 +121,7 @@ class LengthPrefix(MessageProtocol):
 
     def frame(self, channel: ByteChannel, ctx: AttemptContext | None = None) -> FramerChannel:
         """Length-prefixed messages over ``channel`` (any byte channel)."""
-        return FramerChannel(channel, 0, self.width, self.max_length, 0, ctx)
+        return FramerChannel(channel, 0, self.width, _limit(self.max_length, self.width), 0, ctx)
 
     async def open_channel(self, ctx: AttemptContext, address: Address) -> FramerChannel:
         return self.frame(_byte_channel(await self.inner.open_channel(ctx, address)), ctx)
