@@ -61,9 +61,19 @@ async def run_case(host: str, port: int, path: str) -> list[nc.Message]:
     return received
 
 
+async def case_count(host: str, port: int) -> int:
+    """Ask the fuzzing server how many cases it runs (waiting for it to start)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while not (messages := await run_case(host, port, "/getCaseCount")):
+        if loop.time() > deadline:
+            raise SystemExit(f"no fuzzing server at {host}:{port}")
+        await asyncio.sleep(0.2)
+    return int(messages[0].content)
+
+
 async def client(host: str, port: int, agent: str) -> None:
-    messages = await run_case(host, port, "/getCaseCount")
-    count = int(messages[0].content)
+    count = await case_count(host, port)
     for case in range(1, count + 1):
         await run_case(host, port, f"/runCase?case={case}&agent={agent}")
     await run_case(host, port, f"/updateReports?agent={agent}")
