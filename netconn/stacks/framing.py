@@ -15,6 +15,7 @@ and a larger one given to ``send`` is refused without sending anything.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -198,7 +199,7 @@ class FramerChannel:
         Raises :class:`MessageTooLarge` (nothing sent) above ``max_length``,
         ``ValueError`` for a type that does not fit or ``is_complete=False``
         (frames are sent whole), :class:`Busy` while another send runs.
-        If cancelled part-way, the stream's framing is broken: abort it.
+        If cancelled part-way the channel is aborted (its framing would be lost).
         """
         if not is_complete:
             raise ValueError("framed messages are sent whole (is_complete=False is not supported)")
@@ -225,6 +226,10 @@ class FramerChannel:
             else:
                 await self._inner.send(header, False)
                 await self._inner.send(view, False)
+        except asyncio.CancelledError:
+            # Part of the frame may be out: the stream's framing is lost.
+            self._fail(ConnectionClosed("a send was cancelled part-way through a frame"))
+            raise
         finally:
             self._sending = False
 
