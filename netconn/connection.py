@@ -629,7 +629,7 @@ class Connection(Generic[P_co]):
     @property
     def websocket_handshake(self: Connection[WebSocket]) -> WebSocketHandshake | None:
         """The WebSocket opening handshake (path, headers, subprotocol), once ready."""
-        return cast("WebSocketHandshake | None", self._find_in_channels("handshake"))
+        return cast("WebSocketHandshake | None", self._find_in_channels("opening_handshake"))
 
     async def close_with(self: Connection[WebSocket], code: int = 1000, reason: str = "") -> None:
         """Close the WebSocket with ``code`` and ``reason``, then cancel the connection.

@@ -48,7 +48,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import Protocol
 from websockets.protocol import State as WSState
 from websockets.server import ServerProtocol
-from websockets.typing import Subprotocol
+from websockets.typing import Origin, Subprotocol
 from websockets.uri import WebSocketURI
 
 from ..endpoint import Address
@@ -173,7 +173,7 @@ class WebSocket(MessageProtocol):
         uri = WebSocketURI(self.secure, host, address.port, resource, query)
         protocol = _ClientProtocol(
             uri,
-            origin=None if self.origin is None else _origin(self.origin),
+            origin=None if self.origin is None else Origin(self.origin),
             extensions=[ClientPerMessageDeflateFactory()] if self.compression else None,
             subprotocols=[Subprotocol(s) for s in self.subprotocols] or None,
             max_size=self.max_message_size,
@@ -234,12 +234,6 @@ def _forget_unfinished_message(protocol: Protocol, frame: Frame) -> None:
         protocol.current_size = None
 
 
-def _origin(value: str) -> Any:
-    from websockets.typing import Origin
-
-    return Origin(value)
-
-
 def _byte_channel(channel: Channel) -> ByteChannel:
     if not (hasattr(channel, "receive") and hasattr(channel, "send")):
         raise TypeError("WebSocket needs a byte stream underneath (TCP or TLS)")
@@ -287,7 +281,7 @@ class WebSocketChannel:
         self._closing = False
         self._close_code = 1000
         self._close_reason = ""
-        self.handshake: WebSocketHandshake | None = None
+        self.opening_handshake: WebSocketHandshake | None = None
         """The opening handshake, once it succeeded."""
 
     # Channel
@@ -350,7 +344,7 @@ class WebSocketChannel:
             await self._flush_quietly()
             raise _handshake_error(exc, response) from exc
         assert response is not None
-        self.handshake = WebSocketHandshake(
+        self.opening_handshake = WebSocketHandshake(
             path=request.path,
             request_headers=list(request.headers.raw_items()),
             response_headers=list(response.headers.raw_items()),
@@ -406,7 +400,7 @@ class WebSocketChannel:
                 raise error
             failure = self._protocol.handshake_exc
             raise ProtocolError(f"WebSocket handshake failed: {failure}") from failure
-        self.handshake = WebSocketHandshake(
+        self.opening_handshake = WebSocketHandshake(
             path=request.path,
             request_headers=list(request.headers.raw_items()),
             response_headers=list(response.headers.raw_items()),
