@@ -7,6 +7,7 @@ import os
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -271,6 +272,18 @@ async def test_framers_work_on_any_byte_channel() -> None:
         await framer.receive_message()
     await framer.send_message(b"back", True, type=9)
     assert bytes(stream.outgoing) == b"\x09\x00\x04back"
+
+    # Typed values over a framed stream: what Coder(T, TLV()) does on one QUIC stream.
+    @dataclass
+    class Point:
+        x: int
+
+    reply = struct.pack("!BH", 0, 7) + b'{"x":5}'
+    typed = nc.Coder(Point, nc.TLV(type_width=1, length_width=2)).wrap(
+        nc.TLV(type_width=1, length_width=2).frame(MemoryStream(reply))
+    )
+    await typed.send_value(Point(4))
+    assert await typed.receive_value() == Point(5)
 
     plain = nc.LengthPrefix(width=1).frame(MemoryStream(b"\x03abc"))
     assert (await plain.receive_message()).content == b"abc"

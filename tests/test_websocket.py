@@ -74,6 +74,28 @@ async def test_messages_keep_boundaries_and_opcodes() -> None:
         assert handshake.extensions == ["permessage-deflate"]
 
 
+async def test_server_sees_request_path_headers_and_subprotocol() -> None:
+    seen: asyncio.Queue[nc.WebSocketHandshake | None] = asyncio.Queue()
+
+    async def handler(conn: nc.Connection[nc.WebSocket]) -> None:
+        seen.put_nowait(conn.websocket_handshake)
+        await echo(conn)
+
+    server = nc.WebSocket(subprotocols=["b", "a"], compression=False)
+    client = nc.WebSocket(path="/room/7?x=1", subprotocols=["a"], headers=[("X-Id", "42")])
+    async with (
+        netconn_server(server, handler) as listener,
+        nc.Connection(endpoint(listener.port), client) as conn,
+    ):
+        handshake = await asyncio.wait_for(seen.get(), timeout(5))
+        assert handshake is not None
+        assert handshake.path == "/room/7?x=1"
+        assert ("X-Id", "42") in handshake.request_headers
+        assert handshake.subprotocol == "a" and handshake.extensions == []
+        client_view = conn.websocket_handshake
+        assert client_view is not None and client_view.subprotocol == "a"
+
+
 async def test_fragmented_send_arrives_as_one_message() -> None:
     async with (
         netconn_server(nc.WebSocket()) as listener,
@@ -533,6 +555,8 @@ async def test_receive_side_is_bounded_when_application_does_not_read() -> None:
                     await conn.send(message)
                     sent += len(message)
         # The sender was stopped by back-pressure: the server holds at most its
-        # receive bound plus one message, the rest waits in socket buffers.
-        assert channel.buffered_bytes <= limit + len(message)
+        # receive bound, one 64 KiB read and one partial message; the rest
+        # waits in the TCP channel's own bounded buffer and the kernel's.
+        assert channel.buffered_bytes <= limit + 64 * 1024 + len(message)
+        assert channel.inner.buffered_bytes[1] <= limit + 256 * 1024
         assert sent < 64 << 20

@@ -231,11 +231,15 @@ class Coder(Stack, Generic[T]):
     def inner_stack(self) -> Stack:
         return self.inner
 
+    def wrap(self, channel: MessageChannel) -> CoderChannel[T]:
+        """Values over ``channel`` (any message channel, e.g. ``TLV().frame(stream)``)."""
+        return CoderChannel(self, channel)
+
     async def open_channel(self, ctx: AttemptContext, address: Address) -> CoderChannel[T]:
-        return CoderChannel(self, _message_channel(await self.inner.open_channel(ctx, address)))
+        return self.wrap(_message_channel(await self.inner.open_channel(ctx, address)))
 
     async def accept_channel(self, ctx: AttemptContext, inner: Channel) -> CoderChannel[T]:
-        return CoderChannel(self, _message_channel(await self.inner.accept_channel(ctx, inner)))
+        return self.wrap(_message_channel(await self.inner.accept_channel(ctx, inner)))
 
 
 def _message_channel(channel: Channel) -> MessageChannel:

@@ -8,8 +8,9 @@ events into whole messages.
 
 One background task reads the inner channel (so pings are answered and pongs
 seen while the application is busy). It stops reading while the unread
-messages hold more than ``Parameters.receive_buffer`` bytes, so the receive
-side is bounded by that plus one message of at most ``max_message_size``.
+messages hold ``Parameters.receive_buffer`` bytes or more, so the receive side
+holds at most that, plus what one 64 KiB read decodes to, plus one partly
+received message (at most ``max_message_size``).
 ``websockets`` buffers nothing itself on the way out: ``send`` returns once the
 inner channel took the frame under its own send bound.
 
@@ -76,7 +77,7 @@ __all__ = [
 
 logger = logging.getLogger("netconn.websocket")
 
-_READ_CHUNK = 256 * 1024
+_READ_CHUNK = 64 * 1024  # one read's worth is what may land past the receive bound
 _OK_CLOSE_CODES = frozenset({1000, 1001})
 
 
