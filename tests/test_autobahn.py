@@ -50,6 +50,7 @@ def require_wstest() -> None:
 def netns() -> Iterator[str]:
     """A fresh network namespace with only loopback up."""
     name = f"netconn-ab-{os.getpid()}"
+    subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)  # a stale one
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
