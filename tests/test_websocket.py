@@ -508,6 +508,20 @@ async def test_check_request_rejects_with_status() -> None:
         assert listener.failed_handshakes == 1
 
 
+async def test_check_request_that_raises_or_returns_no_error_status_gives_500() -> None:
+    def broken(request: nc.HandshakeRequest) -> int | None:
+        if request.path == "/raise":
+            raise RuntimeError("bug in the hook")
+        return 200  # not an error status
+
+    async with netconn_server(nc.WebSocket(check_request=broken)) as listener:
+        for path in ("/raise", "/ok"):
+            conn = nc.Connection(endpoint(listener.port), nc.WebSocket(path=path))
+            with pytest.raises(nc.HandshakeRejected) as info:
+                await conn.wait_ready(timeout(5))
+            assert info.value.status == 500
+
+
 async def test_not_a_websocket_server_is_a_protocol_error() -> None:
     async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")

@@ -66,6 +66,7 @@ from ..errors import (
 )
 from .base import AttemptContext, ByteChannel, Channel, Message, MessageProtocol, Stack
 from .tcp import TCP
+from .tls import TLS
 
 __all__ = [
     "CloseCode",
@@ -79,6 +80,7 @@ logger = logging.getLogger("netconn.websocket")
 
 _READ_CHUNK = 64 * 1024  # one read's worth is what may land past the receive bound
 _OK_CLOSE_CODES = frozenset({1000, 1001})
+_ERROR_STATUSES = frozenset(int(s) for s in http.HTTPStatus if s >= 400)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +165,7 @@ class WebSocket(MessageProtocol):
     @property
     def secure(self) -> bool:
         """Whether a TLS layer sits underneath (``wss``)."""
-        return any(type(layer).__name__ == "TLS" for layer in self.layers()[1:])
+        return any(isinstance(layer, TLS) for layer in self.layers()[1:])
 
     async def open_channel(self, ctx: AttemptContext, address: Address) -> WebSocketChannel:
         inner = _byte_channel(await self.inner.open_channel(ctx, address))
@@ -371,6 +373,7 @@ class WebSocketChannel:
                 exc = self._protocol.handshake_exc
                 raise ProtocolError(f"invalid WebSocket upgrade request: {exc}") from exc
         status: int | None = None
+        cause: BaseException | None = None
         hook = self._options.check_request
         if hook is not None:
             try:
@@ -378,9 +381,10 @@ class WebSocketChannel:
             except Exception as exc:
                 logger.exception("check_request raised")
                 status = 500
-                cause: BaseException | None = exc
-            else:
-                cause = None
+                cause = exc
+        if status is not None and status not in _ERROR_STATUSES:
+            logger.error("check_request returned %r, not an HTTP error status", status)
+            status = 500
         if status is None:
             response = self._server.accept(request)
         else:
@@ -429,11 +433,16 @@ class WebSocketChannel:
 
     async def _flush(self) -> None:
         async with self._write_lock:
-            for data in self._protocol.data_to_send():
-                if data:
-                    await self._inner.send(data, False)
-                else:
-                    await self._inner.send(b"", True)  # the protocol's end of stream
+            try:
+                for data in self._protocol.data_to_send():
+                    if data:
+                        await self._inner.send(data, False)
+                    else:
+                        await self._inner.send(b"", True)  # the protocol's end of stream
+            except asyncio.CancelledError:
+                # Part of a frame may be out: the stream cannot be resumed.
+                self._inner.abort()
+                raise
 
     async def _flush_quietly(self) -> None:
         with contextlib.suppress(NetconnError):
@@ -634,7 +643,8 @@ class WebSocketChannel:
         the same message until one has ``is_complete=True``. Returns once the
         inner channel took the frame under its send bound. Raises
         :class:`ConnectionClosed` (or the error that ended the connection)
-        once the WebSocket is closing.
+        once the WebSocket is closing. Cancelled while the frame is being
+        written, it aborts the connection (a partial frame cannot be taken back).
         """
         if self._sending:
             raise Busy("another task is already sending on this connection")
@@ -737,7 +747,7 @@ class WebSocketChannel:
                     self._protocol.send_close(self._close_code, self._close_reason)
                     await self._flush()
                 if self._reader is not None:
-                    await asyncio.shield(self._reader)
+                    await asyncio.wait([self._reader])  # never raises the reader's outcome
                 await self._inner.close()
         except (TimeoutError, NetconnError):
             self.abort()
