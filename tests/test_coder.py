@@ -212,6 +212,31 @@ def test_custom_codec_is_used() -> None:
         def decode(self, payload: bytes, kind: type[Any]) -> Any:
             return kind(payload.decode().lower())
 
-    stack = nc.Coder(str, nc.UDP(), codec=Upper())
+    stack = nc.Coder(int, nc.UDP(), codec=Upper())
     assert stack.codec.encode("abc") == b"ABC"
     assert stack.describe() == "Coder/UDP"
+
+
+async def test_custom_codec_errors_become_decode_errors() -> None:
+    class Strict:
+        def encode(self, value: Any) -> bytes:
+            return str(value).encode()
+
+        def decode(self, payload: bytes, kind: type[Any]) -> Any:
+            return int(payload)  # ValueError for anything else
+
+    async with echo_server(nc.UDP()) as port:
+        stack = nc.Coder(int, nc.UDP(), codec=Strict())
+        async with nc.Connection(nc.Endpoint.host_port(LOCAL, port), stack) as conn:
+            await conn.send(41)
+            assert await conn.receive() == 41
+            channel = conn._channel
+            assert channel is not None
+            # The echo server sends back a payload this codec cannot read.
+            await channel.inner.send_message(b"not a number", True)  # type: ignore[attr-defined]
+            with pytest.raises(nc.DecodeError) as info:
+                await asyncio.wait_for(conn.receive(), timeout(5))
+            assert isinstance(info.value.__cause__, ValueError)
+            assert info.value.payload == b"not a number"
+            await conn.send(42)
+            assert await conn.receive() == 42

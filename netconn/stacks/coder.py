@@ -297,7 +297,14 @@ class CoderChannel(Generic[T]):
                 int(message.metadata.get("close_code", 1005)),
                 str(message.metadata.get("close_reason", "")),
             )
-        return self._codec.decode(message.content, self._type)
+        try:
+            return self._codec.decode(message.content, self._type)
+        except DecodeError:
+            raise
+        except Exception as exc:  # a custom codec's own error type must not escape
+            raise DecodeError(
+                f"{_name(self._type)} did not decode: {exc}", message.content
+            ) from exc
 
     async def close(self) -> None:
         await self._inner.close()
