@@ -541,7 +541,16 @@ async def test_silent_client_handshake_times_out_on_server() -> None:
     async with netconn_server(nc.WebSocket(open_timeout=0.2)) as listener:
         with socket.create_connection((LOCAL, listener.port)) as sock:
             sock.settimeout(timeout(5))
-            assert await asyncio.to_thread(sock.recv, 100) in (b"",)  # closed by the server
+            assert await asyncio.to_thread(sock.recv, 100) == b""  # closed by the server
+        assert listener.failed_handshakes == 1
+
+
+async def test_silent_client_under_tls_times_out_on_server(certs: Certs) -> None:
+    stack = nc.WebSocket(nc.TLS(certificate=(certs.cert, certs.key)), open_timeout=0.2)
+    async with netconn_server(stack) as listener:
+        with socket.create_connection((LOCAL, listener.port)) as sock:
+            sock.settimeout(timeout(5))
+            assert await asyncio.to_thread(sock.recv, 100) == b""  # closed by the server
         assert listener.failed_handshakes == 1
 
 

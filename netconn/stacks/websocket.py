@@ -145,7 +145,8 @@ class WebSocket(MessageProtocol):
     """Seconds to wait for a pong before the connection is marked not viable
     and failed; ``None`` waits forever. Default 20."""
     open_timeout: float = 10.0
-    """Seconds the opening handshake may take; default 10."""
+    """Seconds the opening handshake may take (server: and each handshake under
+    it, e.g. TLS); default 10."""
     close_timeout: float = 10.0
     """Seconds the close handshake may take before the transport is aborted; default 10."""
     check_request: Callable[[HandshakeRequest], int | None] | None = None
@@ -196,7 +197,14 @@ class WebSocket(MessageProtocol):
         return channel
 
     async def accept_channel(self, ctx: AttemptContext, inner: Channel) -> WebSocketChannel:
-        stream = _byte_channel(await self.inner.accept_channel(ctx, inner))
+        # open_timeout bounds the layers underneath too (a TLS handshake), so a
+        # client that connects and stays silent cannot hold a slot for ever.
+        try:
+            async with asyncio.timeout(self.open_timeout):
+                stream = _byte_channel(await self.inner.accept_channel(ctx, inner))
+        except TimeoutError as exc:
+            inner.abort()
+            raise ConnectionTimeout(f"no handshake after {self.open_timeout} s") from exc
         protocol = _ServerProtocol(
             extensions=[ServerPerMessageDeflateFactory()] if self.compression else None,
             subprotocols=[Subprotocol(s) for s in self.subprotocols] or None,
