@@ -43,11 +43,6 @@ from .stacks.base import (
     TypedChannel,
 )
 from .stacks.udp import UDP
-
-if TYPE_CHECKING:
-    from .stacks.coder import Coder
-    from .stacks.framing import TLV, FramerChannel
-    from .stacks.websocket import WebSocket, WebSocketHandshake
 from .state import (
     Cancelled,
     Failed,
@@ -59,6 +54,11 @@ from .state import (
     check_transition,
     is_terminal,
 )
+
+if TYPE_CHECKING:
+    from .stacks.coder import Coder
+    from .stacks.framing import TLV, FramerChannel
+    from .stacks.websocket import WebSocket, WebSocketHandshake
 
 __all__ = ["Attempt", "Connection", "EstablishmentReport"]
 
