@@ -113,6 +113,22 @@ async def test_fragmented_send_arrives_as_one_message() -> None:
         assert (text.content.decode(), text.metadata["opcode"]) == ("äö", "text")
 
 
+async def test_concurrent_receives_are_refused_not_interleaved() -> None:
+    async with (
+        netconn_server(nc.WebSocket()) as listener,
+        nc.Connection(endpoint(listener.port), nc.WebSocket()) as conn,
+    ):
+        first = asyncio.create_task(conn.receive_message())
+        await asyncio.sleep(0.05)
+        with pytest.raises(nc.Busy):
+            await conn.receive_message()
+        first.cancel()  # a cancelled receive loses nothing
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await conn.send(b"after")
+        assert (await conn.receive_message()).content == b"after"
+
+
 async def test_receives_fragmented_messages_from_websockets_library() -> None:
     async def handler(ws: ServerConnection) -> None:
         await ws.send(iter([b"frag", b"ment", b"ed"]))  # one message in three frames
