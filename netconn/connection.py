@@ -19,7 +19,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast, overload
 
 from .endpoint import Address, Endpoint
 from .errors import (
@@ -43,6 +43,7 @@ from .stacks.base import (
     MessageProtocol,
     Stack,
     StreamProtocol,
+    TypedChannel,
 )
 from .stacks.udp import UDP
 from .state import (
@@ -57,6 +58,11 @@ from .state import (
     is_terminal,
 )
 
+if TYPE_CHECKING:
+    from .stacks.coder import Coder
+    from .stacks.framing import TLV, FramerChannel
+    from .stacks.websocket import WebSocket, WebSocketHandshake
+
 __all__ = ["Attempt", "Connection", "EstablishmentReport"]
 
 logger = logging.getLogger("netconn")
@@ -64,6 +70,9 @@ logger = logging.getLogger("netconn")
 P_co = TypeVar("P_co", bound=Stack, covariant=True)
 """The top of a connection's stack (covariant: a ``Connection[TLS]`` is a
 ``Connection[StreamProtocol]``)."""
+
+T = TypeVar("T")
+"""The message type of a ``Coder`` stack."""
 
 Buffer = bytes | bytearray | memoryview
 _ids = itertools.count(1)
@@ -549,14 +558,38 @@ class Connection(Generic[P_co]):
 
     # Data
 
-    async def send(self, data: Buffer, *, is_complete: bool | None = None) -> None:
+    @overload
+    async def send(self: Connection[Coder[T]], message: T, /) -> None: ...
+    @overload
+    async def send(
+        self: Connection[WebSocket], data: Buffer | str, *, is_complete: bool | None = None
+    ) -> None: ...
+    @overload
+    async def send(self: Connection[TLV], data: Buffer, *, type: int | None = None) -> None: ...
+    @overload
+    async def send(
+        self: Connection[StreamProtocol | MessageProtocol],
+        data: Buffer,
+        *,
+        is_complete: bool | None = None,
+    ) -> None: ...
+    async def send(
+        self: Connection[Any],
+        data: Any,
+        *,
+        is_complete: bool | None = None,
+        type: int | None = None,
+    ) -> None:
         """Send ``data``; return once the stack has taken it under its buffer bound.
 
         On a byte stream, ``is_complete=True`` ends the sending direction after
         ``data`` (FIN, close_notify); default false. On a message stack each
         call sends one message; ``is_complete=False`` sends a fragment where
-        the protocol has fragments. Starts the connection if needed and waits
-        for it to be ready.
+        the protocol has fragments. On a WebSocket a ``str`` is sent as a text
+        message. On a ``TLV`` stack ``type`` is the message's type. On a
+        ``Coder`` stack ``data`` is a value of the coder's type, encoded into
+        one message. Starts the connection if needed and waits for it to be
+        ready.
 
         If cancelled part-way, a prefix of ``data`` may have been sent. Raises
         :class:`InvalidState` once the connection has failed or is cancelled
@@ -565,31 +598,52 @@ class Connection(Generic[P_co]):
         self._check_open()
         channel = await self._ready_channel()
         try:
-            await self._send_on(channel, data, is_complete)
+            await self._send_on(channel, data, is_complete, type)
         except ConnectionClosed:
             self._check_not_cancelled()
             raise
 
-    async def _send_on(self, channel: Channel, data: Buffer, is_complete: bool | None) -> None:
+    async def _send_on(
+        self, channel: Channel, data: Any, is_complete: bool | None, type: int | None
+    ) -> None:
         with _mapped("send"):
-            if self._stack.kind == "stream":
+            kind = self._stack.kind
+            if kind == "stream":
                 await cast(ByteChannel, channel).send(data, bool(is_complete))
-            elif self._stack.kind == "message":
+            elif kind == "message":
                 done = True if is_complete is None else is_complete
-                await cast(MessageChannel, channel).send_message(data, done)
+                if type is None:
+                    await cast(MessageChannel, channel).send_message(data, done)
+                else:
+                    await cast("FramerChannel", channel).send_message(data, done, type)
+            elif kind == "typed":
+                await cast(TypedChannel, channel).send_value(data)
             else:
                 raise InvalidState(f"{self._stack.describe()} sends on streams, not the connection")
 
+    @overload
+    async def receive(self: Connection[Coder[T]]) -> T: ...
+    @overload
     async def receive(
         self: Connection[StreamProtocol], at_least: int = 1, at_most: int = 65536
-    ) -> bytes:
+    ) -> bytes: ...
+    async def receive(self: Connection[Any], at_least: int = 1, at_most: int = 65536) -> Any:
         """Return between ``at_least`` and ``at_most`` bytes.
 
         Returns fewer than ``at_least`` only when the peer ended its direction:
         ``b""`` means end of stream. Cancelling a waiting receive loses no
         bytes: the next receive gets them. Raises :class:`InvalidState` once
         this connection is cancelled, also when that happens while it waits.
+
+        On a ``Coder`` stack: the next message, decoded into the coder's type.
+        Raises :class:`DecodeError` for a message that does not decode; the
+        connection stays usable.
         """
+        if self._stack.kind == "typed":
+            self._check_open()
+            typed = cast(TypedChannel, await self._ready_channel())
+            with _mapped("receive"):
+                return await typed.receive_value()
         if not 0 <= at_least <= at_most or at_most < 1:
             raise ValueError(
                 f"need 0 <= at_least <= at_most and at_most >= 1, got {at_least}, {at_most}"
@@ -645,6 +699,26 @@ class Connection(Generic[P_co]):
                 if isinstance(self._state, Cancelled):
                     return
                 raise
+
+    @property
+    def websocket_handshake(self: Connection[WebSocket]) -> WebSocketHandshake | None:
+        """The WebSocket opening handshake (path, headers, subprotocol), once ready."""
+        return cast("WebSocketHandshake | None", self._find_in_channels("opening_handshake"))
+
+    async def close_with(self: Connection[WebSocket], code: int = 1000, reason: str = "") -> None:
+        """Close the WebSocket with ``code`` and ``reason``, then cancel the connection.
+
+        Like :meth:`cancel`, but the close frame carries this code (1000,
+        1001-1014 or 3000-4999) and reason (at most 123 bytes of UTF-8).
+        Raises ``ValueError`` for a code or reason that may not be sent.
+        """
+        from .stacks.websocket import check_close
+
+        check_close(code, reason)
+        set_close = self._find_in_channels("set_close")
+        if set_close is not None:
+            set_close(code, reason)
+        await self.cancel()
 
     @property
     def maximum_datagram_size(self: Connection[UDP]) -> int:

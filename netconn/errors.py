@@ -9,10 +9,12 @@ kept in ``__cause__`` for debugging but never escapes on its own::
     │   ├── DNSError                 the name did not resolve
     │   ├── ConnectionRefused        nobody listens at the address
     │   ├── HostUnreachable          no route to the host or network
-    │   └── NoSatisfyingPath         the parameters exclude every interface
+    │   ├── NoSatisfyingPath         the parameters exclude every interface
+    │   └── HandshakeRejected        the server answered the upgrade with an HTTP error
     ├── TLSError                     the TLS handshake or record layer failed
     │   └── CertificateError         the peer's certificate was rejected
     ├── ProtocolError                the peer broke the protocol's rules
+    │   └── DecodeError              a message's payload does not decode to its type
     ├── MessageTooLarge              a message exceeds the stack's limit
     ├── ConnectionTimeout            a deadline passed (``TimeoutError`` too)
     ├── ConnectionClosed             the peer closed or reset the connection
@@ -48,7 +50,9 @@ __all__ = [
     "ConnectionRefused",
     "ConnectionTimeout",
     "DNSError",
+    "DecodeError",
     "EndOfStream",
+    "HandshakeRejected",
     "HostUnreachable",
     "InvalidState",
     "MessageTooLarge",
@@ -99,6 +103,23 @@ class NoSatisfyingPath(ConnectError):
     retryable = True
 
 
+class HandshakeRejected(ConnectError):
+    """The server answered the WebSocket upgrade with an HTTP status other than 101.
+
+    ``status`` is the HTTP status code (e.g. 403), ``headers`` the response's
+    header lines in order, ``body`` its body (at most what the server sent).
+    """
+
+    def __init__(
+        self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes = b""
+    ) -> None:
+        super().__init__(f"WebSocket handshake rejected: HTTP {status} {reason}".rstrip())
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = body
+
+
 class TLSError(NetconnError):
     """The TLS handshake or record layer failed."""
 
@@ -119,6 +140,18 @@ class CertificateError(TLSError):
 
 class ProtocolError(NetconnError):
     """The peer broke the protocol's rules, or sent what cannot be decoded."""
+
+
+class DecodeError(ProtocolError):
+    """A received message does not decode to the expected type.
+
+    ``payload`` holds the message's bytes (the first 1 KiB of them). The
+    connection stays usable: the next message is independent of this one.
+    """
+
+    def __init__(self, message: str, payload: bytes = b"") -> None:
+        super().__init__(message)
+        self.payload = payload[:1024]
 
 
 class MessageTooLarge(NetconnError):

@@ -1,14 +1,25 @@
 """Stack option objects: the protocols a connection is built from."""
 
 from .base import Message, MessageProtocol, MultiplexProtocol, Stack, StreamProtocol
+from .coder import JSON, Codec, Coder, JSONCodec
+from .framing import TLV, LengthPrefix
 from .tcp import TCP
 from .tls import TLS, PeerCertificate, TLSSessionCache, TLSVersion
 from .udp import UDP
+from .websocket import CloseCode, HandshakeRequest, WebSocket, WebSocketHandshake
 
 __all__ = [
+    "JSON",
     "TCP",
     "TLS",
+    "TLV",
     "UDP",
+    "CloseCode",
+    "Codec",
+    "Coder",
+    "HandshakeRequest",
+    "JSONCodec",
+    "LengthPrefix",
     "Message",
     "MessageProtocol",
     "MultiplexProtocol",
@@ -17,4 +28,6 @@ __all__ = [
     "StreamProtocol",
     "TLSSessionCache",
     "TLSVersion",
+    "WebSocket",
+    "WebSocketHandshake",
 ]

@@ -32,6 +32,7 @@ __all__ = [
     "MultiplexProtocol",
     "Stack",
     "StreamProtocol",
+    "TypedChannel",
 ]
 
 
@@ -108,14 +109,24 @@ class MessageChannel(Channel, Protocol):
         """The largest message ``send_message`` accepts."""
 
 
+class TypedChannel(Channel, Protocol):
+    """A channel that moves values of one type (a ``Coder`` on a message channel)."""
+
+    async def send_value(self, value: Any) -> None:
+        """Encode ``value`` and send it as one message."""
+
+    async def receive_value(self) -> Any:
+        """Receive one message and decode it."""
+
+
 class Stack(abc.ABC):
     """Base of every stack option object.
 
     Subclasses are frozen dataclasses. ``inner`` is the stack underneath, if any.
     """
 
-    kind: ClassVar[Literal["stream", "message", "multiplex"]]
-    """Which shape of data the stack moves."""
+    kind: ClassVar[Literal["stream", "message", "multiplex", "typed"]]
+    """Which shape of data the stack moves ("typed": values of one type, see ``Coder``)."""
     resolve_kind: ClassVar[Literal["stream", "datagram"]] = "stream"
     """Which socket type DNS is asked about."""
 

@@ -1,0 +1,797 @@
+"""WebSocket (RFC 6455) over any byte stream, on the sans-I/O core of ``websockets``.
+
+How this works: ``websockets``' ``ClientProtocol`` / ``ServerProtocol`` own
+every protocol rule (handshake, framing, masking, permessage-deflate, the close
+handshake). This module is the thin glue: it feeds the protocol what the inner
+channel received, writes what the protocol wants sent, and turns its frame
+events into whole messages.
+
+One background task reads the inner channel (so pings are answered and pongs
+seen while the application is busy). It stops reading while the unread
+messages hold ``Parameters.receive_buffer`` bytes or more, so the receive side
+holds at most that, plus what one 64 KiB read decodes to, plus one partly
+received message (at most ``max_message_size``).
+``websockets`` buffers nothing itself on the way out: ``send`` returns once the
+inner channel took the frame under its own send bound.
+
+What we add on top of the library: reassembly of fragments into messages,
+fail-fast UTF-8 validation of text messages (RFC 6455 §8.1: the library leaves
+it to the I/O layer), keepalive pings with a timeout, and the mapping of every
+outcome to :mod:`netconn.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import http
+import logging
+import os
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.client import ClientProtocol
+from websockets.exceptions import (
+    InvalidHandshake,
+    InvalidStatus,
+    PayloadTooBig,
+    WebSocketException,
+)
+from websockets.extensions.permessage_deflate import (
+    ClientPerMessageDeflateFactory,
+    ServerPerMessageDeflateFactory,
+)
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import Protocol
+from websockets.protocol import State as WSState
+from websockets.server import ServerProtocol
+from websockets.typing import Origin, Subprotocol
+from websockets.uri import WebSocketURI
+
+from ..endpoint import Address
+from ..errors import (
+    ApplicationClosed,
+    Busy,
+    ConnectionClosed,
+    ConnectionTimeout,
+    HandshakeRejected,
+    InvalidState,
+    MessageTooLarge,
+    NetconnError,
+    ProtocolError,
+)
+from .base import AttemptContext, ByteChannel, Channel, Message, MessageProtocol, Stack
+from .tcp import TCP
+from .tls import TLS
+
+__all__ = [
+    "CloseCode",
+    "HandshakeRequest",
+    "WebSocket",
+    "WebSocketChannel",
+    "WebSocketHandshake",
+]
+
+logger = logging.getLogger("netconn.websocket")
+
+_READ_CHUNK = 64 * 1024  # one read's worth is what may land past the receive bound
+_OK_CLOSE_CODES = frozenset({1000, 1001})
+_ERROR_STATUSES = frozenset(int(s) for s in http.HTTPStatus if s >= 400)
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeRequest:
+    """What a server's ``check_request`` hook sees of a client's upgrade request."""
+
+    path: str
+    """The request target, e.g. ``/chat?room=1``."""
+    headers: list[tuple[str, str]]
+    """The request's header lines, in order."""
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (case-insensitive), or ``None``."""
+        name = name.lower()
+        return next((v for k, v in self.headers if k.lower() == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketHandshake:
+    """The opening handshake, once it succeeded."""
+
+    path: str
+    """The request target."""
+    request_headers: list[tuple[str, str]]
+    """The client's header lines."""
+    response_headers: list[tuple[str, str]]
+    """The server's header lines."""
+    subprotocol: str | None
+    """The subprotocol both sides agreed on, if any."""
+    extensions: list[str]
+    """Negotiated extensions, e.g. ``["permessage-deflate"]``."""
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocket(MessageProtocol):
+    """WebSocket options. ``WebSocket()`` runs over ``TCP()``; ``WebSocket(TLS())`` is ``wss``.
+
+    Each ``send`` is one message: ``bytes`` go as a binary message, ``str`` as
+    a text message. Received messages carry ``metadata["opcode"]`` (``"text"``,
+    ``"binary"`` or ``"close"``; a close also has ``close_code`` and
+    ``close_reason``).
+    """
+
+    inner: Stack = field(default_factory=TCP)
+    """The byte stream underneath: ``TCP()`` (default) or ``TLS(TCP())``."""
+    path: str = "/"
+    """Client: the request target, with any query (``/chat?room=1``); default ``/``."""
+    subprotocols: Sequence[str] = ()
+    """Subprotocols to offer (client) or accept (server), in preference order."""
+    headers: Sequence[tuple[str, str]] = ()
+    """Client: extra request headers; server: extra response headers."""
+    origin: str | None = None
+    """Client: the ``Origin`` header to send; default none."""
+    compression: bool = True
+    """Offer (client) or accept (server) permessage-deflate (RFC 7692); default on."""
+    max_message_size: int | None = 1 << 20
+    """Largest message accepted, in bytes, after decompression; a larger one
+    closes the connection with 1009. ``None``: no limit. Default 1 MiB."""
+    ping_interval: float | None = 20.0
+    """Seconds between keepalive pings; ``None`` sends none. Default 20."""
+    ping_timeout: float | None = 20.0
+    """Seconds to wait for a pong before the connection is marked not viable
+    and failed; ``None`` waits forever. Default 20."""
+    open_timeout: float = 10.0
+    """Seconds the opening handshake may take (server: and each handshake under
+    it, e.g. TLS); default 10."""
+    close_timeout: float = 10.0
+    """Seconds the close handshake may take before the transport is aborted; default 10."""
+    check_request: Callable[[HandshakeRequest], int | None] | None = None
+    """Server: return an HTTP status (e.g. 403) to reject a request, or ``None``
+    to accept it. Default: accept every request."""
+
+    def __post_init__(self) -> None:
+        if self.max_message_size is not None and self.max_message_size < 1:
+            raise ValueError("max_message_size must be positive")
+        if not self.path.startswith("/"):
+            raise ValueError(f"path must start with '/', got {self.path!r}")
+
+    @property
+    def inner_stack(self) -> Stack:
+        return self.inner
+
+    @property
+    def secure(self) -> bool:
+        """Whether a TLS layer sits underneath (``wss``)."""
+        return any(isinstance(layer, TLS) for layer in self.layers()[1:])
+
+    async def open_channel(self, ctx: AttemptContext, address: Address) -> WebSocketChannel:
+        inner = _byte_channel(await self.inner.open_channel(ctx, address))
+        host = address.host
+        if ctx.endpoint is not None and ctx.endpoint.host:
+            host = ctx.endpoint.host
+        resource, _, query = self.path.partition("?")
+        uri = WebSocketURI(self.secure, host, address.port, resource, query)
+        protocol = _ClientProtocol(
+            uri,
+            origin=None if self.origin is None else Origin(self.origin),
+            extensions=[ClientPerMessageDeflateFactory()] if self.compression else None,
+            subprotocols=[Subprotocol(s) for s in self.subprotocols] or None,
+            max_size=self.max_message_size,
+            logger=logger,
+        )
+        channel = WebSocketChannel(self, inner, protocol, ctx)
+        try:
+            async with asyncio.timeout(self.open_timeout):
+                await channel.client_handshake()
+        except TimeoutError as exc:
+            inner.abort()
+            raise ConnectionTimeout(f"no WebSocket handshake after {self.open_timeout} s") from exc
+        except BaseException:
+            inner.abort()
+            raise
+        channel.start()
+        return channel
+
+    async def accept_channel(self, ctx: AttemptContext, inner: Channel) -> WebSocketChannel:
+        # open_timeout bounds the layers underneath too (a TLS handshake), so a
+        # client that connects and stays silent cannot hold a slot for ever.
+        try:
+            async with asyncio.timeout(self.open_timeout):
+                stream = _byte_channel(await self.inner.accept_channel(ctx, inner))
+        except TimeoutError as exc:
+            inner.abort()
+            raise ConnectionTimeout(f"no handshake after {self.open_timeout} s") from exc
+        protocol = _ServerProtocol(
+            extensions=[ServerPerMessageDeflateFactory()] if self.compression else None,
+            subprotocols=[Subprotocol(s) for s in self.subprotocols] or None,
+            max_size=self.max_message_size,
+            logger=logger,
+        )
+        channel = WebSocketChannel(self, stream, protocol, ctx)
+        try:
+            async with asyncio.timeout(self.open_timeout):
+                await channel.server_handshake()
+        except TimeoutError as exc:
+            stream.abort()
+            raise ConnectionTimeout(f"no WebSocket handshake after {self.open_timeout} s") from exc
+        except BaseException:
+            stream.abort()
+            raise
+        channel.start()
+        return channel
+
+
+class _ClientProtocol(ClientProtocol):
+    def recv_frame(self, frame: Frame) -> None:
+        _forget_unfinished_message(self, frame)
+        super().recv_frame(frame)
+
+
+class _ServerProtocol(ServerProtocol):
+    def recv_frame(self, frame: Frame) -> None:
+        _forget_unfinished_message(self, frame)
+        super().recv_frame(frame)
+
+
+def _forget_unfinished_message(protocol: Protocol, frame: Frame) -> None:
+    # RFC 6455 §5.4 lets control frames, a close too, arrive between the
+    # fragments of a message; the library fails that with 1002. A close there
+    # simply ends the connection: the unfinished message is dropped.
+    if frame.opcode is Opcode.CLOSE:
+        protocol.current_size = None
+
+
+def _byte_channel(channel: Channel) -> ByteChannel:
+    if not (hasattr(channel, "receive") and hasattr(channel, "send")):
+        raise TypeError("WebSocket needs a byte stream underneath (TCP or TLS)")
+    return channel  # type: ignore[return-value]
+
+
+class WebSocketChannel:
+    """A running WebSocket: the protocol core, its inner byte channel, and the reader task."""
+
+    def __init__(
+        self,
+        options: WebSocket,
+        inner: ByteChannel,
+        protocol: ClientProtocol | ServerProtocol,
+        ctx: AttemptContext,
+    ) -> None:
+        self._options = options
+        self._inner = inner
+        self._protocol: Protocol = protocol
+        self._client = protocol if isinstance(protocol, ClientProtocol) else None
+        self._server = protocol if isinstance(protocol, ServerProtocol) else None
+        self._ctx = ctx
+        self._receive_limit = ctx.parameters.receive_buffer
+        self._write_lock = asyncio.Lock()
+        self._sending = False
+        self._fragmenting: bool | None = None  # None: no message open; else "is text"
+        # Reassembly of the message being received.
+        self._parts: list[bytes] = []
+        self._text: bool = False
+        self._decoder: codecs.IncrementalDecoder | None = None
+        # Received messages not yet read, and their total size.
+        self._queue: deque[Message] = deque()
+        self._queued = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._room: asyncio.Event = asyncio.Event()
+        self._room.set()
+        self._pings: dict[bytes, asyncio.Future[bool]] = {}
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._keepalive: asyncio.Task[None] | None = None
+        self._pending_events: list[Any] = []
+        self._error: NetconnError | None = None  # a failure seen on our side
+        self._finished = False
+        self._reported = False
+        self._closing = False
+        self._close_code = 1000
+        self._close_reason = ""
+        self.opening_handshake: WebSocketHandshake | None = None
+        """The opening handshake, once it succeeded."""
+
+    # Channel
+
+    @property
+    def inner(self) -> ByteChannel:
+        """The byte channel underneath (TCP or TLS)."""
+        return self._inner
+
+    @property
+    def local_address(self) -> Address | None:
+        return self._inner.local_address
+
+    @property
+    def remote_address(self) -> Address | None:
+        return self._inner.remote_address
+
+    @property
+    def subprotocol(self) -> str | None:
+        """The negotiated subprotocol, if any."""
+        return self._protocol.subprotocol
+
+    @property
+    def maximum_message_size(self) -> int:
+        # Outgoing messages are not limited by this side; the peer enforces its own.
+        return 1 << 62
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of received messages not yet read."""
+        return self._queued + sum(len(p) for p in self._parts)
+
+    # Opening handshake
+
+    async def client_handshake(self) -> None:
+        """Send the upgrade request and wait for the response.
+
+        Raises :class:`HandshakeRejected` for a non-101 status,
+        :class:`ProtocolError` for an invalid response.
+        """
+        assert self._client is not None
+        request = self._client.connect()
+        for name, value in self._options.headers:
+            request.headers[name] = value
+        self._client.send_request(request)
+        await self._flush()
+        response: Response | None = None
+        while response is None:
+            await self._pull("during the WebSocket handshake")
+            events = self._protocol.events_received()
+            for i, event in enumerate(events):
+                if isinstance(event, Response):
+                    response = event
+                    self._pending_events = events[i + 1 :]
+                    break
+            if response is None and self._protocol.handshake_exc is not None:
+                break
+        exc = self._protocol.handshake_exc
+        if exc is not None:
+            await self._flush_quietly()
+            raise _handshake_error(exc, response) from exc
+        assert response is not None
+        self.opening_handshake = WebSocketHandshake(
+            path=request.path,
+            request_headers=list(request.headers.raw_items()),
+            response_headers=list(response.headers.raw_items()),
+            subprotocol=self._protocol.subprotocol,
+            extensions=[e.name for e in self._protocol.extensions],
+        )
+
+    async def server_handshake(self) -> None:
+        """Wait for the upgrade request and answer it (101, or the hook's status).
+
+        Raises :class:`ProtocolError` for a request that is not a valid
+        upgrade, :class:`HandshakeRejected` when the hook rejected it.
+        """
+        assert self._server is not None
+        request: Request | None = None
+        while request is None:
+            await self._pull("during the WebSocket handshake")
+            for event in self._protocol.events_received():
+                if isinstance(event, Request):
+                    request = event
+            if request is None and self._protocol.handshake_exc is not None:
+                await self._flush_quietly()
+                exc = self._protocol.handshake_exc
+                raise ProtocolError(f"invalid WebSocket upgrade request: {exc}") from exc
+        status: int | None = None
+        cause: BaseException | None = None
+        hook = self._options.check_request
+        if hook is not None:
+            try:
+                status = hook(HandshakeRequest(request.path, list(request.headers.raw_items())))
+            except Exception as exc:
+                logger.exception("check_request raised")
+                status = 500
+                cause = exc
+        if status is not None and status not in _ERROR_STATUSES:
+            logger.error("check_request returned %r, not an HTTP error status", status)
+            status = 500
+        if status is None:
+            response = self._server.accept(request)
+        else:
+            phrase = http.HTTPStatus(status).phrase
+            response = self._server.reject(status, f"{phrase}\n")
+        if response.status_code == 101:
+            for name, value in self._options.headers:
+                response.headers[name] = value
+        self._server.send_response(response)
+        await self._flush_quietly()
+        if response.status_code != 101:
+            if status is not None:
+                error: NetconnError = HandshakeRejected(
+                    response.status_code, response.reason_phrase, list(response.headers.raw_items())
+                )
+                if cause is not None:
+                    error.__cause__ = cause
+                raise error
+            failure = self._protocol.handshake_exc
+            raise ProtocolError(f"WebSocket handshake failed: {failure}") from failure
+        self.opening_handshake = WebSocketHandshake(
+            path=request.path,
+            request_headers=list(request.headers.raw_items()),
+            response_headers=list(response.headers.raw_items()),
+            subprotocol=self._protocol.subprotocol,
+            extensions=[e.name for e in self._protocol.extensions],
+        )
+
+    async def _pull(self, when: str) -> None:
+        data = await self._inner.receive(1, _READ_CHUNK)
+        if data:
+            self._protocol.receive_data(data)
+        else:
+            self._protocol.receive_eof()
+            if self._protocol.handshake_exc is None and self._protocol.state is WSState.CONNECTING:
+                raise ConnectionClosed(f"the peer closed the connection {when}")
+
+    def start(self) -> None:
+        """Start the reader (and the keepalive, if configured) once the handshake is done."""
+        loop = asyncio.get_running_loop()
+        self._reader = loop.create_task(self._read_loop(), name="websocket reader")
+        if self._options.ping_interval is not None:
+            self._keepalive = loop.create_task(self._keepalive_loop(), name="websocket keepalive")
+
+    # Writing: one lock keeps frames in the order the protocol produced them.
+
+    async def _flush(self) -> None:
+        async with self._write_lock:
+            try:
+                for data in self._protocol.data_to_send():
+                    if data:
+                        await self._inner.send(data, False)
+                    else:
+                        await self._inner.send(b"", True)  # the protocol's end of stream
+            except asyncio.CancelledError:
+                # Part of a frame may be out: the stream cannot be resumed.
+                self._inner.abort()
+                raise
+
+    async def _flush_quietly(self) -> None:
+        with contextlib.suppress(NetconnError):
+            await self._flush()
+
+    # Reading
+
+    async def _read_loop(self) -> None:
+        try:
+            # Frames that came with the handshake response, and any reply the
+            # protocol produced for them (a close frame, if they were invalid).
+            events, self._pending_events = self._pending_events, []
+            self._handle(events)
+            await self._flush()
+            while self._protocol.state is not WSState.CLOSED:
+                await self._room.wait()
+                data = await self._inner.receive(1, _READ_CHUNK)
+                if not data:
+                    self._protocol.receive_eof()
+                    await self._flush_quietly()  # our end of stream, if still possible
+                    break
+                self._protocol.receive_data(data)
+                self._handle(self._protocol.events_received())
+                await self._flush()
+                if self._close_timer is None and self._protocol.close_expected():
+                    # We sent a close frame (or failed): the peer has
+                    # close_timeout seconds to finish before we abort.
+                    self._close_timer = asyncio.get_running_loop().call_later(
+                        self._options.close_timeout, self._inner.abort
+                    )
+        except NetconnError as error:
+            self._fail_locally(error, send_close=False)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must not leave readers hanging
+            logger.exception("WebSocket reader failed")
+            bug = ProtocolError(f"WebSocket reader failed: {exc!r}")
+            bug.__cause__ = exc
+            self._fail_locally(bug, send_close=False)
+        self._finish()
+
+    def _handle(self, events: list[Any]) -> None:
+        for frame in events:
+            opcode = frame.opcode
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+                self._text = opcode is Opcode.TEXT
+                self._decoder = codecs.getincrementaldecoder("utf-8")() if self._text else None
+                self._parts = []
+                self._add_fragment(frame.data, frame.fin)
+            elif opcode is Opcode.CONT:
+                self._add_fragment(frame.data, frame.fin)
+            elif opcode is Opcode.PONG:
+                self._pong(bytes(frame.data))
+            elif opcode is Opcode.CLOSE:
+                self._parts = []  # an unfinished message ends here
+                self._decoder = None
+                close = self._protocol.close_rcvd
+                if close is not None:
+                    metadata = {
+                        "opcode": "close",
+                        "close_code": int(close.code),
+                        "close_reason": close.reason,
+                    }
+                    self._deliver(Message(b"", True, metadata))
+            if self._error is not None:
+                return  # failed (e.g. invalid UTF-8): ignore the rest
+
+    def _add_fragment(self, data: bytes | bytearray | memoryview, fin: bool) -> None:
+        chunk = bytes(data)
+        if self._decoder is not None:
+            try:
+                self._decoder.decode(chunk, final=fin)
+            except UnicodeDecodeError as exc:
+                # RFC 6455 §8.1: fail as soon as the bytes cannot be UTF-8.
+                self._fail_locally(
+                    ProtocolError(f"invalid UTF-8 in a text message: {exc.reason}"),
+                    code=CloseCode.INVALID_DATA,
+                    reason="invalid UTF-8",
+                )
+                return
+        self._parts.append(chunk)
+        if fin:
+            content = b"".join(self._parts)
+            self._parts = []
+            self._decoder = None
+            self._deliver(Message(content, True, {"opcode": "text" if self._text else "binary"}))
+
+    def _deliver(self, message: Message) -> None:
+        if self._closing:
+            return  # cancelled: nobody reads any more
+        self._queue.append(message)
+        self._queued += len(message.content)
+        if self._queued >= self._receive_limit:
+            self._room.clear()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def receive_message(self) -> Message:
+        """The next whole message; a peer's close arrives as a message with opcode ``close``.
+
+        After the queue is drained raises :class:`ApplicationClosed` (the peer
+        closed, with its code and reason), :class:`ProtocolError` or
+        :class:`MessageTooLarge` (we closed with 1002/1007 or 1009),
+        :class:`ConnectionTimeout` (keepalive), or :class:`ConnectionClosed`.
+        Cancelling a waiting receive loses no message.
+        """
+        if self._waiter is not None:
+            raise Busy("another task is already receiving on this connection")
+        while not self._queue:
+            if self._finished:
+                self._report()
+                raise self._final_error()
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        message = self._queue.popleft()
+        self._queued -= len(message.content)
+        if self._queued < self._receive_limit // 4 or not self._queue:
+            self._room.set()
+        if self._finished and not self._queue:
+            self._report()
+        return message
+
+    # Outcome
+
+    def _fail_locally(
+        self, error: NetconnError, *, code: int = 1011, reason: str = "", send_close: bool = True
+    ) -> None:
+        if self._error is None:
+            self._error = error
+        if send_close and self._protocol.state is WSState.OPEN:
+            self._protocol.fail(code, reason)
+
+    def _final_error(self) -> NetconnError:
+        protocol = self._protocol
+        exc = protocol.parser_exc
+        if self._error is not None and (exc is None or isinstance(exc, EOFError)):
+            return self._error  # our own failure (UTF-8, keepalive, transport)
+        if isinstance(exc, PayloadTooBig):
+            limit = self._options.max_message_size or 0
+            return MessageTooLarge(exc.size or exc.max_size + 1, limit)
+        if isinstance(exc, WebSocketException | UnicodeDecodeError):
+            sent = protocol.close_sent
+            code = f" (closed with {int(sent.code)})" if sent is not None else ""
+            return ProtocolError(f"WebSocket protocol error: {exc}{code}")
+        received = protocol.close_rcvd
+        if received is not None and protocol.close_rcvd_then_sent is not False:
+            return ApplicationClosed(int(received.code), received.reason, by_peer=True)
+        sent = protocol.close_sent
+        if sent is not None:
+            return ApplicationClosed(int(sent.code), sent.reason, by_peer=False)
+        return ConnectionClosed("the connection closed without a WebSocket close frame (1006)")
+
+    def _lost_error(self) -> NetconnError | None:
+        """What the connection is told when the WebSocket ended (``None``: a clean close)."""
+        error = self._final_error()
+        if isinstance(error, ApplicationClosed) and error.code in _OK_CLOSE_CODES:
+            return None
+        if self._closing:
+            return None
+        return error
+
+    def _finish(self) -> None:
+        self._finished = True
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        for waiter in self._pings.values():
+            if not waiter.done():
+                waiter.set_result(False)
+        self._wake()
+        if not self._queue:
+            self._report()
+        # Data that arrived before the failure stays readable; the connection
+        # is told once it was read (or at once, if there was none).
+
+    def _report(self) -> None:
+        if self._reported:
+            return
+        self._reported = True
+        self._ctx.on_lost(self._lost_error())
+
+    # Sending
+
+    async def send_message(
+        self, data: bytes | bytearray | memoryview | str, is_complete: bool
+    ) -> None:
+        """Send ``data`` as one message: ``str`` as text, bytes as binary.
+
+        With ``is_complete=False`` it sends a fragment; later calls continue
+        the same message until one has ``is_complete=True``. Returns once the
+        inner channel took the frame under its send bound. Raises
+        :class:`ConnectionClosed` (or the error that ended the connection)
+        once the WebSocket is closing. Cancelled while the frame is being
+        written, it aborts the connection (a partial frame cannot be taken back).
+        """
+        if self._sending:
+            raise Busy("another task is already sending on this connection")
+        text = isinstance(data, str)
+        payload: bytes | bytearray | memoryview = data.encode() if isinstance(data, str) else data
+        if self._fragmenting is not None and self._fragmenting != text:
+            raise InvalidState("a fragmented message continues with the same type (text or bytes)")
+        self._check_sendable()
+        self._sending = True
+        try:
+            if self._fragmenting is not None:
+                self._protocol.send_continuation(payload, fin=is_complete)
+            elif text:
+                self._protocol.send_text(payload, fin=is_complete)
+            else:
+                self._protocol.send_binary(payload, fin=is_complete)
+            self._fragmenting = None if is_complete else text
+            await self._flush()
+        finally:
+            self._sending = False
+
+    def _check_sendable(self) -> None:
+        if self._protocol.state is not WSState.OPEN:
+            if self._finished:
+                raise self._final_error()
+            raise ConnectionClosed("the WebSocket is closing")
+
+    async def ping(self, payload: bytes = b"") -> float:
+        """Send a ping and return the round-trip time in seconds once its pong arrives."""
+        self._check_sendable()
+        loop = asyncio.get_running_loop()
+        payload = payload or os.urandom(4)
+        waiter = self._pings.setdefault(payload, loop.create_future())
+        started = loop.time()
+        self._protocol.send_ping(payload)
+        await self._flush()
+        if not await asyncio.shield(waiter):
+            raise self._final_error()
+        return loop.time() - started
+
+    def _pong(self, payload: bytes) -> None:
+        # A pong answers its ping and every ping sent before it (RFC 6455 §5.5.3
+        # allows answering only the latest).
+        if payload not in self._pings:
+            return
+        for key in list(self._pings):
+            waiter = self._pings.pop(key)
+            if not waiter.done():
+                waiter.set_result(True)
+            if key == payload:
+                break
+        self._ctx.on_viability(True)
+
+    async def _keepalive_loop(self) -> None:
+        interval = self._options.ping_interval
+        timeout = self._options.ping_timeout
+        assert interval is not None
+        while True:
+            await asyncio.sleep(interval)
+            if self._protocol.state is not WSState.OPEN:
+                return
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.ping()
+            except TimeoutError:
+                # No pong: packets no longer flow. Say so, then give up.
+                self._ctx.on_viability(False)
+                self._fail_locally(
+                    ConnectionTimeout(f"no pong within {timeout} s of a keepalive ping"),
+                    send_close=False,
+                )
+                self._inner.abort()
+                if self._reader is not None:
+                    self._reader.cancel()
+                self._finish()
+                return
+            except NetconnError:
+                return  # the reader sees the same failure
+
+    # Closing
+
+    def set_close(self, code: int, reason: str = "") -> None:
+        """Use ``code`` and ``reason`` in the close frame that :meth:`close` sends."""
+        check_close(code, reason)
+        self._close_code = code
+        self._close_reason = reason
+
+    async def close(self) -> None:
+        """Run the close handshake (our close frame, the peer's, then end of stream).
+
+        Unread messages are dropped. After ``close_timeout`` the transport is aborted.
+        """
+        self._closing = True
+        self._queue.clear()
+        self._queued = 0
+        self._room.set()
+        try:
+            async with asyncio.timeout(self._options.close_timeout):
+                if self._protocol.state is WSState.OPEN:
+                    self._protocol.send_close(self._close_code, self._close_reason)
+                    await self._flush()
+                if self._reader is not None:
+                    await asyncio.wait([self._reader])  # never raises the reader's outcome
+                await self._inner.close()
+        except (TimeoutError, NetconnError):
+            self.abort()
+        except asyncio.CancelledError:
+            self.abort()
+            raise
+        finally:
+            if self._keepalive is not None:
+                self._keepalive.cancel()
+
+    def abort(self) -> None:
+        self._closing = True
+        for task in (self._reader, self._keepalive):
+            if task is not None:
+                task.cancel()
+        self._inner.abort()
+        if not self._finished:
+            self._fail_locally(ConnectionClosed("the connection was aborted"), send_close=False)
+            self._finish()
+
+
+def check_close(code: int, reason: str) -> None:
+    """Raise ``ValueError`` unless ``code`` and ``reason`` may go in a close frame."""
+    # RFC 6455 §7.4: 1005, 1006 and 1015 are never sent; 1016-2999 are reserved.
+    if not (code == 1000 or 1001 <= code <= 1014 or 3000 <= code <= 4999) or code in (1005, 1006):
+        raise ValueError(f"close code {code} may not be sent")
+    if len(reason.encode()) > 123:
+        raise ValueError("a close reason is at most 123 bytes of UTF-8")
+
+
+def _handshake_error(exc: Exception, response: Response | None) -> NetconnError:
+    if isinstance(exc, InvalidStatus):
+        r = exc.response
+        return HandshakeRejected(
+            r.status_code, r.reason_phrase, list(r.headers.raw_items()), bytes(r.body or b"")
+        )
+    if isinstance(exc, InvalidHandshake):
+        return ProtocolError(f"invalid WebSocket handshake response: {exc}")
+    return ProtocolError(f"WebSocket handshake failed: {exc!r}")
