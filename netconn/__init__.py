@@ -34,14 +34,19 @@ from .errors import (
 from .listener import Listener
 from .parameters import Parameters, ServiceClass
 from .path import Interface, InterfaceType, Path, PathStatus
+from .quic import DatagramsNotEnabled, DeliveryReceipt, Directionality, QUICDatagrams, QUICStream
 from .stacks import (
+    QUIC,
     TCP,
     TLS,
     UDP,
+    MemoryTicketStore,
     Message,
     MessageProtocol,
     MultiplexProtocol,
     PeerCertificate,
+    QUICTicketStore,
+    QUICVersion,
     Stack,
     StreamProtocol,
     TLSSessionCache,
@@ -52,6 +57,7 @@ from .state import TERMINAL_STATES, Cancelled, Failed, Preparing, Ready, Setup, 
 __version__ = "0.1.0"
 
 __all__ = [
+    "QUIC",
     "TCP",
     "TERMINAL_STATES",
     "TLS",
@@ -68,6 +74,9 @@ __all__ = [
     "ConnectionRefused",
     "ConnectionTimeout",
     "DNSError",
+    "DatagramsNotEnabled",
+    "DeliveryReceipt",
+    "Directionality",
     "EndOfStream",
     "Endpoint",
     "EstablishmentReport",
@@ -77,6 +86,7 @@ __all__ = [
     "InterfaceType",
     "InvalidState",
     "Listener",
+    "MemoryTicketStore",
     "Message",
     "MessageProtocol",
     "MessageTooLarge",
@@ -89,6 +99,10 @@ __all__ = [
     "PeerCertificate",
     "Preparing",
     "ProtocolError",
+    "QUICDatagrams",
+    "QUICStream",
+    "QUICTicketStore",
+    "QUICVersion",
     "Ready",
     "ServiceClass",
     "Setup",

@@ -1,0 +1,69 @@
+"""QUIC for netconn, on aioquic's sans-I/O engine.
+
+Usage (the public names live in :mod:`netconn`)::
+
+    import netconn as nc
+
+    quic = nc.QUIC(alpn=["echo"], server_name="localhost", ca_file="ca.pem")
+    async with nc.Connection(nc.Endpoint.host_port("127.0.0.1", 4433), quic) as conn:
+        stream = await conn.open_stream()                 # bidirectional by default
+        await stream.send(b"ping", is_complete=True)      # FIN after the bytes
+        reply = await stream.receive(at_least=1, at_most=65536)
+        uni = await conn.open_stream("unidirectional")
+        await conn.datagrams.send(b"tick")                # needs max_datagram_frame_size
+        conn.negotiated_alpn, conn.remote_max_streams_bidirectional
+
+    server = nc.QUIC(alpn=["echo"], certificate=("cert.pem", "key.pem"))
+    async with nc.Listener(server, host="127.0.0.1", port=4433) as listener:
+        async for conn in listener:                     # Connection[QUIC], ready
+            async for stream in conn.inbound_streams():  # peer-opened streams
+                data = await stream.receive()
+                await stream.send(data, is_complete=True)
+
+API of ``Connection[QUIC]`` (self-typed, so mypy rejects them on other stacks):
+
+- ``await conn.open_stream(directionality="bidirectional", *, wait=True) -> QUICStream``:
+  waits for the peer's stream credit (MAX_STREAMS) unless ``wait=False`` (then
+  :class:`~netconn.Busy`).
+- ``conn.inbound_streams() -> AsyncIterator[QUICStream]`` or
+  ``conn.handle_inbound_streams(handler)``: peer-opened streams. Only one of
+  them, once per connection (:class:`~netconn.InvalidState` otherwise).
+- ``conn.datagrams``: :class:`QUICDatagrams` with ``send`` / ``receive`` /
+  ``maximum_size``; :class:`~netconn.MessageTooLarge` over the size,
+  :class:`DatagramsNotEnabled` when a side did not enable them.
+- Properties: ``negotiated_alpn``, ``remote_idle_timeout``,
+  ``remote_max_streams_bidirectional`` / ``_unidirectional``,
+  ``usable_datagram_frame_size``, ``keepalive`` (settable, seconds or
+  ``None``), ``application_error`` (settable ``(code, reason)`` sent by
+  ``cancel()``), ``early_data_accepted``, ``session_resumed``,
+  ``negotiated_version``, ``quic_stats()``.
+- ``await conn.close(code, reason)``: application close now; the peer's
+  connection fails with :class:`~netconn.ApplicationClosed` carrying both.
+- ``conn.request_key_update()``.
+
+:class:`QUICStream`: ``send(data, *, is_complete=False, receipt=False)`` (a
+:class:`DeliveryReceipt` with ``receipt=True``), ``receive(at_least,
+at_most)``, ``receive_exactly(n)``, ``receive_complete``, ``reset(code)``,
+``stop_sending(code)``, ``close()``, ``state`` / ``send_state`` /
+``receive_state``, ``priority``, ``queued_bytes``, ``buffered_bytes``, ``id``,
+``directionality``, ``is_local``. A peer's reset or stop-sending arrives as
+:class:`~netconn.StreamReset` with ``code``.
+"""
+
+from ._channel import (
+    DatagramsNotEnabled,
+    DeliveryReceipt,
+    Directionality,
+    QUICChannel,
+    QUICDatagrams,
+    QUICStream,
+)
+
+__all__ = [
+    "DatagramsNotEnabled",
+    "DeliveryReceipt",
+    "Directionality",
+    "QUICChannel",
+    "QUICDatagrams",
+    "QUICStream",
+]

@@ -1,0 +1,1096 @@
+"""One QUIC connection: aioquic's state machine, its streams, datagrams and timer.
+
+How this works: a :class:`QUICChannel` owns one ``FlowControlledConnection``
+(aioquic's sans-I/O engine) and is fed by whoever reads the UDP socket, one
+*batch* of datagrams at a time. After each batch (or timer, or application
+call) it drains the engine's events into stream buffers, wakes the tasks that
+wait for room or data, builds every packet the engine allows in one call,
+hands them to the socket in one go, and re-arms its single timer.
+
+Back-pressure: a stream's ``send`` waits while the bytes it has queued and not
+yet had acknowledged exceed ``Parameters.send_buffer``, or the connection's
+total exceeds ``QUIC.connection_send_buffer``; received bytes wait in the
+stream until the application reads them, and only reading grants the peer new
+credit (see :mod:`netconn.quic._engine`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+from aioquic.quic import events
+from aioquic.quic.connection import QuicConnectionState
+from aioquic.quic.packet import QuicErrorCode
+
+from ..endpoint import Address
+from ..errors import (
+    ApplicationClosed,
+    Busy,
+    CertificateError,
+    ConnectionClosed,
+    ConnectionTimeout,
+    EndOfStream,
+    InvalidState,
+    MessageTooLarge,
+    NetconnError,
+    ProtocolError,
+    StreamReset,
+    TLSError,
+)
+from ..stacks.base import AttemptContext
+from ..stacks.tls import PeerCertificate
+from ..state import Cancelled, Failed, Ready, State
+from ._engine import FlowControlledConnection
+from ._udp import NetworkAddress
+
+if TYPE_CHECKING:
+    from ..stacks.quic import QUIC
+
+__all__ = [
+    "DatagramsNotEnabled",
+    "DeliveryReceipt",
+    "Directionality",
+    "QUICChannel",
+    "QUICDatagrams",
+    "QUICStream",
+]
+
+logger = logging.getLogger("netconn.quic")
+
+Directionality = Literal["bidirectional", "unidirectional"]
+"""Whether a stream carries data both ways or only from its opener."""
+
+_CLOSING_STATES = frozenset({QuicConnectionState.CLOSING, QuicConnectionState.DRAINING})
+_SEND_CHUNK = 256 * 1024  # bytes handed to the engine per step of a large send
+_SHORT_HEADER_OVERHEAD = 1 + 20 + 2 + 16  # flags, longest CID, packet number, AEAD tag
+_DATAGRAM_FRAME_OVERHEAD = 1 + 4  # frame type, length varint
+
+
+class DatagramsNotEnabled(InvalidState):
+    """The peer did not enable QUIC DATAGRAM frames (or this side did not)."""
+
+
+class DeliveryReceipt:
+    """Resolves once the peer has acknowledged every byte of one ``send``.
+
+    ``await receipt`` returns when acknowledged; it raises
+    :class:`~netconn.StreamReset` or the connection's error if the bytes can
+    no longer be delivered.
+    """
+
+    def __init__(self, future: asyncio.Future[None], end: int) -> None:
+        self._future = future
+        self.end_offset = end
+        """The stream offset that must be acknowledged."""
+
+    @property
+    def acknowledged(self) -> bool:
+        """Whether the peer acknowledged the bytes."""
+        return (
+            self._future.done()
+            and not self._future.cancelled()
+            and self._future.exception() is None
+        )
+
+    def __await__(self) -> Any:
+        return asyncio.shield(self._future).__await__()
+
+
+class QUICStream:
+    """One QUIC stream, with the byte-stream API of a connection.
+
+    ``send``/``receive``/``receive_exactly`` behave as on a TCP connection;
+    ``reset`` and ``stop_sending`` abort one direction with an application
+    error code, which the peer sees as :class:`~netconn.StreamReset`.
+    """
+
+    def __init__(self, channel: QUICChannel, stream_id: int) -> None:
+        self._channel = channel
+        self.id = stream_id
+        """The QUIC stream ID."""
+        local = (stream_id & 1) == (0 if channel.is_client else 1)
+        self.is_local = local
+        """Whether this side opened the stream."""
+        self.directionality: Directionality = "unidirectional" if stream_id & 2 else "bidirectional"
+        """Bidirectional, or unidirectional (from the opener to the other side)."""
+        self.can_send = not (self.directionality == "unidirectional" and not local)
+        self.can_receive = not (self.directionality == "unidirectional" and local)
+        self._buffer = bytearray()
+        self._eof = not self.can_receive
+        self._receive_error: NetconnError | None = None
+        self._receive_waiter: asyncio.Future[None] | None = None
+        self._send_closed = not self.can_send
+        self._send_error: NetconnError | None = None
+        self._send_waiter: asyncio.Future[None] | None = None
+        self._sending = False
+        self._receipts: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._priority = 0
+        self._reset_code: int | None = None
+        self._stopped_code: int | None = None
+
+    def __repr__(self) -> str:
+        return f"<QUICStream {self.id} {self.directionality} {self.state}>"
+
+    # State
+
+    @property
+    def state(self) -> State:
+        """``Ready`` while a direction is open; ``Failed(error)`` after a reset by the
+        peer or the connection's end; ``Cancelled`` once both directions ended here."""
+        channel_error = self._channel.error
+        if channel_error is not None and not (self._send_closed and self._eof):
+            return Failed(channel_error)
+        for error in (self._receive_error, self._send_error):
+            if isinstance(error, StreamReset) and error.by_peer:
+                return Failed(error)
+        if self._send_closed and (self._eof or self._receive_error is not None):
+            return Cancelled()
+        return Ready()
+
+    @property
+    def send_state(self) -> Literal["open", "finished", "reset"]:
+        """The sending direction: open, ended with FIN, or reset (by us or a STOP_SENDING)."""
+        if self._send_error is not None or self._reset_code is not None:
+            return "reset"
+        return "finished" if self._send_closed else "open"
+
+    @property
+    def receive_state(self) -> Literal["open", "finished", "reset"]:
+        """The receiving direction: open, ended (FIN seen), or reset by the peer."""
+        if isinstance(self._receive_error, StreamReset) and self._receive_error.by_peer:
+            return "reset"
+        return "finished" if self._eof else "open"
+
+    @property
+    def receive_complete(self) -> bool:
+        """Whether the peer ended its direction and every byte was read."""
+        return self._eof and not self._buffer
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes received and not yet read."""
+        return len(self._buffer)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes given to ``send`` that the peer has not acknowledged yet."""
+        return self._channel._queued(self)
+
+    @property
+    def priority(self) -> int:
+        """Send priority: streams with a higher value send first; default 0."""
+        return self._priority
+
+    @priority.setter
+    def priority(self, value: int) -> None:
+        self._priority = int(value)
+        self._channel._reprioritise()
+
+    # Sending
+
+    async def send(
+        self,
+        data: bytes | bytearray | memoryview,
+        *,
+        is_complete: bool = False,
+        receipt: bool = False,
+    ) -> DeliveryReceipt | None:
+        """Queue ``data``; return once it is all queued under the send bounds.
+
+        ``is_complete=True`` ends the direction (FIN) after ``data``. With
+        ``receipt=True`` returns a :class:`DeliveryReceipt` to await the
+        peer's acknowledgement. Raises :class:`StreamReset` if the peer sent
+        STOP_SENDING, :class:`InvalidState` after FIN or reset, :class:`Busy`
+        if another task is sending. If cancelled part-way, a prefix of
+        ``data`` was queued and will be delivered.
+        """
+        if self._sending:
+            raise Busy("another task is already sending on this stream")
+        self._check_send()
+        view = memoryview(data).cast("B")
+        channel = self._channel
+        self._sending = True
+        try:
+            offset, total = 0, len(view)
+            while True:
+                await channel._wait_send_room(self)
+                self._check_send()
+                end = min(total, offset + _SEND_CHUNK)
+                last = end == total
+                channel._write(self, bytes(view[offset:end]), is_complete and last)
+                offset = end
+                if last:
+                    break
+            if is_complete:
+                self._send_closed = True
+            if receipt:
+                return channel._receipt(self)
+            return None
+        finally:
+            self._sending = False
+
+    def _check_send(self) -> None:
+        if not self.can_send:
+            raise InvalidState(f"stream {self.id} is receive-only")
+        if self._send_error is not None:
+            raise self._send_error
+        self._channel._check_open()
+        if self._send_closed:
+            raise InvalidState(f"stream {self.id} already ended its sending direction")
+
+    def reset(self, code: int = 0) -> None:
+        """Abort sending with application error ``code`` (RESET_STREAM). Never blocks.
+
+        Queued bytes are discarded; the peer's reads fail with
+        :class:`StreamReset` carrying ``code``.
+        """
+        if not self.can_send or self._reset_code is not None:
+            return
+        self._reset_code = code
+        self._send_closed = True
+        self._send_error = StreamReset(code, by_peer=False, what="reset")
+        self._channel._reset(self, code)
+
+    def stop_sending(self, code: int = 0) -> None:
+        """Ask the peer to stop sending, with application error ``code`` (STOP_SENDING).
+
+        Unread bytes are discarded; later reads raise :class:`StreamReset`.
+        """
+        if not self.can_receive or self._stopped_code is not None:
+            return
+        self._stopped_code = code
+        self._channel._stop(self, code)
+        consumed = len(self._buffer)
+        self._buffer.clear()
+        if consumed:
+            self._channel._consumed(self, consumed)
+        self._fail_receive(StreamReset(code, by_peer=False, what="stopped"))
+
+    async def close(self) -> None:
+        """End the sending direction (FIN) if still open. Returns once queued."""
+        if self.can_send and not self._send_closed and self._send_error is None:
+            self._channel._check_open()
+            self._channel._write(self, b"", True)
+            self._send_closed = True
+
+    # Receiving
+
+    async def receive(self, at_least: int = 1, at_most: int = 65536) -> bytes:
+        """Return between ``at_least`` and ``at_most`` bytes.
+
+        Returns fewer than ``at_least`` only at the end of the stream (``b""``
+        once everything was read). Raises :class:`StreamReset` after a
+        RESET_STREAM from the peer, the connection's error if it ended.
+        Cancelling a waiting receive loses no bytes.
+        """
+        if not 0 <= at_least <= at_most or at_most < 1:
+            raise ValueError(
+                f"need 0 <= at_least <= at_most and at_most >= 1, got {at_least}, {at_most}"
+            )
+        if not self.can_receive:
+            raise InvalidState(f"stream {self.id} is send-only")
+        if self._receive_waiter is not None:
+            raise Busy("another task is already receiving on this stream")
+        buffer = self._buffer
+        while len(buffer) < at_least and not self._eof and self._receive_error is None:
+            self._receive_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._receive_waiter
+            finally:
+                self._receive_waiter = None
+        if not buffer:
+            if self._receive_error is not None:
+                raise self._receive_error
+            return b""
+        if len(buffer) <= at_most:
+            data = bytes(buffer)
+            buffer.clear()
+        else:
+            data = bytes(memoryview(buffer)[:at_most])
+            del buffer[:at_most]
+        self._channel._consumed(self, len(data))
+        return data
+
+    async def receive_exactly(self, size: int) -> bytes:
+        """Return exactly ``size`` bytes.
+
+        Raises :class:`EndOfStream` (with ``partial``) if the stream ends first.
+        """
+        data = await self.receive(size, size) if size else b""
+        if len(data) < size:
+            raise EndOfStream(data, size)
+        return data
+
+    # Fed by the channel
+
+    def _feed(self, data: bytes, end: bool) -> None:
+        if self._stopped_code is not None:
+            if data:
+                self._channel._consumed(self, len(data))  # nobody will read it
+        elif data:
+            self._buffer += data
+        if end:
+            self._eof = True
+        self._wake_receiver()
+
+    def _fail_receive(self, error: NetconnError) -> None:
+        if self._receive_error is None:
+            self._receive_error = error
+        self._wake_receiver()
+
+    def _fail_send(self, error: NetconnError) -> None:
+        if self._send_error is None:
+            self._send_error = error
+        self._wake_sender()
+        while self._receipts:
+            _, future = self._receipts.popleft()
+            if not future.done():
+                future.set_exception(error)
+                future.exception()  # retrieved: an unawaited receipt must not warn
+
+    def _wake_receiver(self) -> None:
+        waiter = self._receive_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake_sender(self) -> None:
+        waiter = self._send_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class QUICDatagrams:
+    """The connection's QUIC DATAGRAM channel (RFC 9221): unreliable, unordered messages."""
+
+    def __init__(self, channel: QUICChannel) -> None:
+        self._channel = channel
+        self._queue: deque[bytes] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._room_waiter: asyncio.Future[None] | None = None
+        self.dropped = 0
+        """Received datagrams dropped because ``QUIC.datagram_queue`` were unread."""
+
+    @property
+    def maximum_size(self) -> int:
+        """The largest payload :meth:`send` accepts (0 if datagrams are not enabled)."""
+        return self._channel.usable_datagram_frame_size
+
+    async def send(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue one datagram; waits while ``QUIC.datagram_queue`` datagrams are unsent.
+
+        Raises :class:`DatagramsNotEnabled` when either side did not enable
+        datagrams, :class:`MessageTooLarge` above :attr:`maximum_size`.
+        """
+        channel = self._channel
+        channel._check_open()
+        payload = bytes(data)
+        maximum = channel.usable_datagram_frame_size
+        if maximum == 0:
+            who = "this side" if channel.options.max_datagram_frame_size is None else "the peer"
+            raise DatagramsNotEnabled(f"{who} did not enable QUIC datagrams")
+        if len(payload) > maximum:
+            raise MessageTooLarge(len(payload), maximum, "datagram")
+        while channel.quic.queued_datagrams >= channel.options.datagram_queue:
+            self._room_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._room_waiter
+            finally:
+                self._room_waiter = None
+            channel._check_open()
+        channel.quic.send_datagram_frame(payload)
+        channel._schedule_transmit()
+
+    async def receive(self) -> bytes:
+        """The next datagram; raises the connection's error once it ended."""
+        if self._waiter is not None:
+            raise Busy("another task is already receiving datagrams")
+        while not self._queue:
+            self._channel._check_open()
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._queue.popleft()
+
+    @property
+    def pending(self) -> int:
+        """Received datagrams not yet read."""
+        return len(self._queue)
+
+    def _feed(self, data: bytes) -> None:
+        if len(self._queue) >= self._channel.options.datagram_queue:
+            self.dropped += 1
+            return
+        self._queue.append(data)
+        self._wake()
+
+    def _wake(self) -> None:
+        for waiter in (self._waiter, self._room_waiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+
+class QUICChannel:
+    """A running QUIC connection (client or server side).
+
+    The socket owner calls :meth:`datagrams_received` with each batch and
+    provides ``send`` to put packets on the wire.
+    """
+
+    def __init__(
+        self,
+        options: QUIC,
+        quic: FlowControlledConnection,
+        ctx: AttemptContext,
+        *,
+        send: Callable[[list[tuple[bytes, NetworkAddress]]], None],
+        local_address: Address | None,
+        remote_address: NetworkAddress,
+        on_closed: Callable[[QUICChannel], None] = lambda channel: None,
+        server_name: str | None = None,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.options = options
+        self.quic = quic
+        self.ctx = ctx
+        self.is_client = quic.configuration.is_client
+        self._send_packets = send
+        self._on_closed = on_closed
+        self.local_address = local_address
+        self._remote_sockaddr = remote_address
+        self.remote_address: Address | None = Address.from_sockaddr(remote_address)
+        self._server_name = server_name
+        self._streams: dict[int, QUICStream] = {}
+        self._inbound: deque[QUICStream] = deque()
+        self._inbound_waiter: asyncio.Future[None] | None = None
+        self.datagrams = QUICDatagrams(self)
+        """Send and receive QUIC datagrams."""
+        self._established: asyncio.Future[None] = self._loop.create_future()
+        self.error: NetconnError | None = None
+        """Why the connection ended, once it did."""
+        self._finished = False
+        self._closing_locally = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._transmit_handle: asyncio.Handle | None = None
+        self._active: set[QUICStream] = set()
+        self._queued_total = 0
+        self._room_waiters: deque[asyncio.Future[None]] = deque()
+        self._credit_waiters: deque[asyncio.Future[None]] = deque()
+        self._drained: asyncio.Future[None] | None = None
+        self.negotiated_alpn: str | None = None
+        """The ALPN protocol agreed in the handshake."""
+        self.early_data_accepted: bool | None = None
+        """Client: whether the server accepted 0-RTT data (``None`` until known)."""
+        self.session_resumed = False
+        """Whether the handshake resumed an earlier session."""
+        self.early_data_sent = False
+        """Client: whether anything was sent before the handshake completed."""
+        self.early_data_resent = 0
+        """Bytes of 0-RTT stream data sent again in 1-RTT after a Retry or rejection."""
+        self._early_streams: set[int] = set()
+        self._retries_seen = 0
+        self._handshake_complete = False
+        self.keepalive_interval = options.keepalive_interval
+        self._last_received = self._loop.time()
+        self._viable = True
+        self._ping_id = 0
+        self._ping_outstanding = False
+        self.application_error: tuple[int, str] | None = None
+        """Code and reason sent in the CONNECTION_CLOSE of a graceful close."""
+        self.on_connection_id: Callable[[events.QuicEvent], None] = lambda event: None
+        """Called with ConnectionIdIssued/Retired events (the server routes on them)."""
+
+    def __repr__(self) -> str:
+        return f"<QUICChannel {'client' if self.is_client else 'server'} {self.remote_address}>"
+
+    # Established
+
+    async def wait_established(self) -> None:
+        """Return once the handshake completed; raise its error otherwise."""
+        await asyncio.shield(self._established)
+
+    @property
+    def can_send_early(self) -> bool:
+        """Whether 0-RTT keys are ready (a resumed client may send before the handshake)."""
+        from aioquic import tls
+
+        crypto = self.quic._cryptos.get(tls.Epoch.ZERO_RTT)
+        return bool(self.is_client and crypto is not None and crypto.send.is_valid())
+
+    # Properties of the connection
+
+    @property
+    def remote_idle_timeout(self) -> float | None:
+        """The peer's max_idle_timeout in seconds (``None``: not known or none)."""
+        value = self.quic._remote_max_idle_timeout
+        return None if value is None else float(value)
+
+    @property
+    def remote_max_streams_bidirectional(self) -> int:
+        """Bidirectional streams the peer lets us open in total, so far."""
+        return int(self.quic._remote_max_streams_bidi)
+
+    @property
+    def remote_max_streams_unidirectional(self) -> int:
+        """Unidirectional streams the peer lets us open in total, so far."""
+        return int(self.quic._remote_max_streams_uni)
+
+    @property
+    def usable_datagram_frame_size(self) -> int:
+        """The largest datagram payload that fits a packet and the peer's limit (0: none)."""
+        remote = self.quic._remote_max_datagram_frame_size
+        if remote is None or self.options.max_datagram_frame_size is None:
+            return 0
+        in_packet = self.options.max_udp_payload_size - _SHORT_HEADER_OVERHEAD
+        return max(0, min(remote, in_packet) - _DATAGRAM_FRAME_OVERHEAD)
+
+    @property
+    def negotiated_version(self) -> str | None:
+        """``"v1"`` or ``"v2"``."""
+        version = self.quic._version
+        return {0x00000001: "v1", 0x6B3343CF: "v2"}.get(version or 0)
+
+    @property
+    def is_viable(self) -> bool:
+        """Whether the peer was heard from recently enough."""
+        return self._viable
+
+    def stats(self) -> dict[str, Any]:
+        """RTT, congestion window, bytes in flight and socket counters."""
+        loss = self.quic._loss
+        return {
+            "smoothed_rtt": loss._rtt_smoothed,
+            "congestion_window": loss.congestion_window,
+            "bytes_in_flight": loss.bytes_in_flight,
+            "queued_bytes": self._queued_total,
+        }
+
+    def tls_info(self) -> dict[str, Any]:
+        """Version, cipher, ALPN and resumption, for reports."""
+        tls = getattr(self.quic, "tls", None)
+        suite = getattr(tls, "key_schedule", None)
+        cipher = getattr(getattr(suite, "cipher_suite", None), "name", None)
+        return {
+            "version": "TLSv1.3",
+            "cipher": cipher,
+            "alpn": self.negotiated_alpn,
+            "session_reused": self.session_resumed,
+            "early_data_accepted": self.early_data_accepted,
+            "quic_version": self.negotiated_version,
+        }
+
+    def request_key_update(self) -> None:
+        """Start a TLS key update (deferred by the engine until the handshake is confirmed)."""
+        self._check_open()
+        self.quic.request_key_update()
+        self._schedule_transmit()
+
+    # Streams
+
+    async def open_stream(self, directionality: Directionality, wait: bool) -> QUICStream:
+        """A new local stream; waits for the peer's MAX_STREAMS credit unless not ``wait``."""
+        if directionality not in ("bidirectional", "unidirectional"):
+            raise ValueError(
+                "directionality must be 'bidirectional' or 'unidirectional', "
+                f"not {directionality!r}"
+            )
+        uni = directionality == "unidirectional"
+        while True:
+            self._check_open()
+            stream_id = self.quic.get_next_available_stream_id(is_unidirectional=uni)
+            limit = (
+                self.remote_max_streams_unidirectional
+                if uni
+                else self.remote_max_streams_bidirectional
+            )
+            if stream_id // 4 < limit:
+                break
+            if not wait:
+                raise Busy(f"the peer allows no more {directionality} streams for now ({limit})")
+            waiter = self._loop.create_future()
+            self._credit_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._credit_waiters.remove(waiter)
+        self.quic.send_stream_data(stream_id, b"", False)  # creates it in the engine
+        stream = QUICStream(self, stream_id)
+        self._streams[stream_id] = stream
+        return stream
+
+    async def next_inbound_stream(self) -> QUICStream | None:
+        """The next stream the peer opened; ``None`` once the connection ended."""
+        while not self._inbound:
+            if self._finished:
+                return None
+            self._inbound_waiter = self._loop.create_future()
+            try:
+                await self._inbound_waiter
+            finally:
+                self._inbound_waiter = None
+        return self._inbound.popleft()
+
+    def _stream_for_event(self, stream_id: int) -> QUICStream | None:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            local = (stream_id & 1) == (0 if self.is_client else 1)
+            if local:
+                return None  # a local stream we already forgot
+            stream = QUICStream(self, stream_id)
+            self._streams[stream_id] = stream
+            self._inbound.append(stream)
+            waiter = self._inbound_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        return stream
+
+    def _queued(self, stream: QUICStream) -> int:
+        engine_stream = self.quic._streams.get(stream.id)
+        return 0 if engine_stream is None else len(engine_stream.sender._buffer)
+
+    async def _wait_send_room(self, stream: QUICStream) -> None:
+        limit = self.ctx.parameters.send_buffer
+        total_limit = self.options.connection_send_buffer
+        while True:
+            self._check_open()
+            if stream._send_error is not None:
+                raise stream._send_error
+            if self._queued(stream) < limit and self._queued_total < total_limit:
+                return
+            waiter = self._loop.create_future()
+            stream._send_waiter = waiter
+            self._room_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                stream._send_waiter = None
+                with contextlib.suppress(ValueError):
+                    self._room_waiters.remove(waiter)
+
+    def _write(self, stream: QUICStream, data: bytes, end: bool) -> None:
+        try:
+            self.quic.send_stream_data(stream.id, data, end)
+        except (ValueError, AssertionError) as exc:
+            raise InvalidState(f"stream {stream.id}: {exc}") from exc
+        if not self._handshake_complete:
+            self._early_streams.add(stream.id)
+            self.early_data_sent = True
+        self._active.add(stream)
+        self._queued_total += len(data)
+        self._schedule_transmit()
+
+    def _receipt(self, stream: QUICStream) -> DeliveryReceipt:
+        engine_stream = self.quic._streams.get(stream.id)
+        end = 0 if engine_stream is None else engine_stream.sender._buffer_stop
+        future: asyncio.Future[None] = self._loop.create_future()
+        stream._receipts.append((end, future))
+        self._active.add(stream)
+        self._check_receipts(stream)
+        return DeliveryReceipt(future, end)
+
+    def _check_receipts(self, stream: QUICStream) -> None:
+        engine_stream = self.quic._streams.get(stream.id)
+        # A stream the engine discarded had everything acknowledged.
+        acked = 1 << 62 if engine_stream is None else engine_stream.sender._buffer_start
+        while stream._receipts and stream._receipts[0][0] <= acked:
+            _, future = stream._receipts.popleft()
+            if not future.done():
+                future.set_result(None)
+
+    def _consumed(self, stream: QUICStream, size: int) -> None:
+        if self.quic.consumed(stream.id, size, self._loop.time()):
+            self._schedule_transmit()
+
+    def _reset(self, stream: QUICStream, code: int) -> None:
+        if self._finished:
+            return
+        with contextlib.suppress(ValueError, AssertionError):
+            self.quic.reset_stream(stream.id, code)
+        stream._fail_send(StreamReset(code, by_peer=False, what="reset"))
+        self._schedule_transmit()
+
+    def _stop(self, stream: QUICStream, code: int) -> None:
+        if self._finished:
+            return
+        with contextlib.suppress(ValueError, AssertionError):
+            self.quic.stop_stream(stream.id, code)
+        self._schedule_transmit()
+
+    def _reprioritise(self) -> None:
+        # aioquic serves its stream queue in order, moving served streams to the
+        # back; a stable sort by priority before each transmit puts urgent first.
+        queue = self.quic._streams_queue
+        streams = self._streams
+        queue.sort(key=lambda s: -streams[s.stream_id]._priority if s.stream_id in streams else 0)
+
+    # Input: datagrams and timers
+
+    def datagrams_received(self, batch: list[tuple[bytes, NetworkAddress]]) -> None:
+        """Feed a batch of datagrams from the socket, then act on them once."""
+        if self._finished:
+            return
+        now = self._loop.time()
+        receive = self.quic.receive_datagram
+        for data, addr in batch:
+            receive(data, addr, now)
+        self._last_received = now
+        self._ping_outstanding = False
+        if not self._viable:
+            self._set_viable(True)
+        self._after_input()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if self._finished:
+            return
+        now = self._loop.time()
+        quic = self.quic
+        close_at = quic._close_at
+        if quic._close_event is None and close_at is not None and now >= close_at:
+            self._finish(ConnectionTimeout(f"QUIC idle timeout ({quic._idle_timeout():.1f} s)"))
+            quic.handle_timer(now)
+            return
+        quic.handle_timer(now)
+        self._housekeeping(now)
+        self._after_input()
+
+    def _housekeeping(self, now: float) -> None:
+        quic = self.quic
+        silence = now - self._last_received
+        if self._viable and quic._loss.bytes_in_flight > 0 and silence > self._viability_deadline():
+            self._set_viable(False)
+        interval = self.keepalive_interval
+        if (
+            interval
+            and silence >= interval
+            and not self._ping_outstanding
+            and self._handshake_complete
+        ):
+            self._ping_id += 1
+            self._ping_outstanding = True
+            quic.send_ping(self._ping_id)
+
+    def _viability_deadline(self) -> float:
+        # No answer over three probe timeouts (at least 300 ms) means packets
+        # are not flowing, well before the idle timeout gives up.
+        return max(3 * self.quic._loss.get_probe_timeout(), 0.3)
+
+    def _set_viable(self, viable: bool) -> None:
+        self._viable = viable
+        self.ctx.on_viability(viable)
+
+    def _after_input(self) -> None:
+        self._process_events()
+        if self._finished:
+            return
+        quic = self.quic
+        if quic._retry_count != self._retries_seen:
+            self._retries_seen = quic._retry_count
+            self._resend_early_data("Retry")
+        self._check_path()
+        self._sweep()
+        self.transmit()
+
+    def _process_events(self) -> None:
+        quic = self.quic
+        while (event := quic.next_event()) is not None:
+            kind = type(event)
+            if kind is events.StreamDataReceived:
+                assert isinstance(event, events.StreamDataReceived)
+                stream = self._stream_for_event(event.stream_id)
+                if stream is not None:
+                    stream._feed(event.data, event.end_stream)
+            elif kind is events.DatagramFrameReceived:
+                assert isinstance(event, events.DatagramFrameReceived)
+                self.datagrams._feed(event.data)
+            elif kind is events.StreamReset:
+                assert isinstance(event, events.StreamReset)
+                stream = self._stream_for_event(event.stream_id)
+                if stream is not None:
+                    stream._fail_receive(StreamReset(event.error_code, what="reset"))
+            elif kind is events.StopSendingReceived:
+                assert isinstance(event, events.StopSendingReceived)
+                stream = self._stream_for_event(event.stream_id)
+                if stream is not None:
+                    stream._send_closed = True
+                    stream._fail_send(StreamReset(event.error_code, what="stopped"))
+            elif kind is events.HandshakeCompleted:
+                assert isinstance(event, events.HandshakeCompleted)
+                self._handshake_completed(event)
+            elif kind is events.ConnectionTerminated:
+                assert isinstance(event, events.ConnectionTerminated)
+                self._terminated(event)
+            elif kind is events.ConnectionIdIssued or kind is events.ConnectionIdRetired:
+                self.on_connection_id(event)
+            elif kind is events.ProtocolNegotiated:
+                assert isinstance(event, events.ProtocolNegotiated)
+                self.negotiated_alpn = event.alpn_protocol
+        # A CONNECTION_CLOSE (the peer's, or ours after a protocol or TLS error
+        # found here) keeps the engine closing for three PTOs before it reports
+        # the end; report it now.
+        close = quic._close_event
+        if (
+            close is not None
+            and not self._finished
+            and not self._closing_locally
+            and quic._state in _CLOSING_STATES
+        ):
+            self._terminated(close)
+
+    def _handshake_completed(self, event: events.HandshakeCompleted) -> None:
+        self._handshake_complete = True
+        self.negotiated_alpn = event.alpn_protocol
+        self.session_resumed = event.session_resumed
+        if self.is_client:
+            self.early_data_accepted = event.early_data_accepted
+            if self.early_data_sent and not event.early_data_accepted:
+                self._resend_early_data("0-RTT rejected")
+            error = self._check_verify_hook()
+            if error is not None:
+                self.quic.close(error_code=0x100 + 42, reason_phrase=str(error))
+                self._finish(error)
+                return
+        if not self._established.done():
+            self._established.set_result(None)
+
+    def _check_verify_hook(self) -> CertificateError | None:
+        hook = self.options.verify_hook
+        if hook is None:
+            return None
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        certificate = getattr(self.quic.tls, "_peer_certificate", None)
+        der = b"" if certificate is None else certificate.public_bytes(Encoding.DER)
+        info = PeerCertificate(der, self._server_name, not self.options.insecure_skip_verify)
+        try:
+            accepted = hook(info)
+        except Exception as exc:
+            return CertificateError(f"verify hook raised {exc!r}")
+        return None if accepted else CertificateError("rejected by the verify hook")
+
+    def _resend_early_data(self, why: str) -> None:
+        """Queue again every byte sent as 0-RTT: the server never saw it.
+
+        aioquic marks 0-RTT stream data as sent and, after a Retry or a
+        rejection of early data, never sends it again. The bytes are still in
+        each stream's send buffer (unacknowledged), so they are marked pending
+        and go out in the next packets.
+        """
+        for stream_id in sorted(self._early_streams):
+            engine_stream = self.quic._streams.get(stream_id)
+            if engine_stream is None:
+                continue
+            sender = engine_stream.sender
+            if sender._buffer_start < sender.highest_offset:
+                sender._pending.add(sender._buffer_start, sender.highest_offset)
+                self.early_data_resent += sender.highest_offset - sender._buffer_start
+            if sender._buffer_fin is not None and not sender._acked_fin:
+                sender._pending_eof = True
+            sender.buffer_is_empty = False
+        logger.debug("%r: %s, 0-RTT data queued again", self, why)
+        if not self._handshake_complete:
+            return
+        self._early_streams.clear()
+
+    def _check_path(self) -> None:
+        paths = self.quic._network_paths
+        if not paths:
+            return
+        addr = paths[0].addr
+        if addr != self._remote_sockaddr:
+            self._remote_sockaddr = addr
+            self.remote_address = Address.from_sockaddr(addr)
+            self.ctx.on_path_change()
+
+    def _sweep(self) -> None:
+        """After acknowledgements: release send waiters, resolve receipts, open streams."""
+        total = 0
+        done: list[QUICStream] = []
+        for stream in self._active:
+            queued = self._queued(stream)
+            total += queued
+            if stream._receipts:
+                self._check_receipts(stream)
+            if queued == 0 and not stream._receipts:
+                done.append(stream)
+        for stream in done:
+            self._active.discard(stream)
+        self._queued_total = total
+        if self._room_waiters and total < self.options.connection_send_buffer:
+            limit = self.ctx.parameters.send_buffer
+            for waiter_stream in list(self._active) + done:
+                waiter = waiter_stream._send_waiter
+                if waiter is not None and self._queued(waiter_stream) < limit:
+                    waiter_stream._wake_sender()
+        if self._drained is not None and total == 0 and not self._drained.done():
+            self._drained.set_result(None)
+        if self._credit_waiters:
+            for waiter in list(self._credit_waiters):
+                if not waiter.done():
+                    waiter.set_result(None)
+        self._check_early_streams_done()
+
+    def _check_early_streams_done(self) -> None:
+        if self._handshake_complete and self._early_streams and self.early_data_accepted:
+            self._early_streams.clear()
+
+    # Output
+
+    def _schedule_transmit(self) -> None:
+        if self._transmit_handle is None and not self._finished:
+            self._transmit_handle = self._loop.call_soon(self.transmit)
+
+    def transmit(self) -> None:
+        """Send every packet the engine has ready, then re-arm the timer."""
+        handle = self._transmit_handle
+        if handle is not None:
+            handle.cancel()
+            self._transmit_handle = None
+        quic = self.quic
+        now = self._loop.time()
+        if quic._streams_queue and any(s._priority for s in self._active):
+            self._reprioritise()
+        packets = quic.datagrams_to_send(now)
+        if packets:
+            self._send_packets(packets)
+        if self.datagrams._room_waiter is not None:
+            self.datagrams._wake()
+        self._arm_timer(now)
+
+    def _arm_timer(self, now: float) -> None:
+        at = self.quic.get_timer()
+        if not self._finished:
+            if self._viable and self.quic._loss.bytes_in_flight > 0:
+                deadline = self._last_received + self._viability_deadline()
+                at = deadline if at is None else min(at, deadline)
+            interval = self.keepalive_interval
+            if interval and self._handshake_complete:
+                deadline = self._last_received + interval
+                at = deadline if at is None else min(at, deadline)
+        if at == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None:
+            self._timer = self._loop.call_at(max(at, now), self._on_timer)
+
+    # Ending
+
+    def _check_open(self) -> None:
+        if self.error is not None:
+            raise self.error
+        if self._finished:
+            raise InvalidState("the QUIC connection is closed", Cancelled())
+
+    def _terminated(self, event: events.ConnectionTerminated) -> None:
+        if self._finished:
+            return
+        if self._closing_locally:
+            self._finish(None)
+            return
+        self._finish(_map_close(event, self._handshake_complete))
+
+    def _finish(self, error: NetconnError | None) -> None:
+        """The connection ended: fail every waiter and tell the owner."""
+        if self._finished:
+            return
+        self._finished = True
+        if error is not None and self.error is None:
+            self.error = error
+        failure = self.error or ConnectionClosed("the QUIC connection was closed")
+        for stream in list(self._streams.values()):
+            if not stream._eof:
+                stream._fail_receive(failure)
+            if not stream._send_closed or stream._receipts:
+                stream._fail_send(failure)
+            stream._wake_receiver()
+            stream._wake_sender()
+        for waiter in [*self._room_waiters, *self._credit_waiters]:
+            if not waiter.done():
+                waiter.set_result(None)
+        inbound = self._inbound_waiter
+        if inbound is not None and not inbound.done():
+            inbound.set_result(None)
+        self.datagrams._wake()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        if not self._established.done():
+            self._established.set_exception(failure)
+            self._established.exception()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._transmit_handle is not None:
+            self._transmit_handle.cancel()
+            self._transmit_handle = None
+        with contextlib.suppress(Exception):  # the CONNECTION_CLOSE, if the engine has one
+            packets = self.quic.datagrams_to_send(self._loop.time())
+            if packets:
+                self._send_packets(packets)
+        if self.quic.configuration.secrets_log_file is not None:
+            with contextlib.suppress(OSError):
+                self.quic.configuration.secrets_log_file.flush()
+        self.ctx.on_lost(self.error)
+        self._on_closed(self)
+
+    async def close(self) -> None:
+        """Wait (up to ``QUIC.close_timeout``) for sent data to be acknowledged, then
+        send CONNECTION_CLOSE with :attr:`application_error` (default code 0)."""
+        if self._finished:
+            self._on_closed(self)
+            return
+        if self._queued_total and self._handshake_complete:
+            self._drained = self._loop.create_future()
+            try:
+                async with asyncio.timeout(self.options.close_timeout):
+                    await self._drained
+            except TimeoutError:
+                pass
+            finally:
+                self._drained = None
+        self._close_now()
+
+    def abort(self) -> None:
+        """Send CONNECTION_CLOSE at once and drop everything; never blocks."""
+        self._close_now()
+
+    def close_with_error(self, code: int, reason: str) -> None:
+        """Close now with application error ``code`` and ``reason``."""
+        self.application_error = (code, reason)
+        self._close_now()
+
+    def _close_now(self) -> None:
+        if self._finished:
+            self._on_closed(self)
+            return
+        self._closing_locally = True
+        code, reason = self.application_error or (QuicErrorCode.NO_ERROR, "")
+        self.quic.close(error_code=code, reason_phrase=reason)
+        error = ApplicationClosed(code, reason, by_peer=False) if self.application_error else None
+        self._finish(error)
+
+
+def _map_close(event: events.ConnectionTerminated, established: bool) -> NetconnError:
+    code, reason = event.error_code, event.reason_phrase
+    if event.frame_type is None:
+        return ApplicationClosed(code, reason)
+    if code == QuicErrorCode.NO_ERROR:
+        return ConnectionClosed(f"the peer closed the connection{': ' + reason if reason else ''}")
+    if 0x100 <= code <= 0x1FF:
+        alert = code - 0x100
+        text = reason or f"TLS alert {alert}"
+        if 42 <= alert <= 49:
+            return CertificateError(text, code=None)
+        return TLSError(f"TLS failed: {text} (alert {alert})")
+    return ProtocolError(f"QUIC error 0x{code:x}: {reason}" if reason else f"QUIC error 0x{code:x}")

@@ -1,0 +1,175 @@
+"""aioquic's ``QuicConnection`` with receive credit that follows the application.
+
+aioquic raises MAX_STREAM_DATA and MAX_DATA as data *arrives* (it doubles a
+window once half of it is used), so a peer can fill an unread stream without
+limit. Here credit is granted from what the application has *read*: a
+stream's limit is ``read + window`` and the connection's is ``read_total +
+connection window``. The windows start at the configured sizes and double
+(up to a cap) while the reader keeps up within a couple of round trips, so a
+fast reader gets a window near the bandwidth-delay product and a slow one
+keeps the peer's data bounded by the starting window.
+
+aioquic also visits every stream for every packet it builds to see whether a
+MAX_STREAM_DATA frame is due. :class:`_StreamTable` hands that loop only the
+streams that have an update to send.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import QuicFrameType
+from aioquic.quic.packet_builder import QuicDeliveryState, QuicPacketBuilder
+from aioquic.quic.recovery import QuicPacketSpace
+from aioquic.quic.stream import QuicStream
+
+__all__ = ["FlowControlledConnection"]
+
+_LIMIT_FRAME_CAPACITY = 1 + 2 * 8  # frame type + two varints at their largest
+
+
+class _StreamTable(dict[int, QuicStream]):
+    """aioquic's stream table; ``values()`` yields only streams with a credit update due.
+
+    aioquic calls ``values()`` in exactly one place: the per-packet loop that
+    writes MAX_STREAM_DATA frames.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.due: dict[int, QuicStream] = {}
+
+    def values(self) -> Any:
+        return list(self.due.values())
+
+
+class FlowControlledConnection(QuicConnection):
+    """A ``QuicConnection`` whose receive windows advance as the application reads.
+
+    Call :meth:`consumed` whenever the application takes bytes off a stream.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_stream_window: int,
+        max_connection_window: int,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._nc_table = _StreamTable()
+        self._streams = self._nc_table
+        self._nc_stream_window = self._configuration.max_stream_data
+        self._nc_max_stream_window = max(max_stream_window, self._nc_stream_window)
+        self._nc_connection_window = self._configuration.max_data
+        self._nc_max_connection_window = max(max_connection_window, self._nc_connection_window)
+        self._nc_read: dict[int, int] = {}
+        self._nc_windows: dict[int, tuple[int, float]] = {}  # stream: (window, last update)
+        self._nc_read_total = 0
+        self._nc_connection_update_at = 0.0
+        self._nc_now = 0.0
+
+    # What the glue calls
+
+    def consumed(self, stream_id: int, size: int, now: float) -> bool:
+        """Record that the application read ``size`` bytes of ``stream_id``.
+
+        Returns whether new credit is due (the caller should transmit soon).
+        """
+        self._nc_now = now
+        read = self._nc_read.get(stream_id, 0) + size
+        self._nc_read[stream_id] = read
+        self._nc_read_total += size
+        due = False
+        stream = self._streams.get(stream_id)
+        if stream is not None and stream.max_stream_data_local and not stream.receiver.is_finished:
+            window, _ = self._nc_windows.get(stream_id, (self._nc_stream_window, 0.0))
+            if read + window - stream.max_stream_data_local >= window // 2:
+                self._nc_table.due[stream_id] = stream
+                due = True
+        limit = self._local_max_data
+        if self._nc_read_total + self._nc_connection_window - limit.value >= (
+            self._nc_connection_window // 2
+        ):
+            due = True
+        return due
+
+    def forget_stream(self, stream_id: int) -> None:
+        """Drop the bookkeeping of a stream the application is done with."""
+        self._nc_read.pop(stream_id, None)
+        self._nc_windows.pop(stream_id, None)
+        self._nc_table.due.pop(stream_id, None)
+
+    @property
+    def queued_datagrams(self) -> int:
+        """DATAGRAM frames waiting to be sent."""
+        return len(self._datagrams_pending)
+
+    # Overrides of aioquic's credit logic
+
+    def _write_stream_limits(
+        self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream
+    ) -> None:
+        stream_id: int = stream.stream_id  # type: ignore[assignment]  # only crypto streams lack one
+        if stream.max_stream_data_local and not stream.receiver.is_finished:
+            read = self._nc_read.get(stream_id, 0)
+            window, last = self._nc_windows.get(stream_id, (self._nc_stream_window, 0.0))
+            if read + window - stream.max_stream_data_local >= window // 2:
+                now = self._nc_now
+                if (
+                    last
+                    and now - last < 2 * self._smoothed_rtt()
+                    and (window < self._nc_max_stream_window)
+                ):
+                    window = min(window * 2, self._nc_max_stream_window)
+                self._nc_windows[stream_id] = (window, now)
+                stream.max_stream_data_local = read + window
+        if stream.max_stream_data_local_sent != stream.max_stream_data_local:
+            # Raises QuicPacketBuilderStop when the packet is full; the stream
+            # then stays due for the next packet.
+            buf = builder.start_frame(
+                QuicFrameType.MAX_STREAM_DATA,
+                capacity=_LIMIT_FRAME_CAPACITY,
+                handler=self._on_max_stream_data_delivery,
+                handler_args=(stream,),
+            )
+            buf.push_uint_var(stream_id)
+            buf.push_uint_var(stream.max_stream_data_local)
+            stream.max_stream_data_local_sent = stream.max_stream_data_local
+        self._nc_table.due.pop(stream_id, None)
+
+    def _on_max_stream_data_delivery(self, delivery: QuicDeliveryState, stream: QuicStream) -> None:
+        super()._on_max_stream_data_delivery(delivery, stream)
+        if delivery != QuicDeliveryState.ACKED and stream.stream_id in self._streams:
+            self._nc_table.due[stream.stream_id] = stream  # lost: send it again
+
+    def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
+        limit = self._local_max_data
+        window = self._nc_connection_window
+        if self._nc_read_total + window - limit.value >= window // 2:
+            now = self._nc_now
+            last = self._nc_connection_update_at
+            if last and now - last < 2 * self._smoothed_rtt():
+                window = self._nc_connection_window = min(
+                    window * 2, self._nc_max_connection_window
+                )
+            self._nc_connection_update_at = now
+            limit.value = self._nc_read_total + window
+        # aioquic doubles MAX_DATA when half is used; hide the usage from it so
+        # that only the rule above moves the limit.
+        used, limit.used = limit.used, 0
+        try:
+            super()._write_connection_limits(builder, space)
+        finally:
+            limit.used = used
+
+    def _smoothed_rtt(self) -> float:
+        rtt: float = self._loss._rtt_smoothed or self._configuration.initial_rtt
+        return rtt
+
+    # Hooks for the glue
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+        self._nc_now = now
+        return super().datagrams_to_send(now)
