@@ -1041,6 +1041,13 @@ class QUICChannel:
         if self.quic.configuration.secrets_log_file is not None:
             with contextlib.suppress(OSError):
                 self.quic.configuration.secrets_log_file.flush()
+        # aioquic writes a qlog trace only when the engine reaches its own end
+        # of the draining period, which a finished channel no longer waits for.
+        file_logger, trace = self.quic.configuration.quic_logger, self.quic._quic_logger
+        if file_logger is not None and trace is not None:
+            with contextlib.suppress(OSError, ValueError):
+                file_logger.end_trace(trace)
+            self.quic._quic_logger = None
         self.ctx.on_lost(self.error)
         self._on_closed(self)
 

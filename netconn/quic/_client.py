@@ -52,7 +52,9 @@ async def connect(options: QUIC, ctx: AttemptContext, address: Address) -> QUICC
     engine = new_engine(
         options,
         configuration=config,
-        session_ticket_handler=(lambda ticket: store.put(key, ticket)) if store else None,
+        session_ticket_handler=(lambda ticket: store.put(key, ticket))
+        if store is not None
+        else None,
     )
     with mapped(f"connect to {address}"):
         sock = socket.socket(address.family, socket.SOCK_DGRAM)
