@@ -96,20 +96,26 @@ def _executable(candidate: str | os.PathLike[str] | None) -> str | None:
 def find_peer(name: str) -> PeerInfo:
     """Locate ``name`` (``picoquic`` or ``caddy``); never raises for a missing program.
 
-    ``NETCONN_PICOQUICDEMO`` and ``NETCONN_CADDY`` override the search.
-    Raises ``ValueError`` for an unknown name.
+    ``NETCONN_PICOQUICDEMO`` and ``NETCONN_CADDY``, when set, name the only
+    program to use (a missing one means not installed). Otherwise picoquic is
+    looked for where ``scripts/peers/picoquic.sh`` builds it, then on PATH,
+    and caddy on PATH. Raises ``ValueError`` for an unknown name.
     """
     hint = _INSTALL_HINT.format(name=name)
     if name == PICOQUIC:
+        override = os.environ.get("NETCONN_PICOQUICDEMO")
         built = _peers_dir() / f"picoquic-aiopquic-{PICOQUIC_VERSION}" / "bin" / "picoquicdemo"
-        program = (
-            _executable(os.environ.get("NETCONN_PICOQUICDEMO"))
-            or _executable(built)
-            or shutil.which("picoquicdemo")
-        )
+        if override is not None:
+            program = _executable(override) if override else None
+        else:
+            program = _executable(built) or shutil.which("picoquicdemo")
         return PeerInfo(name, "picoquic 1.1.53 (C)", program, hint)
     if name == CADDY:
-        program = _executable(os.environ.get("NETCONN_CADDY")) or shutil.which("caddy")
+        override = os.environ.get("NETCONN_CADDY")
+        if override is not None:
+            program = _executable(override) if override else None
+        else:
+            program = shutil.which("caddy")
         return PeerInfo(name, "quic-go in Caddy (Go)", program, hint)
     raise ValueError(f"unknown peer {name!r}")
 
