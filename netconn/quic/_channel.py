@@ -481,7 +481,7 @@ class QUICChannel:
         self._transmit_handle: asyncio.Handle | None = None
         self._active: set[QUICStream] = set()
         self._queued_total = 0
-        self._room_waiters: deque[asyncio.Future[None]] = deque()
+        self._room_waiters: dict[QUICStream, asyncio.Future[None]] = {}
         self._credit_waiters: deque[asyncio.Future[None]] = deque()
         self._drained: asyncio.Future[None] | None = None
         self.negotiated_alpn: str | None = None
@@ -667,13 +667,12 @@ class QUICChannel:
                 return
             waiter = self._loop.create_future()
             stream._send_waiter = waiter
-            self._room_waiters.append(waiter)
+            self._room_waiters[stream] = waiter
             try:
                 await waiter
             finally:
                 stream._send_waiter = None
-                with contextlib.suppress(ValueError):
-                    self._room_waiters.remove(waiter)
+                self._room_waiters.pop(stream, None)
 
     def _write(self, stream: QUICStream, data: bytes, end: bool) -> None:
         try:
@@ -926,10 +925,11 @@ class QUICChannel:
             self._active.discard(stream)
         self._queued_total = total
         if self._room_waiters and total < self.options.connection_send_buffer:
+            # Each woken sender checks the total again before it writes, so
+            # the bound holds however many wake at once.
             limit = self.ctx.parameters.send_buffer
-            for waiter_stream in list(self._active) + done:
-                waiter = waiter_stream._send_waiter
-                if waiter is not None and self._queued(waiter_stream) < limit:
+            for waiter_stream in list(self._room_waiters):
+                if self._queued(waiter_stream) < limit:
                     waiter_stream._wake_sender()
         if self._drained is not None and total == 0 and not self._drained.done():
             self._drained.set_result(None)
@@ -1016,7 +1016,7 @@ class QUICChannel:
                 stream._fail_send(failure)
             stream._wake_receiver()
             stream._wake_sender()
-        for waiter in [*self._room_waiters, *self._credit_waiters]:
+        for waiter in [*self._room_waiters.values(), *self._credit_waiters]:
             if not waiter.done():
                 waiter.set_result(None)
         inbound = self._inbound_waiter

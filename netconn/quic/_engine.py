@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from aioquic.quic.connection import QuicConnection
+from aioquic.quic.connection import END_STATES, QuicConnection
 from aioquic.quic.packet import QuicFrameType
 from aioquic.quic.packet_builder import QuicDeliveryState, QuicPacketBuilder
-from aioquic.quic.recovery import QuicPacketSpace
+from aioquic.quic.recovery import QuicPacketPacer, QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 
 __all__ = ["FlowControlledConnection"]
@@ -44,6 +44,30 @@ class _StreamTable(dict[int, QuicStream]):
         return list(self.due.values())
 
 
+_QUEUE_WINDOW = 16  # streams aioquic's packet loop is shown at a time
+_GSO_BURST = 64  # packets one segmented sendmsg carries
+
+
+class _BurstPacer(QuicPacketPacer):
+    """aioquic's pacer, allowing bursts of one GSO batch.
+
+    aioquic caps a burst at 16 packets; an asyncio timer wakes at best every
+    millisecond, so that cap alone limits a sender to 16 packets per
+    millisecond. Bursts of up to 64 packets (and at most half the congestion
+    window) go out in one segmented ``sendmsg``.
+    """
+
+    def __init__(self, *, max_datagram_size: int) -> None:
+        super().__init__(max_datagram_size=max_datagram_size)
+        self._nc_datagram_size = max_datagram_size
+
+    def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
+        super().update_rate(congestion_window, smoothed_rtt)
+        rate = congestion_window / max(smoothed_rtt, 1e-6)
+        burst = min(congestion_window // 2, _GSO_BURST * self._nc_datagram_size) / rate
+        self.bucket_max = max(self.bucket_max, burst)
+
+
 class FlowControlledConnection(QuicConnection):
     """A ``QuicConnection`` whose receive windows advance as the application reads.
 
@@ -58,6 +82,7 @@ class FlowControlledConnection(QuicConnection):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self._loss._pacer = _BurstPacer(max_datagram_size=self._max_datagram_size)
         self._nc_table = _StreamTable()
         self._streams = self._nc_table
         self._nc_stream_window = self._configuration.max_stream_data
@@ -171,5 +196,34 @@ class FlowControlledConnection(QuicConnection):
     # Hooks for the glue
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+        """aioquic's ``datagrams_to_send``, serving the stream queue a window at a time.
+
+        For every packet it builds, aioquic walks its whole stream queue, so
+        with N busy streams a full packet costs N frame attempts. Showing it
+        :data:`_QUEUE_WINDOW` streams per round keeps that bounded; rounds go
+        on until every stream was offered once, or the congestion window or
+        the pacer stops sending. Served streams still rotate to the back.
+        """
         self._nc_now = now
-        return super().datagrams_to_send(now)
+        queue = self._streams_queue
+        if len(queue) <= _QUEUE_WINDOW:
+            return super().datagrams_to_send(now)
+        packets: list[tuple[bytes, Any]] = []
+        rest = queue
+        served: list[QuicStream] = []
+        while True:
+            window, rest = rest[:_QUEUE_WINDOW], rest[_QUEUE_WINDOW:]
+            self._streams_queue = window
+            try:
+                packets += super().datagrams_to_send(now)
+            finally:
+                # aioquic rebuilt the window: finished streams gone, served ones last.
+                served += self._streams_queue
+                self._streams_queue = rest + served
+            if (
+                not rest
+                or self._state in END_STATES
+                or self._pacing_at is not None
+                or self._loss.bytes_in_flight >= self._loss.congestion_window
+            ):
+                return packets

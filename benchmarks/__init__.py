@@ -1,0 +1,1 @@
+"""Benchmarks: netconn against the raw libraries it wraps."""
