@@ -4,49 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Any
 
 import pytest
 from conftest import Certs, timeout
+from quic_helpers import ALPN, client_options, endpoint, server_options, serving
 
 import netconn as nc
-
-ALPN = ["netconn-test"]
-
-
-def server_options(certs: Certs, **kwargs: Any) -> nc.QUIC:
-    options = nc.QUIC(alpn=ALPN, certificate=(certs.cert, certs.key))
-    return replace(options, **kwargs)
-
-
-def client_options(certs: Certs, **kwargs: Any) -> nc.QUIC:
-    options = nc.QUIC(alpn=ALPN, server_name="localhost", ca_file=certs.ca)
-    return replace(options, **kwargs)
-
-
-Handler = Callable[[nc.Connection[nc.QUIC]], Awaitable[None]]
-
-
-@asynccontextmanager
-async def serving(
-    options: nc.QUIC, handler: Handler, parameters: nc.Parameters | None = None
-) -> AsyncIterator[nc.Listener[nc.QUIC]]:
-    """A listener on 127.0.0.1 running ``handler`` for every connection."""
-    async with nc.Listener(options, host="127.0.0.1", parameters=parameters) as listener:
-        task = asyncio.create_task(listener.run(handler))
-        try:
-            yield listener
-        finally:
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-
-
-def endpoint(listener: nc.Listener[Any]) -> nc.Endpoint:
-    return nc.Endpoint.host_port("127.0.0.1", listener.port)
 
 
 async def echo_streams(conn: nc.Connection[nc.QUIC]) -> None:

@@ -189,7 +189,7 @@ class QUICStream:
     @priority.setter
     def priority(self, value: int) -> None:
         self._priority = int(value)
-        self._channel._reprioritise()
+        self._channel._reprioritise(self)
 
     # Sending
 
@@ -570,7 +570,17 @@ class QUICChannel:
             "congestion_window": loss.congestion_window,
             "bytes_in_flight": loss.bytes_in_flight,
             "queued_bytes": self._queued_total,
+            "retries_received": self.quic._retry_count,
+            "key_phase": self._key_phase(),
+            "early_data_resent": self.early_data_resent,
+            "datagrams_dropped": self.datagrams.dropped,
         }
+
+    def _key_phase(self) -> int:
+        from aioquic import tls
+
+        crypto = self.quic._cryptos.get(tls.Epoch.ONE_RTT)
+        return 0 if crypto is None else int(crypto.send.key_phase)
 
     def tls_info(self) -> dict[str, Any]:
         """Version, cipher, ALPN and resumption, for reports."""
@@ -654,7 +664,9 @@ class QUICChannel:
 
     def _queued(self, stream: QUICStream) -> int:
         engine_stream = self.quic._streams.get(stream.id)
-        return 0 if engine_stream is None else len(engine_stream.sender._buffer)
+        if engine_stream is None or engine_stream.sender._reset_error_code is not None:
+            return 0  # gone, or reset: nothing more will be sent
+        return len(engine_stream.sender._buffer)
 
     async def _wait_send_room(self, stream: QUICStream) -> None:
         limit = self.ctx.parameters.send_buffer
@@ -723,12 +735,12 @@ class QUICChannel:
             self.quic.stop_stream(stream.id, code)
         self._schedule_transmit()
 
-    def _reprioritise(self) -> None:
-        # aioquic serves its stream queue in order, moving served streams to the
-        # back; a stable sort by priority before each transmit puts urgent first.
-        queue = self.quic._streams_queue
-        streams = self._streams
-        queue.sort(key=lambda s: -streams[s.stream_id]._priority if s.stream_id in streams else 0)
+    def _reprioritise(self, stream: QUICStream) -> None:
+        if stream._priority:
+            self.quic.stream_priorities[stream.id] = stream._priority
+        else:
+            self.quic.stream_priorities.pop(stream.id, None)
+        self._schedule_transmit()
 
     # Input: datagrams and timers
 
@@ -957,8 +969,6 @@ class QUICChannel:
             self._transmit_handle = None
         quic = self.quic
         now = self._loop.time()
-        if quic._streams_queue and any(s._priority for s in self._active):
-            self._reprioritise()
         packets = quic.datagrams_to_send(now)
         if packets:
             self._send_packets(packets)

@@ -28,8 +28,11 @@ def new_engine(options: QUIC, **kwargs: Any) -> FlowControlledConnection:
         max_connection_window=2 * options.max_receive_window,
         **kwargs,
     )
-    engine._local_max_streams_bidi.value = options.initial_max_streams_bidirectional
-    engine._local_max_streams_uni.value = options.initial_max_streams_unidirectional
+    for limit, value in (
+        (engine._local_max_streams_bidi, options.initial_max_streams_bidirectional),
+        (engine._local_max_streams_uni, options.initial_max_streams_unidirectional),
+    ):
+        limit.value = limit.sent = value  # announced in the transport parameters
     return engine
 
 

@@ -94,6 +94,8 @@ class FlowControlledConnection(QuicConnection):
         self._nc_read_total = 0
         self._nc_connection_update_at = 0.0
         self._nc_now = 0.0
+        self.stream_priorities: dict[int, int] = {}
+        """Send priority of streams that have a non-zero one (higher first)."""
 
     # What the glue calls
 
@@ -123,6 +125,7 @@ class FlowControlledConnection(QuicConnection):
     def forget_stream(self, stream_id: int) -> None:
         """Drop the bookkeeping of a stream the application is done with."""
         self._nc_read.pop(stream_id, None)
+        self.stream_priorities.pop(stream_id, None)
         self._nc_windows.pop(stream_id, None)
         self._nc_table.due.pop(stream_id, None)
 
@@ -206,13 +209,26 @@ class FlowControlledConnection(QuicConnection):
         """
         self._nc_now = now
         queue = self._streams_queue
-        if len(queue) <= _QUEUE_WINDOW:
+        priorities = self.stream_priorities
+        if priorities:
+            queue.sort(key=lambda stream: -priorities.get(stream.stream_id, 0))  # type: ignore[arg-type]
+        elif len(queue) <= _QUEUE_WINDOW:
             return super().datagrams_to_send(now)
         packets: list[tuple[bytes, Any]] = []
         rest = queue
         served: list[QuicStream] = []
         while True:
-            window, rest = rest[:_QUEUE_WINDOW], rest[_QUEUE_WINDOW:]
+            size = min(_QUEUE_WINDOW, len(rest))
+            if priorities and rest:
+                # A window never mixes priorities: lower ones only get what
+                # the higher ones leave of the congestion window.
+                top = priorities.get(rest[0].stream_id, 0)  # type: ignore[arg-type]
+                size = 1
+                while size < min(_QUEUE_WINDOW, len(rest)) and (
+                    priorities.get(rest[size].stream_id, 0) == top  # type: ignore[arg-type]
+                ):
+                    size += 1
+            window, rest = rest[:size], rest[size:]
             self._streams_queue = window
             try:
                 packets += super().datagrams_to_send(now)
