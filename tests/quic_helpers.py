@@ -95,12 +95,14 @@ class Relay:
     talk to the server from a new port, as a NAT rebinding would.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, server_delay: float = 0.0) -> None:
+        self.server_delay = server_delay
+        """Seconds every packet from the server is held back."""
         self.blackhole = False
         self._front: socket.socket | None = None
         self._back: socket.socket | None = None
         self._client: Any = None
-        self._server: tuple[str, int] | None = None
+        self._server: tuple[str, int] = ("127.0.0.1", 0)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.rebinds = 0
 
@@ -152,7 +154,15 @@ class Relay:
             except (BlockingIOError, OSError):
                 return
             if not self.blackhole and self._client is not None:
-                self._front.sendto(data, self._client)
+                if self.server_delay:
+                    assert self._loop is not None
+                    self._loop.call_later(self.server_delay, self._to_client, data)
+                else:
+                    self._front.sendto(data, self._client)
+
+    def _to_client(self, data: bytes) -> None:
+        if self._front is not None and self._front.fileno() >= 0:
+            self._front.sendto(data, self._client)
 
     def close(self) -> None:
         assert self._loop is not None

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from aioquic.quic import events
 from aioquic.quic.connection import QuicConnectionState
-from aioquic.quic.packet import QuicErrorCode
+from aioquic.quic.packet import QuicErrorCode, QuicPacketType
+from aioquic.quic.stream import QuicStreamSender
 
 from ..endpoint import Address
 from ..errors import (
@@ -572,6 +573,7 @@ class QUICChannel:
             "queued_bytes": self._queued_total,
             "retries_received": self.quic._retry_count,
             "key_phase": self._key_phase(),
+            "early_data_sent": self.early_data_sent,
             "early_data_resent": self.early_data_resent,
             "datagrams_dropped": self.datagrams.dropped,
         }
@@ -896,6 +898,17 @@ class QUICChannel:
         each stream's send buffer (unacknowledged), so they are marked pending
         and go out in the next packets.
         """
+        # The 0-RTT packets may later be declared lost; their stream frames must
+        # not then be queued a second time (by then the copies sent here may be
+        # acknowledged and gone from the buffer).
+        for space in self.quic._loss.spaces:
+            for packet in space.sent_packets.values():
+                if packet.packet_type == QuicPacketType.ZERO_RTT:
+                    packet.delivery_handlers = [
+                        (handler, args)
+                        for handler, args in packet.delivery_handlers
+                        if not isinstance(getattr(handler, "__self__", None), QuicStreamSender)
+                    ]
         for stream_id in sorted(self._early_streams):
             engine_stream = self.quic._streams.get(stream_id)
             if engine_stream is None:
@@ -1048,9 +1061,13 @@ class QUICChannel:
             packets = self.quic.datagrams_to_send(self._loop.time())
             if packets:
                 self._send_packets(packets)
-        if self.quic.configuration.secrets_log_file is not None:
+        keylog = self.quic.configuration.secrets_log_file
+        if keylog is not None:
             with contextlib.suppress(OSError):
-                self.quic.configuration.secrets_log_file.flush()
+                if self.is_client:
+                    keylog.close()  # the client's configuration is its own
+                else:
+                    keylog.flush()  # the listener's, shared by its connections
         # aioquic writes a qlog trace only when the engine reaches its own end
         # of the draining period, which a finished channel no longer waits for.
         file_logger, trace = self.quic.configuration.quic_logger, self.quic._quic_logger

@@ -80,6 +80,9 @@ class QUICServer:
         for channel in list(self._channels):
             channel.abort()
         self._io.close()
+        keylog = self._configuration.secrets_log_file
+        if keylog is not None:
+            keylog.close()
 
     def _socket_error(self, exc: OSError) -> None:
         pass  # an ICMP error about one client says nothing about the others
