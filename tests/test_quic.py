@@ -157,8 +157,8 @@ async def test_handler_form(certs: Certs) -> None:
 
 
 async def test_large_transfer_with_hash(certs: Certs) -> None:
-    """Many megabytes on one stream, hashed on both sides."""
-    size = 32 << 20
+    """100 MiB on one stream, hashed on both sides."""
+    size = 100 << 20
 
     async def sink(conn: nc.Connection[nc.QUIC]) -> None:
         async for stream in conn.inbound_streams():
@@ -201,3 +201,27 @@ def test_options_validate() -> None:
     with pytest.raises(ValueError, match="versions"):
         nc.QUIC(alpn=ALPN, versions=())
     assert replace(nc.QUIC(alpn=ALPN), idle_timeout=5).idle_timeout == 5
+
+
+async def test_nothing_listening_is_refused(certs: Certs) -> None:
+    """ICMP port unreachable ends the attempt at once, as a retryable refusal."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    conn = nc.Connection(nc.Endpoint.host_port("127.0.0.1", port), client_options(certs))
+    with pytest.raises(nc.ConnectionRefused):
+        await conn.wait_ready(timeout(10))
+    assert isinstance(conn.state, nc.Waiting)
+    conn.force_cancel()
+    assert isinstance(conn.state, nc.Cancelled)
+
+
+async def test_send_on_connection_is_refused(certs: Certs) -> None:
+    async with (
+        serving(server_options(certs), echo_streams) as listener,
+        nc.Connection(endpoint(listener), client_options(certs)) as conn,
+    ):
+        with pytest.raises(nc.InvalidState, match="streams"):
+            await conn.send(b"x")

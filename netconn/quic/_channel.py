@@ -229,6 +229,7 @@ class QUICStream:
                     break
             if is_complete:
                 self._send_closed = True
+                self._check_done()
             if receipt:
                 return channel._receipt(self)
             return None
@@ -256,6 +257,7 @@ class QUICStream:
         self._send_closed = True
         self._send_error = StreamReset(code, by_peer=False, what="reset")
         self._channel._reset(self, code)
+        self._check_done()
 
     def stop_sending(self, code: int = 0) -> None:
         """Ask the peer to stop sending, with application error ``code`` (STOP_SENDING).
@@ -271,6 +273,7 @@ class QUICStream:
         if consumed:
             self._channel._consumed(self, consumed)
         self._fail_receive(StreamReset(code, by_peer=False, what="stopped"))
+        self._check_done()
 
     async def close(self) -> None:
         """End the sending direction (FIN) if still open. Returns once queued."""
@@ -278,6 +281,7 @@ class QUICStream:
             self._channel._check_open()
             self._channel._write(self, b"", True)
             self._send_closed = True
+            self._check_done()
 
     # Receiving
 
@@ -305,6 +309,7 @@ class QUICStream:
             finally:
                 self._receive_waiter = None
         if not buffer:
+            self._check_done()
             if self._receive_error is not None:
                 raise self._receive_error
             return b""
@@ -315,6 +320,8 @@ class QUICStream:
             data = bytes(memoryview(buffer)[:at_most])
             del buffer[:at_most]
         self._channel._consumed(self, len(data))
+        if self._eof and not buffer:
+            self._check_done()
         return data
 
     async def receive_exactly(self, size: int) -> bytes:
@@ -343,6 +350,17 @@ class QUICStream:
         if self._receive_error is None:
             self._receive_error = error
         self._wake_receiver()
+
+    def _check_done(self) -> None:
+        """Once both directions are over for the application, the channel may forget us."""
+        received = (
+            not self.can_receive
+            or self._receive_error is not None
+            or (self._eof and not self._buffer)
+        )
+        sent = not self.can_send or self._send_closed or self._send_error is not None
+        if received and sent:
+            self._channel._retire(self)
 
     def _fail_send(self, error: NetconnError) -> None:
         if self._send_error is None:
@@ -481,6 +499,7 @@ class QUICChannel:
         self._timer_at: float | None = None
         self._transmit_handle: asyncio.Handle | None = None
         self._active: set[QUICStream] = set()
+        self._retiring: set[QUICStream] = set()
         self._queued_total = 0
         self._room_waiters: dict[QUICStream, asyncio.Future[None]] = {}
         self._credit_waiters: deque[asyncio.Future[None]] = deque()
@@ -563,6 +582,11 @@ class QUICChannel:
         """Whether the peer was heard from recently enough."""
         return self._viable
 
+    @property
+    def open_streams(self) -> int:
+        """Streams the application still holds (not yet over in both directions)."""
+        return len(self._streams)
+
     def stats(self) -> dict[str, Any]:
         """RTT, congestion window, bytes in flight and socket counters."""
         loss = self.quic._loss
@@ -571,6 +595,7 @@ class QUICChannel:
             "congestion_window": loss.congestion_window,
             "bytes_in_flight": loss.bytes_in_flight,
             "queued_bytes": self._queued_total,
+            "open_streams": len(self._streams),
             "retries_received": self.quic._retry_count,
             "key_phase": self._key_phase(),
             "early_data_sent": self.early_data_sent,
@@ -717,6 +742,21 @@ class QUICChannel:
             _, future = stream._receipts.popleft()
             if not future.done():
                 future.set_result(None)
+
+    def _retire(self, stream: QUICStream) -> None:
+        self._retiring.add(stream)
+
+    def _forget_finished(self) -> None:
+        # A stream leaves our table once the application is done with it and
+        # the engine has discarded it (everything acknowledged both ways).
+        engine_streams = self.quic._streams
+        gone = [s for s in self._retiring if s.id not in engine_streams and not s._receipts]
+        for stream in gone:
+            self._retiring.discard(stream)
+            self._active.discard(stream)
+            if self._streams.get(stream.id) is stream:
+                del self._streams[stream.id]
+            self.quic.forget_stream(stream.id)
 
     def _consumed(self, stream: QUICStream, size: int) -> None:
         if self.quic.consumed(stream.id, size, self._loop.time()):
@@ -987,6 +1027,8 @@ class QUICChannel:
             self._send_packets(packets)
         if self.datagrams._room_waiter is not None:
             self.datagrams._wake()
+        if self._retiring:
+            self._forget_finished()  # the engine discards finished streams as it builds
         self._arm_timer(now)
 
     def _arm_timer(self, now: float) -> None:
