@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .relay import Faults
+
 __all__ = ["CASES", "SUPPORT", "UNSUPPORTED_WHY", "Case", "case_named", "supports"]
 
 
@@ -25,10 +27,16 @@ class Case:
     """Bytes of each file the client fetches."""
     alpn: str = "hq-interop"
     """The application protocol (servers that speak only HTTP/3 get ``h3``)."""
+    faults: Faults | None = None
+    """Network faults a relay between client and server injects; ``None``: direct."""
+    connections: int = 1
+    """Connections the client makes, one after the other, each fetching every file."""
+    min_size: int = 1
+    """Smallest a scaled file may get (a fault must happen during the transfer)."""
 
     def scaled(self, factor: float) -> tuple[int, ...]:
-        """``sizes`` times ``factor`` (at least 1 byte each), for quick runs."""
-        return tuple(max(1, int(size * factor)) for size in self.sizes)
+        """``sizes`` times ``factor`` (at least ``min_size`` each), for quick runs."""
+        return tuple(max(self.min_size, int(size * factor)) for size in self.sizes)
 
 
 _KB = 1024
@@ -47,6 +55,68 @@ CASES: tuple[Case, ...] = (
     Case("v2", "compatible version negotiation to QUIC v2 (RFC 9369)", (8 * _KB,)),
     Case("datagram", "DATAGRAM frames (RFC 9221) both ways, contents checked", ()),
     Case("ipv6", "handshake and transfer over ::1", (256 * _KB,)),
+    # The network cases, through a relay that injects the fault (interop.relay).
+    Case(
+        "handshakeloss",
+        "5 handshakes with 30% loss each way (at most 3 in a row)",
+        (1 * _KB,),
+        faults=Faults(loss=0.30),
+        connections=5,
+    ),
+    Case(
+        "transferloss",
+        "transfer with 2% loss each way",
+        (2 * _MB,),
+        faults=Faults(loss=0.02),
+        min_size=256 * _KB,
+    ),
+    Case(
+        "handshakecorruption",
+        "5 handshakes with 30% of datagrams corrupted",
+        (1 * _KB,),
+        faults=Faults(corruption=0.30),
+        connections=5,
+    ),
+    Case(
+        "transfercorruption",
+        "transfer with 2% of datagrams corrupted",
+        (2 * _MB,),
+        faults=Faults(corruption=0.02),
+        min_size=256 * _KB,
+    ),
+    Case(
+        "longrtt",
+        "handshake and transfer over a 750 ms round trip",
+        (256 * _KB,),
+        faults=Faults(delay=0.375),
+    ),
+    Case(
+        "blackhole",
+        "2 s of total blackout in the middle of a transfer",
+        (3 * _MB,),
+        faults=Faults(blackhole_after=100, blackhole_for=2.0),
+        min_size=1 * _MB,
+    ),
+    Case(
+        "amplificationlimit",
+        "client datagrams 2-7 dropped; the server sends at most 3x what it received",
+        (8 * _KB,),
+        faults=Faults(drop_client_datagrams=frozenset(range(2, 8))),
+    ),
+    Case(
+        "rebind-port",
+        "the client's port changes 3 times, every 8 datagrams it sends",
+        (2 * _MB,),
+        faults=Faults(rebind_every=8),
+        min_size=512 * _KB,
+    ),
+    Case(
+        "rebind-addr",
+        "the client's address changes 3 times, every 8 datagrams it sends",
+        (2 * _MB,),
+        faults=Faults(rebind_every=8, rebind_address=True),
+        min_size=512 * _KB,
+    ),
 )
 
 _ALL = frozenset(c.name for c in CASES)
@@ -56,8 +126,8 @@ SUPPORT: dict[tuple[str, str], frozenset[str]] = {
     ("netconn", "client"): _ALL,
     ("picoquic", "client"): _ALL - {"datagram"},
     ("picoquic", "server"): _ALL - {"datagram"},
-    # Caddy: HTTP/3 only (every case runs over h3), no forced Retry, no v2.
-    ("caddy", "client"): _ALL - {"datagram", "retry", "v2"},
+    # Caddy: HTTP/3 only (every case runs over h3), no forced Retry, no v2, no migration.
+    ("caddy", "client"): _ALL - {"datagram", "retry", "v2", "rebind-port", "rebind-addr"},
 }
 """What each peer supports; anything else is reported as unsupported."""
 
@@ -66,6 +136,8 @@ UNSUPPORTED_WHY: dict[tuple[str, str], str] = {
     ("caddy", "v2"): "Caddy 2.6's quic-go speaks QUIC v1 only",
     ("caddy", "datagram"): "Caddy's file server has no datagram application",
     ("picoquic", "datagram"): "picoquicdemo has no datagram application",
+    ("caddy", "rebind-port"): "quic-go in Caddy 2.6 has no connection migration (quic-go issue 234)",
+    ("caddy", "rebind-addr"): "quic-go in Caddy 2.6 has no connection migration (quic-go issue 234)",
 }
 
 

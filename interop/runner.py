@@ -36,6 +36,7 @@ from .peers import (
     CADDY,
     PICOQUIC,
     Certificates,
+    ClientRun,
     PeerNotInstalled,
     PeerServer,
     caddy_server,
@@ -44,6 +45,7 @@ from .peers import (
     picoquic_client,
     picoquic_server,
 )
+from .relay import Relay, RelayStats
 from .results import Matrix, Outcome, Result
 
 __all__ = ["COLUMNS", "CaseFailed", "RunOptions", "run_matrix"]
@@ -197,6 +199,13 @@ async def _netconn_client(
         _check_hashes(expected, got, env)
         return
 
+    for _ in range(case.connections - 1):  # the network cases' repeated handshakes
+        async with nc.Connection(endpoint, _client_stack(case, env, alpn, qlog)) as conn:
+            _check_hashes(expected, await _fetch(conn, alpn, paths), _Env(env.certs, env.root, 1))
+    if case.connections > 1:
+        env.evidence.append(
+            f"{case.connections - 1} earlier connection(s) fetched every file intact"
+        )
     stack = _client_stack(case, env, alpn, qlog)
     async with nc.Connection(endpoint, stack) as conn:
         if conn.negotiated_alpn != alpn:
@@ -356,17 +365,8 @@ async def _picoquic_against_netconn(
         if case.name == "keyupdate":
             common["key_update_after"] = 32
         client_dir = env.root / "picoquic-client"
-        if case.name in ("resumption", "zerortt"):
-            first = await picoquic_client(
-                host, port, paths[:1], env.certs, client_dir, name="first", **common
-            )
-            if not first.ok:
-                raise CaseFailed(
-                    f"picoquic's first connection failed ({first.returncode}): {first.log[-300:]}"
-                )
-        run = await picoquic_client(host, port, paths, env.certs, client_dir, name="run", **common)
-        if not run.ok:
-            raise CaseFailed(f"picoquic client exited with {run.returncode}: {run.log[-300:]}")
+        async with _maybe_relay(case, (host, port), env) as (host, port):
+            run = await _picoquic_runs(case, host, port, paths, env, client_dir, common)
         got = {}
         for path in paths:
             file = run.output_dir / path.lstrip("/")
@@ -418,6 +418,73 @@ async def _picoquic_against_netconn(
             env.evidence.append("picoquic client connected to [::1]")
 
 
+@contextlib.asynccontextmanager
+async def _maybe_relay(
+    case: Case, target: tuple[str, int], env: _Env
+) -> AsyncIterator[tuple[str, int]]:
+    """Yield where the client should connect: the server, or a relay with the case's faults."""
+    if case.faults is None:
+        yield target
+        return
+    async with Relay(target, case.faults) as relay:
+        yield relay.host, relay.port
+        _relay_evidence(case, relay.stats, env)
+
+
+def _relay_evidence(case: Case, stats: RelayStats, env: _Env) -> None:
+    """Check that the case's fault really happened; record what the relay did."""
+    faults = case.faults
+    assert faults is not None
+    summary = (
+        f"relay: {stats.to_server} datagrams to the server, {stats.to_client} to the client, "
+        f"{stats.dropped} dropped, {stats.corrupted} corrupted, {stats.rebinds} rebinds"
+    )
+    if faults.loss and not stats.dropped:
+        raise CaseFailed("the relay dropped nothing: " + summary)
+    if faults.corruption and not stats.corrupted:
+        raise CaseFailed("the relay corrupted nothing: " + summary)
+    if faults.blackhole_after is not None and stats.to_client < faults.blackhole_after:
+        raise CaseFailed("the transfer ended before the blackhole: " + summary)
+    if faults.rebind_every:
+        hosts = {address for address, _ in stats.source_addresses}
+        if len(stats.source_addresses) < 2 or (faults.rebind_address and len(hosts) < 2):
+            raise CaseFailed("the client never moved: " + summary)
+        summary += f"; the server saw the client at {len(stats.source_addresses)} addresses"
+    if faults.drop_client_datagrams:
+        received = stats.client_bytes_delivered[0] if stats.client_bytes_delivered else 0
+        sent = stats.server_bytes_before_second_client_datagram
+        if sent > 3 * received:
+            raise CaseFailed(f"the server sent {sent} bytes on {received} received: over 3x")
+        summary += f"; before validation the server sent {sent} bytes for {received} received"
+    if faults.delay:
+        summary += f"; {faults.delay * 2000:.0f} ms added to the round trip"
+    env.evidence.append(summary)
+
+
+async def _picoquic_runs(
+    case: Case,
+    host: str,
+    port: int,
+    paths: list[str],
+    env: _Env,
+    client_dir: Path,
+    common: dict[str, Any],
+) -> ClientRun:
+    """Run picoquic's client as the case needs (twice for resumption); return the last run."""
+    runs = 2 if case.name in ("resumption", "zerortt") else case.connections
+    run: ClientRun | None = None
+    for index in range(runs):
+        name = "run" if index == runs - 1 else f"run{index}"
+        wanted = paths[:1] if runs == 2 and index == 0 else paths
+        run = await picoquic_client(host, port, wanted, env.certs, client_dir, name=name, **common)
+        if not run.ok:
+            raise CaseFailed(f"picoquic client exited with {run.returncode}: {run.log[-300:]}")
+    assert run is not None
+    if runs > 1:
+        env.evidence.append(f"picoquic connected {runs} times")
+    return run
+
+
 # Peer servers
 
 
@@ -447,12 +514,24 @@ async def _run_one(peer: str, role: str, case: Case, env: _Env) -> None:
     if role == "server":
         await _picoquic_against_netconn(case, expected, www, env)
         return
-    async with _peer_server(peer, case, www, env) as (host, port):
+    async with (
+        _peer_server(peer, case, www, env) as target,
+        _maybe_relay(case, target, env) as (host, port),
+    ):
         if case.name == "datagram":
             await _datagram_case(host, port, env)
             return
         alpn = "h3" if peer == CADDY or case.name == "http3" else "hq-interop"
         await _netconn_client(case, host, port, alpn, expected, env)
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of the first real error inside (task groups wrap them)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    if isinstance(exc, CaseFailed):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _versions() -> dict[str, str]:
@@ -511,8 +590,6 @@ async def run_matrix(options: RunOptions) -> Matrix:
                     try:
                         async with asyncio.timeout(options.case_timeout):
                             await _run_one(peer, role, case, env)
-                    except CaseFailed as exc:
-                        result.outcome, result.reason = Outcome.FAILED, str(exc)
                     except TimeoutError:
                         result.outcome = Outcome.FAILED
                         result.reason = f"timed out after {options.case_timeout} s"
@@ -520,7 +597,7 @@ async def run_matrix(options: RunOptions) -> Matrix:
                         result.outcome, result.reason = Outcome.NOT_INSTALLED, str(exc)
                     except Exception as exc:  # any other error is this case's failure, reported
                         result.outcome = Outcome.FAILED
-                        result.reason = f"{type(exc).__name__}: {exc}"
+                        result.reason = _describe(exc)
                     result.duration = time.monotonic() - t0
                     result.evidence = env.evidence
                     if options.workdir is None:
