@@ -344,12 +344,15 @@ class QUICStream:
             self._buffer += data
         if end:
             self._eof = True
+            if not self._buffer:
+                self._check_done()
         self._wake_receiver()
 
     def _fail_receive(self, error: NetconnError) -> None:
         if self._receive_error is None:
             self._receive_error = error
         self._wake_receiver()
+        self._check_done()
 
     def _check_done(self) -> None:
         """Once both directions are over for the application, the channel may forget us."""
@@ -366,6 +369,7 @@ class QUICStream:
         if self._send_error is None:
             self._send_error = error
         self._wake_sender()
+        self._check_done()
         while self._receipts:
             _, future = self._receipts.popleft()
             if not future.done():
@@ -745,6 +749,8 @@ class QUICChannel:
 
     def _retire(self, stream: QUICStream) -> None:
         self._retiring.add(stream)
+        if stream.id not in self.quic._streams:
+            self._forget_finished()  # the engine is already done with it
 
     def _forget_finished(self) -> None:
         # A stream leaves our table once the application is done with it and
