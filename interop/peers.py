@@ -396,8 +396,16 @@ class ClientRun:
 
     @property
     def ok(self) -> bool:
-        """Whether it exited with status 0."""
-        return self.returncode == 0
+        """Whether it exited with status 0 and reported no error of its own.
+
+        picoquicdemo exits with status 0 even when it prints ``Client exit
+        with code = -1`` (e.g. after an idle timeout), so its report counts too.
+        """
+        if self.returncode != 0:
+            return False
+        marker = "Client exit with code = "
+        reported = [line for line in self.log.splitlines() if line.startswith(marker)]
+        return all(line == marker + "0" for line in reported)
 
     def qlog_text(self) -> str:
         """Every qlog file it wrote, concatenated."""
