@@ -225,3 +225,36 @@ async def test_send_on_connection_is_refused(certs: Certs) -> None:
     ):
         with pytest.raises(nc.InvalidState, match="streams"):
             await conn.send(b"x")
+
+
+async def test_verify_hook(certs: Certs) -> None:
+    seen: list[nc.PeerCertificate] = []
+
+    def reject(info: nc.PeerCertificate) -> bool:
+        seen.append(info)
+        return False
+
+    async with serving(server_options(certs), echo_streams) as listener:
+        conn = nc.Connection(endpoint(listener), client_options(certs, verify_hook=reject))
+        with pytest.raises(nc.CertificateError, match="verify hook"):
+            await conn.wait_ready(timeout(10))
+        assert seen and seen[0].der.startswith(b"\x30") and seen[0].server_name == "localhost"
+        assert seen[0].verified_by_default
+
+
+async def test_insecure_skip_verify_with_hook(certs: Certs) -> None:
+    """An untrusted certificate passes only with the loud option; the hook still runs."""
+    server = server_options(certs, certificate=(certs.untrusted_cert, certs.untrusted_key))
+    calls: list[bool] = []
+
+    def accept(info: nc.PeerCertificate) -> bool:
+        calls.append(info.verified_by_default)
+        return True
+
+    options = client_options(certs, insecure_skip_verify=True, verify_hook=accept)
+    async with (
+        serving(server, echo_streams) as listener,
+        nc.Connection(endpoint(listener), options) as conn,
+    ):
+        assert isinstance(conn.state, nc.Ready)
+    assert calls == [False]
