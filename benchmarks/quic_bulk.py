@@ -7,6 +7,10 @@ the server's reply after FIN (so every byte was received). With
 ``--streams N`` the bytes are spread over N concurrent streams instead.
 Prints each round, the medians and their ratio; ``--json`` writes them out.
 
+Besides the rate it reports the CPU seconds both processes spent per
+megabyte (client and server together), which depends far less than the rate
+on what else the machine is running.
+
     python -m benchmarks.quic_bulk --size 64 --rounds 3
 """
 
@@ -17,6 +21,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import resource
 import ssl
 import statistics
 import sys
@@ -168,19 +173,34 @@ CLIENTS: dict[str, Callable[[int, str, int, int], Awaitable[float]]] = {
 }
 
 
-def run_once(kind: str, certs: tuple[str, str, str], size: int, streams: int) -> float:
-    """One transfer against a fresh server process; returns seconds."""
+def _cpu_of_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_once(
+    kind: str, certs: tuple[str, str, str], size: int, streams: int
+) -> tuple[float, float]:
+    """One transfer against a fresh server process; returns (seconds, CPU seconds).
+
+    The CPU time covers the client's transfer and the server process's whole
+    life (start-up included, the same for both implementations).
+    """
     ca, cert, key = certs
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     server = context.Process(target=_serve, args=(kind, cert, key, queue), daemon=True)
+    children_before = _cpu_of_children()
     server.start()
     try:
         port = queue.get(timeout=30)
-        return asyncio.run(asyncio.wait_for(CLIENTS[kind](port, ca, size, streams), 600))
+        cpu_before = time.process_time()
+        seconds = asyncio.run(asyncio.wait_for(CLIENTS[kind](port, ca, size, streams), 600))
+        client_cpu = time.process_time() - cpu_before
     finally:
         server.terminate()
         server.join(10)
+    return seconds, client_cpu + _cpu_of_children() - children_before
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -194,14 +214,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     size = int(args.size * 1e6)
     kinds = [args.only] if args.only else list(CLIENTS)
     results: dict[str, list[float]] = {kind: [] for kind in kinds}
+    cpu: dict[str, list[float]] = {kind: [] for kind in kinds}
     with tempfile.TemporaryDirectory() as directory:
         certs = _certificates(directory)
         for round_number in range(args.rounds):
             for kind in kinds if round_number % 2 == 0 else kinds[::-1]:
-                seconds = run_once(kind, certs, size, args.streams)
+                seconds, cpu_seconds = run_once(kind, certs, size, args.streams)
                 rate = size / seconds / 1e6
                 results[kind].append(rate)
-                print(f"round {round_number + 1} {kind:8s} {rate:8.1f} MB/s ({seconds:.2f} s)")
+                cpu[kind].append(cpu_seconds / (size / 1e6))
+                print(
+                    f"round {round_number + 1} {kind:8s} {rate:8.1f} MB/s ({seconds:.2f} s),"
+                    f" {cpu[kind][-1] * 1000:.0f} ms CPU per MB"
+                )
                 sys.stdout.flush()
     summary: dict[str, Any] = {
         "size_bytes": size,
@@ -209,13 +234,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rounds": args.rounds,
         "median_mb_per_s": {kind: statistics.median(rates) for kind, rates in results.items()},
         "rounds_mb_per_s": results,
+        "median_cpu_ms_per_mb": {kind: 1000 * statistics.median(v) for kind, v in cpu.items()},
     }
     medians = summary["median_mb_per_s"]
     if "netconn" in medians and "aioquic" in medians:
         summary["ratio"] = medians["netconn"] / medians["aioquic"]
+        cpu_medians = summary["median_cpu_ms_per_mb"]
+        summary["cpu_ratio"] = cpu_medians["aioquic"] / cpu_medians["netconn"]
         print(
             f"median: netconn {medians['netconn']:.1f} MB/s, aioquic {medians['aioquic']:.1f} MB/s,"
-            f" ratio {summary['ratio']:.2f}x"
+            f" ratio {summary['ratio']:.2f}x; CPU per MB: netconn"
+            f" {cpu_medians['netconn']:.0f} ms, aioquic {cpu_medians['aioquic']:.0f} ms,"
+            f" {summary['cpu_ratio']:.2f}x less"
         )
     if args.json:
         with open(args.json, "w") as fp:
