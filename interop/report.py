@@ -20,6 +20,8 @@ _LEGEND = "✓ passed · ✗ failed · ○ unsupported by the peer · ? peer not
 
 
 def _column_title(peer: str, role: str) -> str:
+    if peer == "netconn":
+        return "netconn (both sides)"
     return f"{peer} ({'netconn client' if role == 'client' else 'netconn server'})"
 
 
