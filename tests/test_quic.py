@@ -258,3 +258,31 @@ async def test_insecure_skip_verify_with_hook(certs: Certs) -> None:
     ):
         assert isinstance(conn.state, nc.Ready)
     assert calls == [False]
+
+
+async def test_batched_io(certs: Certs) -> None:
+    """Datagrams are read in batches and, where the kernel segments, sent in batches."""
+
+    async def sink(conn: nc.Connection[nc.QUIC]) -> None:
+        async for stream in conn.inbound_streams():
+            while await stream.receive(1, 1 << 20):
+                pass
+            await stream.send(b"done", is_complete=True)
+
+    async with (
+        serving(server_options(certs), sink) as listener,
+        nc.Connection(endpoint(listener), client_options(certs)) as conn,
+    ):
+        stream = await conn.open_stream()
+        await stream.send(bytes(8 << 20), is_complete=True)
+        assert await asyncio.wait_for(stream.receive_exactly(4), timeout(30)) == b"done"
+        (server,) = listener.connections
+        sent = conn.quic_stats()["socket"]
+        received = server.quic_stats()["socket"]
+    assert sent["datagrams_sent"] > 6000  # 8 MiB in packets of at most 1350 bytes
+    if sent["gso"]:
+        assert sent["send_calls"] * 4 < sent["datagrams_sent"]
+    else:
+        assert sent["send_calls"] >= sent["datagrams_sent"]
+    # Many datagrams per wake-up on the receiving side.
+    assert received["datagrams_received"] > 2 * received["wakeups"]

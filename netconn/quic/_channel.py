@@ -131,6 +131,8 @@ class QUICChannel:
         self._ping_outstanding = False
         self.application_error: tuple[int, str] | None = None
         """Code and reason sent in the CONNECTION_CLOSE of a graceful close."""
+        self.socket_stats: Callable[[], dict[str, int | bool]] = dict
+        """The UDP socket's counters (shared by every connection of a listener socket)."""
         self.on_connection_id: Callable[[events.QuicEvent], None] = lambda event: None
         """Called with ConnectionIdIssued/Retired events (the server routes on them)."""
 
@@ -208,6 +210,7 @@ class QUICChannel:
             "early_data_sent": self.early_data_sent,
             "early_data_resent": self.early_data_resent,
             "datagrams_dropped": self.datagrams.dropped,
+            "socket": self.socket_stats(),
         }
 
     def _key_phase(self) -> int:

@@ -96,6 +96,7 @@ async def connect(options: QUIC, ctx: AttemptContext, address: Address) -> QUICC
             # the viability check decide.
 
         io = DatagramSocket(sock, channel.datagrams_received, socket_error, connected=True)
+        channel.socket_stats = io.stats
     except BaseException:
         sock.close()
         raise

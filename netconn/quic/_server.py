@@ -184,6 +184,7 @@ class QUICServer:
             on_closed=self._forget,
         )
         channel.on_connection_id = lambda event: self._connection_id(channel, event)
+        channel.socket_stats = self._io.stats
         self._routes[header.destination_cid] = channel
         self._routes[engine.host_cid] = channel
         self._channels.add(channel)

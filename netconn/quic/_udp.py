@@ -69,6 +69,9 @@ class DatagramSocket:
         """``sendmsg`` calls made: fewer than ``datagrams_sent`` when GSO works."""
         self.dropped = 0
         """Packets dropped because the socket stayed full (QUIC recovers them as loss)."""
+        self.wakeups = 0
+        """Times the socket was read until empty; ``datagrams_received / wakeups``
+        is the mean batch handed to QUIC."""
         sock.setblocking(False)
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             with contextlib.suppress(OSError):  # keep the default; only speed suffers
@@ -83,6 +86,18 @@ class DatagramSocket:
     def socket(self) -> socket.socket:
         """The underlying socket."""
         return self._sock
+
+    def stats(self) -> dict[str, int | bool]:
+        """Counters: datagrams and calls each way, wake-ups, GSO and GRO in use."""
+        return {
+            "datagrams_sent": self.datagrams_sent,
+            "send_calls": self.send_calls,
+            "datagrams_received": self.datagrams_received,
+            "wakeups": self.wakeups,
+            "dropped": self.dropped,
+            "gso": self.gso,
+            "gro": self.gro,
+        }
 
     @property
     def is_closed(self) -> bool:
@@ -103,6 +118,7 @@ class DatagramSocket:
     # Receiving
 
     def _readable(self) -> None:
+        self.wakeups += 1
         batch: list[tuple[bytes, NetworkAddress]] = []
         sock = self._sock
         for _ in range(_READS_PER_WAKEUP):
