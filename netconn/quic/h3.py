@@ -32,7 +32,7 @@ from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.events import StreamDataReceived
 
 from ..errors import ConnectionClosed, InvalidState, NetconnError, ProtocolError, StreamReset
-from .hq import Download, resolve_under
+from .hq import Download, _open_for_reading, _open_for_writing, resolve_under
 
 if TYPE_CHECKING:
     from aioquic.quic.connection import QuicConnection
@@ -410,7 +410,7 @@ class H3Client:
             )
             await session.shim.drain(stream.id)
             session.spawn(session.read(stream, pending.wait_room))
-            handle = None if target is None else await asyncio.to_thread(_open_for_writing, target)
+            handle = None if target is None else _open_for_writing(target)
             try:
                 while (chunk := await pending.pop()) is not None:
                     digest.update(chunk)
@@ -421,10 +421,10 @@ class H3Client:
                     if kept is not None:
                         kept += chunk
                     if handle is not None:
-                        await asyncio.to_thread(handle.write, chunk)
+                        handle.write(chunk)
             finally:
                 if handle is not None:
-                    await asyncio.to_thread(handle.close)
+                    handle.close()
         except asyncio.CancelledError:
             stream.stop_sending(_H3_REQUEST_CANCELLED)
             raise
@@ -474,11 +474,6 @@ def _authority_of(connection: Connection[QUIC]) -> str:
     )
     port = remote.port if remote is not None else 443
     return f"{host or 'localhost'}:{port}"
-
-
-def _open_for_writing(path: Path) -> Any:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return open(path, "wb")
 
 
 async def serve_h3(
@@ -535,17 +530,14 @@ async def serve_h3(
                 stream_id, [(b":status", b"200"), (b"content-length", str(size).encode())]
             )
             sent = 0
-            handle = await asyncio.to_thread(open, file, "rb")
-            try:
+            with _open_for_reading(file) as handle:
                 while True:
-                    chunk = await asyncio.to_thread(handle.read, _CHUNK)
+                    chunk = handle.read(_CHUNK)
                     h3.send_data(stream_id, chunk, end_stream=not chunk)
                     await session.shim.drain(stream_id)
                     if not chunk:
                         break
                     sent += len(chunk)
-            finally:
-                await asyncio.to_thread(handle.close)
             if on_served is not None:
                 on_served(path, sent)
         except NetconnError:
