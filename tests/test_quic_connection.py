@@ -386,3 +386,35 @@ async def test_server_follows_nat_rebinding(certs: Certs) -> None:
             assert isinstance(server.state, nc.Ready) and isinstance(client.state, nc.Ready)
     finally:
         relay.close()
+
+
+async def test_viability_holds_after_an_idle_spell(certs: Certs) -> None:
+    """Sending after a long quiet spell is not mistaken for a lost peer."""
+    async with connected_pair(certs) as (client, server):
+        changes: list[bool] = []
+        client.on_viability_update(lambda conn, viable: changes.append(viable))
+        await asyncio.sleep(0.6)  # longer than the viability deadline
+        stream = await client.open_stream()
+        await stream.send(b"x" * 100_000, is_complete=True)
+        inbound = await anext(server.inbound_streams())
+        assert len(await inbound.receive(100_000, 100_000)) == 100_000
+        assert changes == [] and client.is_viable
+
+
+async def test_ipv6_loopback(certs: Certs) -> None:
+    options = server_options(certs)
+    async with nc.Listener(options, host="::1") as listener:
+        task = asyncio.create_task(listener.run(echo_streams))
+        target = nc.Endpoint.host_port("::1", listener.port)
+        async with nc.Connection(target, client_options(certs)) as conn:
+            assert conn.remote_endpoint is not None and conn.remote_endpoint.host == "::1"
+            await early_request(conn, b"over IPv6")
+        task.cancel()
+
+
+async def test_no_common_version_fails(certs: Certs) -> None:
+    async with serving(server_options(certs, versions=("v1",)), echo_streams) as listener:
+        conn = nc.Connection(endpoint(listener), client_options(certs, versions=("v2",)))
+        with pytest.raises(nc.ProtocolError, match="common protocol version"):
+            await conn.wait_ready(timeout(10))
+        assert isinstance(conn.state, nc.Failed)

@@ -126,6 +126,7 @@ class QUICChannel:
         self._handshake_complete = False
         self.keepalive_interval = options.keepalive_interval
         self._last_received = self._loop.time()
+        self._in_flight_since: float | None = None
         self._viable = True
         self._ping_id = 0
         self._ping_outstanding = False
@@ -431,7 +432,11 @@ class QUICChannel:
     def _housekeeping(self, now: float) -> None:
         quic = self.quic
         silence = now - self._last_received
-        if self._viable and quic._loss.bytes_in_flight > 0 and silence > self._viability_deadline():
+        if (
+            self._viable
+            and self._in_flight_since is not None
+            and now - max(self._last_received, self._in_flight_since) > self._viability_deadline()
+        ):
             self._set_viable(False)
         interval = self.keepalive_interval
         if (
@@ -645,9 +650,16 @@ class QUICChannel:
 
     def _arm_timer(self, now: float) -> None:
         at = self.quic.get_timer()
+        if self.quic._loss.bytes_in_flight == 0:
+            self._in_flight_since = None
+        elif self._in_flight_since is None:
+            self._in_flight_since = now
         if not self._finished:
             if self._viable and self.quic._loss.bytes_in_flight > 0:
-                deadline = self._last_received + self._viability_deadline()
+                # Silence counts from the later of the last packet heard and the
+                # moment something went unanswered (not from an idle spell).
+                waiting = max(self._last_received, self._in_flight_since or now)
+                deadline = waiting + self._viability_deadline()
                 at = deadline if at is None else min(at, deadline)
             interval = self.keepalive_interval
             if interval and self._handshake_complete:
