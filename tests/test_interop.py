@@ -258,6 +258,14 @@ async def test_h3_statuses_and_saved_body(certs: Certs, tmp_path: Path) -> None:
         outside = await http.get("/../secret")
         response = await http.get("/f", target=tmp_path / "saved")
         kept = await http.get("/f", keep_body=True)
+        for _ in range(20):
+            await http.get("/nothing")
+        # Finished request streams are forgotten: only HTTP/3's own
+        # unidirectional streams (ID bit 2 set) stay known.
+        await asyncio.sleep(0.05)
+        shim = http._session.shim
+        assert all(stream_id & 2 for stream_id in shim._streams), sorted(shim._streams)
+        assert all(stream_id & 2 for stream_id in shim._outboxes), sorted(shim._outboxes)
     assert (missing.status, outside.status, response.status) == (404, 404, 200)
     assert ("content-length", str(len(body))) in response.headers
     assert (tmp_path / "saved").read_bytes() == body

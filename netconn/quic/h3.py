@@ -89,6 +89,10 @@ class _QuicShim:
         """Make ``stream`` known by its ID."""
         self._streams[stream.id] = stream
 
+    def forget(self, stream_id: int) -> None:
+        """Drop a finished request stream, so long connections do not accumulate them."""
+        self._streams.pop(stream_id, None)
+
     async def reserve_uni(self, count: int) -> None:
         """Open ``count`` unidirectional streams for ``get_next_available_stream_id``."""
         for _ in range(count):
@@ -137,6 +141,7 @@ class _QuicShim:
                     await outbox.stream.send(data, is_complete=end)
                     if end:
                         outbox.drained.set()
+                        self._outboxes.pop(outbox.stream.id, None)
                         return
                 outbox.drained.set()
                 outbox.wake.clear()
@@ -430,6 +435,7 @@ class H3Client:
             raise
         finally:
             self._pending.pop(stream.id, None)
+            session.shim.forget(stream.id)
         if session.error is not None:
             raise session.error
         if pending.reset_code is not None:
@@ -542,6 +548,8 @@ async def serve_h3(
                 on_served(path, sent)
         except NetconnError:
             return  # the peer gave up on this request
+        finally:
+            session.shim.forget(stream_id)
 
     try:
         while not (ended.is_set() and requests.empty()):
