@@ -131,13 +131,15 @@ SUPPORT: dict[tuple[str, str], frozenset[str]] = {
 }
 """What each peer supports; anything else is reported as unsupported."""
 
+_NO_MIGRATION = "quic-go in Caddy 2.6 has no connection migration (quic-go issue 234)"
+
 UNSUPPORTED_WHY: dict[tuple[str, str], str] = {
     ("caddy", "retry"): "Caddy cannot be told to send Retry",
     ("caddy", "v2"): "Caddy 2.6's quic-go speaks QUIC v1 only",
     ("caddy", "datagram"): "Caddy's file server has no datagram application",
     ("picoquic", "datagram"): "picoquicdemo has no datagram application",
-    ("caddy", "rebind-port"): "quic-go in Caddy 2.6 has no connection migration (quic-go issue 234)",
-    ("caddy", "rebind-addr"): "quic-go in Caddy 2.6 has no connection migration (quic-go issue 234)",
+    ("caddy", "rebind-port"): _NO_MIGRATION,
+    ("caddy", "rebind-addr"): _NO_MIGRATION,
 }
 
 
