@@ -184,6 +184,9 @@ class FlowControlledConnection(QuicConnection):
                 )
             self._nc_connection_update_at = now
             limit.value = self._nc_read_total + window
+        bidi, uni = self._local_max_streams_bidi, self._local_max_streams_uni
+        if limit.value == limit.sent and bidi.value == bidi.sent and uni.value == uni.sent:
+            return  # nothing to announce (the common case, once per packet)
         # aioquic doubles MAX_DATA when half is used; hide the usage from it so
         # that only the rule above moves the limit.
         used, limit.used = limit.used, 0
