@@ -51,7 +51,7 @@ CASES: tuple[Case, ...] = (
     Case("resumption", "second connection resumes the TLS session", (8 * _KB,)),
     Case("zerortt", "second connection sends its request in accepted 0-RTT", (8 * _KB,)),
     Case("http3", "files over HTTP/3, hashes checked", (1 * _KB, 64 * _KB, 1 * _MB), "h3"),
-    Case("keyupdate", "a key update during a transfer, seen in the trace", (2 * _MB,)),
+    Case("keyupdate", "the client updates its keys, then 2 MB flow; seen in the trace", (2 * _MB,)),
     Case("v2", "compatible version negotiation to QUIC v2 (RFC 9369)", (8 * _KB,)),
     Case("datagram", "DATAGRAM frames (RFC 9221) both ways, contents checked", ()),
     Case("ipv6", "handshake and transfer over ::1", (256 * _KB,)),
