@@ -16,7 +16,8 @@ from conftest import Certs, timeout
 import netconn as nc
 from interop.cases import CASES, SUPPORT
 from interop.cli import main
-from interop.public import PUBLIC_SERVERS, public_server
+from interop.public import PUBLIC_SERVERS, PublicServer, public_server
+from interop.public_run import run_public
 from interop.relay import Faults, Relay
 from interop.report import to_html, to_markdown, write_reports
 from interop.results import Matrix, Outcome, Result
@@ -368,3 +369,36 @@ async def test_relay_blackout_stalls_picoquic_against_itself(certs: Certs, tmp_p
     assert not run.ok
     assert "idle timeout" in run.log
     assert (run.output_dir / "a").stat().st_size < 3_000_000
+
+
+async def test_public_server_cases_against_a_local_stand_in(certs: Certs, tmp_path: Path) -> None:
+    """The --public code path, pointed at a netconn server on loopback (never the internet)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "index.html").write_bytes(b"<p>hello</p>")
+    async with asyncio.timeout(timeout(30)), _server(certs, root) as endpoint:
+        stand_in = PublicServer(
+            "local",
+            "localhost",
+            endpoint.port,
+            path="/index.html",
+            alpn=("h3", "hq-interop"),
+            cases=frozenset({"handshake", "http3", "resumption", "zerortt", "keyupdate"}),
+        )
+        matrix = await run_public(
+            None,
+            ["handshake", "http3", "resumption", "zerortt", "keyupdate", "retry"],
+            servers=[stand_in],
+            ca_file=certs.ca,
+        )
+    outcomes = {r.case: r.outcome for r in matrix.results}
+    assert outcomes == {
+        "handshake": Outcome.PASSED,
+        "http3": Outcome.PASSED,
+        "resumption": Outcome.PASSED,
+        "zerortt": Outcome.PASSED,
+        "keyupdate": Outcome.PASSED,
+        "retry": Outcome.UNSUPPORTED,
+    }, [(r.case, r.reason) for r in matrix.results]
+    http3 = next(r for r in matrix.results if r.case == "http3")
+    assert "GET /index.html: 200, 12 bytes" in http3.evidence
