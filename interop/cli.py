@@ -83,7 +83,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.public:
         from .public_run import run_public
 
-        names = None if args.public == "all" else args.public.split(",")
+        names = None if args.public == "all" else [n for n in args.public.split(",") if n]
+        unknown_servers = set(names or ()) - {s.name for s in PUBLIC_SERVERS}
+        if unknown_servers:
+            print(
+                f"unknown public server(s): {', '.join(sorted(unknown_servers))}", file=sys.stderr
+            )
+            return 2
         matrix = asyncio.run(run_public(names, [c for c in args.cases.split(",") if c]))
     else:
         peers = {p for p in args.peers.split(",") if p}

@@ -173,6 +173,8 @@ def test_cli_runs_and_writes_reports(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert (tmp_path / "index.html").read_text().startswith("<!DOCTYPE html>")
     assert "| handshake | ✓ |" in (tmp_path / "results.md").read_text()
     assert main(["--cases", "no-such-case"]) == 2
+    assert main(["--peers", "no-such-peer"]) == 2
+    assert main(["--public", "no-such-server"]) == 2  # refused before any traffic
 
 
 def test_public_servers_are_well_formed() -> None:
