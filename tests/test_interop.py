@@ -16,6 +16,13 @@ from conftest import Certs, timeout
 import netconn as nc
 from interop.cases import CASES, SUPPORT
 from interop.cli import main
+from interop.peers import (
+    PICOQUIC,
+    Certificates,
+    find_peer,
+    picoquic_client,
+    picoquic_server,
+)
 from interop.public import PUBLIC_SERVERS, PublicServer, public_server
 from interop.public_run import run_public
 from interop.relay import Faults, Relay
@@ -39,6 +46,10 @@ KNOWN_PEER_ISSUES = {("picoquic", "client", "blackhole")}
 @pytest.mark.timeout(300)  # about a minute alone; more on a busy 2-core machine
 async def test_matrix_against_local_peers(tmp_path: Path) -> None:
     """Every case each local peer supports passes, on evidence; the rest say why not."""
+    for name in ("picoquic", "caddy"):
+        info = find_peer(name)
+        if not info.installed:
+            pytest.fail(f"{name} is not installed: {info.hint}", pytrace=False)
     options = RunOptions(size_factor=0.02, case_timeout=timeout(30), workdir=tmp_path)
     matrix = await asyncio.wait_for(run_matrix(options), timeout(240))
     assert matrix.columns() == list(COLUMNS)
@@ -352,8 +363,6 @@ async def test_relay_blackout_happens_once_and_ends() -> None:
 
 async def test_relay_blackout_stalls_picoquic_against_itself(certs: Certs, tmp_path: Path) -> None:
     """picoquic's client and server through a 2 s blackout: the transfer stalls."""
-    from interop.peers import PICOQUIC, Certificates, find_peer, picoquic_client, picoquic_server
-
     info = find_peer(PICOQUIC)
     if not info.installed:
         pytest.fail(f"picoquic is not installed: {info.hint}", pytrace=False)
