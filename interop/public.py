@@ -42,7 +42,7 @@ PUBLIC_SERVERS: tuple[PublicServer, ...] = (
         443,
         4434,
         alpn=("h3", "hq-interop"),
-        cases=_COMMON | {"retry", "transfer"},
+        cases=_COMMON | {"retry"},
     ),
     PublicServer(
         "picoquic",
@@ -50,7 +50,7 @@ PUBLIC_SERVERS: tuple[PublicServer, ...] = (
         4433,
         4434,
         alpn=("h3", "hq-interop"),
-        cases=_COMMON | {"retry", "v2", "transfer"},
+        cases=_COMMON | {"retry", "v2"},
     ),
     PublicServer("quic-go", "quic.seemann.io", 443, 443, cases=_COMMON | {"retry"}),
     PublicServer("quiche", "quic.tech", 8443, 8444, cases=_COMMON | {"retry"}),
