@@ -22,9 +22,18 @@ from .public import PUBLIC_SERVERS, PublicServer
 from .results import Matrix, Outcome, Result
 from .runner import CaseFailed
 
-__all__ = ["run_public"]
+__all__ = ["PUBLIC_CASES", "run_public"]
 
-_CASES = ("handshake", "http3", "chacha20", "retry", "resumption", "zerortt", "keyupdate", "v2")
+PUBLIC_CASES = (
+    "handshake",
+    "http3",
+    "chacha20",
+    "retry",
+    "resumption",
+    "zerortt",
+    "keyupdate",
+    "v2",
+)
 
 
 async def _get(conn: nc.Connection[nc.QUIC], alpn: str, path: str) -> str:
@@ -96,7 +105,7 @@ async def run_public(
     started = time.monotonic()
     matrix = Matrix(started=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
     for server in [s for s in servers if names is None or s.name in names]:
-        for case in (c for c in _CASES if c in cases):
+        for case in (c for c in PUBLIC_CASES if c in cases):
             result = Result(server.name, "client", case, Outcome.PASSED)
             if case not in server.cases:
                 result.outcome, result.reason = Outcome.UNSUPPORTED, "not offered by this server"
