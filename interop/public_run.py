@@ -34,6 +34,7 @@ PUBLIC_CASES = (
     "keyupdate",
     "v2",
 )
+"""The cases a public server can take part in (netconn is always the client)."""
 
 
 async def _get(conn: nc.Connection[nc.QUIC], alpn: str, path: str) -> str:
