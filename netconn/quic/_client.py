@@ -59,8 +59,13 @@ async def connect(options: QUIC, ctx: AttemptContext, address: Address) -> QUICC
         if store is not None
         else None,
     )
-    with mapped(f"connect to {address}"):
-        sock = socket.socket(address.family, socket.SOCK_DGRAM)
+    try:
+        with mapped(f"connect to {address}"):
+            sock = socket.socket(address.family, socket.SOCK_DGRAM)
+    except BaseException:
+        if config.secrets_log_file is not None:
+            config.secrets_log_file.close()
+        raise
     try:
         with mapped(f"connect to {address}"):
             apply_parameters(sock, ctx.parameters, address.family)
@@ -99,6 +104,8 @@ async def connect(options: QUIC, ctx: AttemptContext, address: Address) -> QUICC
         channel.socket_stats = io.stats
     except BaseException:
         sock.close()
+        if config.secrets_log_file is not None:
+            config.secrets_log_file.close()
         raise
     try:
         engine.connect(peer, now=asyncio.get_running_loop().time())

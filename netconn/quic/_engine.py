@@ -12,6 +12,10 @@ keeps the peer's data bounded by the starting window.
 aioquic also visits every stream for every packet it builds to see whether a
 MAX_STREAM_DATA frame is due. :class:`_StreamTable` hands that loop only the
 streams that have an update to send.
+
+These overrides reach into aioquic's private methods and attributes, which is
+why pyproject.toml pins aioquic to the 1.7 series (the tests exercise each
+override).
 """
 
 from __future__ import annotations
