@@ -107,9 +107,17 @@ async def _aioquic_server(cert: str, key: str, port_queue: Any) -> None:
         server.close()
 
 
-def _serve(kind: str, cert: str, key: str, port_queue: Any) -> None:
+def _run(coro: Any, use_uvloop: bool) -> Any:
+    if use_uvloop:
+        import uvloop
+
+        return uvloop.run(coro)
+    return asyncio.run(coro)
+
+
+def _serve(kind: str, cert: str, key: str, port_queue: Any, use_uvloop: bool = False) -> None:
     coro = _netconn_server if kind == "netconn" else _aioquic_server
-    asyncio.run(coro(cert, key, port_queue))
+    _run(coro(cert, key, port_queue), use_uvloop)
 
 
 # Clients
@@ -179,7 +187,7 @@ def _cpu_of_children() -> float:
 
 
 def run_once(
-    kind: str, certs: tuple[str, str, str], size: int, streams: int
+    kind: str, certs: tuple[str, str, str], size: int, streams: int, use_uvloop: bool = False
 ) -> tuple[float, float]:
     """One transfer against a fresh server process; returns (seconds, CPU seconds).
 
@@ -189,13 +197,14 @@ def run_once(
     ca, cert, key = certs
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    server = context.Process(target=_serve, args=(kind, cert, key, queue), daemon=True)
+    server = context.Process(target=_serve, args=(kind, cert, key, queue, use_uvloop), daemon=True)
     children_before = _cpu_of_children()
     server.start()
     try:
         port = queue.get(timeout=30)
         cpu_before = time.process_time()
-        seconds = asyncio.run(asyncio.wait_for(CLIENTS[kind](port, ca, size, streams), 600))
+        client = asyncio.wait_for(CLIENTS[kind](port, ca, size, streams), 600)
+        seconds = _run(client, use_uvloop)
         client_cpu = time.process_time() - cpu_before
     finally:
         server.terminate()
@@ -209,6 +218,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--streams", type=int, default=1, help="concurrent streams (default 1)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
     parser.add_argument("--only", choices=sorted(CLIENTS), help="run one implementation only")
+    parser.add_argument("--uvloop", action="store_true", help="run both sides on uvloop")
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args(argv)
     size = int(args.size * 1e6)
@@ -219,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         certs = _certificates(directory)
         for round_number in range(args.rounds):
             for kind in kinds if round_number % 2 == 0 else kinds[::-1]:
-                seconds, cpu_seconds = run_once(kind, certs, size, args.streams)
+                seconds, cpu_seconds = run_once(kind, certs, size, args.streams, args.uvloop)
                 rate = size / seconds / 1e6
                 results[kind].append(rate)
                 cpu[kind].append(cpu_seconds / (size / 1e6))
@@ -232,6 +242,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "size_bytes": size,
         "streams": args.streams,
         "rounds": args.rounds,
+        "loop": "uvloop" if args.uvloop else "asyncio",
         "median_mb_per_s": {kind: statistics.median(rates) for kind, rates in results.items()},
         "rounds_mb_per_s": results,
         "median_cpu_ms_per_mb": {kind: 1000 * statistics.median(v) for kind, v in cpu.items()},
