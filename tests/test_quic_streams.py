@@ -227,3 +227,23 @@ async def test_priority_orders_sending(certs: Certs) -> None:
         await asyncio.wait_for(both.wait(), timeout(30))
         assert finished == [high.id, low.id]
         reader.cancel()
+
+
+async def test_concurrent_use_is_busy(certs: Certs) -> None:
+    async with connected_pair(certs) as (client, _server):
+        stream = await client.open_stream()
+        big = asyncio.create_task(stream.send(bytes(32 << 20)))  # waits for room
+        await asyncio.sleep(0.05)
+        assert not big.done()
+        with pytest.raises(nc.Busy):
+            await stream.send(b"interleaved")
+        with pytest.raises(nc.Busy):
+            await stream.close()
+        reader = asyncio.create_task(stream.receive())
+        await asyncio.sleep(0)
+        with pytest.raises(nc.Busy):
+            await stream.receive()
+        stream.reset(5)
+        with pytest.raises(nc.StreamReset):
+            await asyncio.wait_for(big, timeout(10))
+        reader.cancel()

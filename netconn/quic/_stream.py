@@ -242,7 +242,12 @@ class QUICStream:
         self._check_done()
 
     async def close(self) -> None:
-        """End the sending direction (FIN) if still open. Returns once queued."""
+        """End the sending direction (FIN) if still open. Returns once queued.
+
+        Raises :class:`Busy` while another task is sending on the stream.
+        """
+        if self._sending:
+            raise Busy("another task is sending on this stream; FIN would cut it short")
         if self.can_send and not self._send_closed and self._send_error is None:
             self._channel._check_open()
             self._channel._write(self, b"", True)
