@@ -286,3 +286,17 @@ async def test_batched_io(certs: Certs) -> None:
         assert sent["send_calls"] >= sent["datagrams_sent"]
     # Many datagrams per wake-up on the receiving side.
     assert received["datagrams_received"] > 2 * received["wakeups"]
+
+
+async def test_unreadable_certificate_is_a_tls_error(certs: Certs, tmp_path: object) -> None:
+    missing = f"{tmp_path}/missing.pem"
+    conn = nc.Connection(
+        nc.Endpoint.host_port("127.0.0.1", 9), client_options(certs, ca_file=missing)
+    )
+    with pytest.raises(nc.TLSError, match="cannot load"):
+        await conn.wait_ready(timeout(10))
+    assert isinstance(conn.state, nc.Failed)
+    listener = nc.Listener(server_options(certs, certificate=(missing, missing)), host="127.0.0.1")
+    with pytest.raises(nc.TLSError):
+        await listener.start()
+    assert isinstance(listener.state, nc.Failed)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ..endpoint import Address
+from ..errors import TLSError
 from .base import AttemptContext, Channel, MultiplexProtocol
 from .tls import PeerCertificate
 
@@ -153,7 +154,11 @@ class QUIC(MultiplexProtocol):
     def configuration(
         self, *, is_client: bool, server_name: str | None = None
     ) -> QuicConfiguration:
-        """Build the aioquic configuration these options describe."""
+        """Build the aioquic configuration these options describe.
+
+        Raises :class:`~netconn.TLSError` when a certificate, key or CA file
+        cannot be read or parsed.
+        """
         from aioquic.quic.configuration import QuicConfiguration
         from aioquic.quic.logger import QuicFileLogger
         from aioquic.tls import CipherSuite
@@ -179,13 +184,16 @@ class QUIC(MultiplexProtocol):
             )
         if self.chacha20_only:
             config.cipher_suites = [CipherSuite.CHACHA20_POLY1305_SHA256]
-        if self.certificate is not None:
-            config.load_cert_chain(*self.certificate)
-        if self.ca_file or self.ca_data:
-            config.load_verify_locations(
-                cafile=self.ca_file,
-                cadata=self.ca_data.encode() if self.ca_data else None,
-            )
+        try:
+            if self.certificate is not None:
+                config.load_cert_chain(*self.certificate)
+            if self.ca_file or self.ca_data:
+                config.load_verify_locations(
+                    cafile=self.ca_file,
+                    cadata=self.ca_data.encode() if self.ca_data else None,
+                )
+        except (OSError, ValueError) as exc:
+            raise TLSError(f"cannot load the certificates or trust anchors: {exc}") from exc
         if is_client and self.insecure_skip_verify:
             config.verify_mode = ssl.CERT_NONE
         if self.qlog_dir:
