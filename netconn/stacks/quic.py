@@ -188,10 +188,13 @@ class QUIC(MultiplexProtocol):
             if self.certificate is not None:
                 config.load_cert_chain(*self.certificate)
             if self.ca_file or self.ca_data:
-                config.load_verify_locations(
-                    cafile=self.ca_file,
-                    cadata=self.ca_data.encode() if self.ca_data else None,
-                )
+                # Read the file now (aioquic would only at the handshake) so a
+                # missing file fails here, with the options' error.
+                cadata = self.ca_data or ""
+                if self.ca_file:
+                    with open(self.ca_file) as fp:
+                        cadata = fp.read() + "\n" + cadata
+                config.load_verify_locations(cadata=cadata.encode())
         except (OSError, ValueError) as exc:
             raise TLSError(f"cannot load the certificates or trust anchors: {exc}") from exc
         if is_client and self.insecure_skip_verify:
