@@ -20,6 +20,7 @@ from quic_helpers import (
 from test_quic import echo_streams
 
 import netconn as nc
+import netconn.quic
 
 ROLES = ["client", "server"]
 DATAGRAMS = {"max_datagram_frame_size": 65536}
@@ -418,3 +419,21 @@ async def test_no_common_version_fails(certs: Certs) -> None:
         with pytest.raises(nc.ProtocolError, match="common protocol version"):
             await conn.wait_ready(timeout(10))
         assert isinstance(conn.state, nc.Failed)
+
+
+async def test_engine_failure_fails_the_connection(certs: Certs) -> None:
+    """An exception inside the engine ends the connection with an error, not a hang."""
+    async with connected_pair(certs) as (client, server):
+        channel = client._channel
+        assert isinstance(channel, nc.quic.QUICChannel)
+
+        def broken(data: bytes, addr: object, now: float) -> None:
+            raise RuntimeError("engine bug")
+
+        channel.quic.receive_datagram = broken  # type: ignore[method-assign]
+        stream = await server.open_stream()
+        await stream.send(b"trigger", is_complete=True)
+        await wait_for_state(client, nc.Failed, 10)
+        assert isinstance(client.state, nc.Failed)
+        assert isinstance(client.state.error, nc.ProtocolError)
+        assert "engine bug" in str(client.state.error)

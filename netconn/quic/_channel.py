@@ -405,13 +405,16 @@ class QUICChannel:
             return
         now = self._loop.time()
         receive = self.quic.receive_datagram
-        for data, addr in batch:
-            receive(data, addr, now)
-        self._last_received = now
-        self._ping_outstanding = False
-        if not self._viable:
-            self._set_viable(True)
-        self._after_input()
+        try:
+            for data, addr in batch:
+                receive(data, addr, now)
+            self._last_received = now
+            self._ping_outstanding = False
+            if not self._viable:
+                self._set_viable(True)
+            self._after_input()
+        except Exception as exc:
+            self._engine_failed(exc)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -421,13 +424,26 @@ class QUICChannel:
         now = self._loop.time()
         quic = self.quic
         close_at = quic._close_at
-        if quic._close_event is None and close_at is not None and now >= close_at:
-            self._finish(ConnectionTimeout(f"QUIC idle timeout ({quic._idle_timeout():.1f} s)"))
+        try:
+            if quic._close_event is None and close_at is not None and now >= close_at:
+                timeout = quic._idle_timeout()
+                self._finish(ConnectionTimeout(f"QUIC idle timeout ({timeout:.1f} s)"))
+                quic.handle_timer(now)
+                return
             quic.handle_timer(now)
-            return
-        quic.handle_timer(now)
-        self._housekeeping(now)
-        self._after_input()
+            self._housekeeping(now)
+            self._after_input()
+        except Exception as exc:
+            self._engine_failed(exc)
+
+    def _engine_failed(self, exc: Exception) -> None:
+        """An unexpected exception inside the engine: fail the connection, never hang."""
+        logger.error("%r: the QUIC engine failed", self, exc_info=exc)
+        error = ProtocolError(f"the QUIC engine failed: {exc!r}")
+        error.__cause__ = exc
+        with contextlib.suppress(Exception):
+            self.quic.close(error_code=QuicErrorCode.INTERNAL_ERROR, reason_phrase="internal error")
+        self._finish(error)
 
     def _housekeeping(self, now: float) -> None:
         quic = self.quic
@@ -639,14 +655,18 @@ class QUICChannel:
             self._transmit_handle = None
         quic = self.quic
         now = self._loop.time()
-        packets = quic.datagrams_to_send(now)
-        if packets:
-            self._send_packets(packets)
-        if self.datagrams._room_waiter is not None:
-            self.datagrams._wake()
-        if self._retiring:
-            self._forget_finished()  # the engine discards finished streams as it builds
-        self._arm_timer(now)
+        try:
+            packets = quic.datagrams_to_send(now)
+            if packets:
+                self._send_packets(packets)
+            if self.datagrams._room_waiter is not None:
+                self.datagrams._wake()
+            if self._retiring:
+                self._forget_finished()  # the engine discards finished streams as it builds
+            self._arm_timer(now)
+        except Exception as exc:
+            if not self._finished:  # after the end nothing is sent any more anyway
+                self._engine_failed(exc)
 
     def _arm_timer(self, now: float) -> None:
         at = self.quic.get_timer()

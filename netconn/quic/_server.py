@@ -48,8 +48,17 @@ async def start_server(options: QUIC, listener: Listener[Any], host: str | None,
     from ..stacks.sockets import bind_listening_sockets
 
     sockets = bind_listening_sockets(host, port, socket.SOCK_DGRAM, listener.parameters)
-    for sock in sockets:
-        server = QUICServer(options, listener, sock)
+    servers: list[QUICServer] = []
+    try:
+        for sock in sockets:
+            servers.append(QUICServer(options, listener, sock))
+    except BaseException:
+        for server in servers:
+            server.close()
+        for sock in sockets:
+            sock.close()
+        raise
+    for server in servers:
         listener.add_closer(server.close)
     listener.set_sockets(sockets)
 

@@ -162,6 +162,8 @@ class QUIC(MultiplexProtocol):
         from aioquic.quic.configuration import QuicConfiguration
         from aioquic.quic.logger import QuicFileLogger
         from aioquic.tls import CipherSuite
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding
 
         config = QuicConfiguration(
             alpn_protocols=list(self.alpn),
@@ -188,13 +190,17 @@ class QUIC(MultiplexProtocol):
             if self.certificate is not None:
                 config.load_cert_chain(*self.certificate)
             if self.ca_file or self.ca_data:
-                # Read the file now (aioquic would only at the handshake) so a
-                # missing file fails here, with the options' error.
-                cadata = self.ca_data or ""
+                # Read and parse now (aioquic would only at the handshake) so a
+                # missing or broken file fails here, and hand aioquic canonical
+                # PEM (its own splitter trips over anything after the last one).
+                pem = (self.ca_data or "").encode()
                 if self.ca_file:
-                    with open(self.ca_file) as fp:
-                        cadata = fp.read() + "\n" + cadata
-                config.load_verify_locations(cadata=cadata.encode())
+                    with open(self.ca_file, "rb") as fp:
+                        pem = fp.read() + b"\n" + pem
+                cas = x509.load_pem_x509_certificates(pem)
+                config.load_verify_locations(
+                    cadata=b"".join(ca.public_bytes(Encoding.PEM) for ca in cas)
+                )
         except (OSError, ValueError) as exc:
             raise TLSError(f"cannot load the certificates or trust anchors: {exc}") from exc
         if is_client and self.insecure_skip_verify:
