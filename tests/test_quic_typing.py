@@ -15,6 +15,8 @@ import netconn as nc
 
 async def use(conn: nc.Connection[nc.QUIC]) -> bytes:
     stream: nc.QUICStream = await conn.open_stream("unidirectional")
+    receipt: nc.DeliveryReceipt = await stream.send(b"x", receipt=True)
+    await receipt
     await stream.send(b"x", is_complete=True)
     async for inbound in conn.inbound_streams():
         return await inbound.receive()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from ..errors import (
     Busy,
@@ -159,6 +159,24 @@ class QUICStream:
         self._channel._reprioritise(self)
 
     # Sending
+
+    @overload
+    async def send(
+        self,
+        data: bytes | bytearray | memoryview,
+        *,
+        is_complete: bool = False,
+        receipt: Literal[False] = False,
+    ) -> None: ...
+
+    @overload
+    async def send(
+        self,
+        data: bytes | bytearray | memoryview,
+        *,
+        is_complete: bool = False,
+        receipt: Literal[True],
+    ) -> DeliveryReceipt: ...
 
     async def send(
         self,
