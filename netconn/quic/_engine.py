@@ -5,8 +5,8 @@ window once half of it is used), so a peer can fill an unread stream without
 limit. Here credit is granted from what the application has *read*: a
 stream's limit is ``read + window`` and the connection's is ``read_total +
 connection window``. The windows start at the configured sizes and double
-(up to a cap) while the reader keeps up within a couple of round trips, so a
-fast reader gets a window near the bandwidth-delay product and a slow one
+(up to a cap) while the reader keeps up and the window is used up quickly, so
+a fast reader gets a window near the bandwidth-delay product and a slow one
 keeps the peer's data bounded by the starting window.
 
 aioquic also visits every stream for every packet it builds to see whether a
@@ -48,6 +48,7 @@ class _StreamTable(dict[int, QuicStream]):
         return list(self.due.values())
 
 
+_MIN_TUNING_PERIOD = 0.05  # seconds: see _should_grow
 _QUEUE_WINDOW = 16  # streams aioquic's packet loop is shown at a time
 _GSO_BURST = 64  # packets one segmented sendmsg carries
 
@@ -149,10 +150,9 @@ class FlowControlledConnection(QuicConnection):
             window, last = self._nc_windows.get(stream_id, (self._nc_stream_window, 0.0))
             if read + window - stream.max_stream_data_local >= window // 2:
                 now = self._nc_now
-                if (
-                    last
-                    and now - last < 2 * self._smoothed_rtt()
-                    and (window < self._nc_max_stream_window)
+                buffered = stream.receiver.highest_offset - read
+                if window < self._nc_max_stream_window and self._should_grow(
+                    window, last, now, buffered
                 ):
                     window = min(window * 2, self._nc_max_stream_window)
                 self._nc_windows[stream_id] = (window, now)
@@ -182,7 +182,8 @@ class FlowControlledConnection(QuicConnection):
         if self._nc_read_total + window - limit.value >= window // 2:
             now = self._nc_now
             last = self._nc_connection_update_at
-            if last and now - last < 2 * self._smoothed_rtt():
+            buffered = limit.used - self._nc_read_total
+            if self._should_grow(window, last, now, buffered):
                 window = self._nc_connection_window = min(
                     window * 2, self._nc_max_connection_window
                 )
@@ -198,6 +199,19 @@ class FlowControlledConnection(QuicConnection):
             super()._write_connection_limits(builder, space)
         finally:
             limit.used = used
+
+    def _should_grow(self, window: int, last: float, now: float, buffered: int) -> bool:
+        """Whether a window that is due for an update should also double.
+
+        It should when the reader keeps up (little is waiting unread) and half
+        the window went by quickly: within four round trips, or 50 ms, as a
+        receiver that mostly sends ACKs measures a round trip far shorter than
+        its sender sees. A slow reader has the window full of unread bytes, so
+        its window never grows and the peer's data stays bounded.
+        """
+        if not last or buffered >= window // 4:
+            return False
+        return now - last < max(4 * self._smoothed_rtt(), _MIN_TUNING_PERIOD)
 
     def _smoothed_rtt(self) -> float:
         rtt: float = self._loss._rtt_smoothed or self._configuration.initial_rtt
