@@ -300,3 +300,41 @@ async def test_unreadable_certificate_is_a_tls_error(certs: Certs, tmp_path: obj
     with pytest.raises(nc.TLSError):
         await listener.start()
     assert isinstance(listener.state, nc.Failed)
+
+
+def test_peer_max_udp_payload_size_is_respected() -> None:
+    """aioquic ignores the peer's max_udp_payload_size; the engine clamps to it."""
+    from aioquic._buffer import Buffer
+    from aioquic.quic.packet import QuicTransportParameters, push_quic_transport_parameters
+
+    from netconn.quic._client import new_engine
+
+    options = nc.QUIC(alpn=ALPN, max_udp_payload_size=4000)
+    config = options.configuration(is_client=True, server_name="localhost")
+
+    def engine_after(peer_limit: int | None) -> int:
+        engine = new_engine(options, configuration=config)
+        buf = Buffer(capacity=256)
+        push_quic_transport_parameters(
+            buf, QuicTransportParameters(max_udp_payload_size=peer_limit)
+        )
+        engine._parse_transport_parameters(buf.data, from_session_ticket=True)
+        return int(engine._max_datagram_size)
+
+    assert engine_after(1300) == 1300
+    assert engine_after(9000) == 4000
+    assert engine_after(None) == 4000
+
+
+async def test_large_datagrams_on_loopback(certs: Certs) -> None:
+    """A larger max_udp_payload_size works end to end (loopback carries 64 KiB)."""
+    big = {"max_udp_payload_size": 8000, "max_datagram_frame_size": 65536}
+    async with (
+        serving(server_options(certs, **big), echo_streams) as listener,
+        nc.Connection(endpoint(listener), client_options(certs, **big)) as conn,
+    ):
+        assert conn.usable_datagram_frame_size > 7000
+        stream = await conn.open_stream()
+        payload = bytes(range(256)) * 4096
+        await stream.send(payload, is_complete=True)
+        assert await asyncio.wait_for(stream.receive_exactly(len(payload)), timeout(20)) == payload

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from aioquic._buffer import Buffer
 from aioquic.quic.connection import END_STATES, QuicConnection
-from aioquic.quic.packet import QuicFrameType
+from aioquic.quic.packet import QuicFrameType, pull_quic_transport_parameters
 from aioquic.quic.packet_builder import QuicDeliveryState, QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketPacer, QuicPacketSpace
 from aioquic.quic.stream import QuicStream
@@ -48,6 +49,7 @@ class _StreamTable(dict[int, QuicStream]):
         return list(self.due.values())
 
 
+_SMALLEST_DATAGRAM = 1200  # RFC 9000 section 14: every path carries this much
 _MIN_TUNING_PERIOD = 0.05  # seconds: see _should_grow
 _QUEUE_WINDOW = 16  # streams aioquic's packet loop is shown at a time
 _GSO_BURST = 64  # packets one segmented sendmsg carries
@@ -199,6 +201,17 @@ class FlowControlledConnection(QuicConnection):
             super()._write_connection_limits(builder, space)
         finally:
             limit.used = used
+
+    def _parse_transport_parameters(self, data: bytes, from_session_ticket: bool = False) -> None:
+        super()._parse_transport_parameters(data, from_session_ticket)
+        # aioquic ignores the peer's max_udp_payload_size (RFC 9000 section
+        # 18.2); never send datagrams larger than the peer accepts.
+        try:
+            limit = pull_quic_transport_parameters(Buffer(data=data)).max_udp_payload_size
+        except Exception:  # already rejected by aioquic if malformed
+            return
+        if limit is not None and limit < self._max_datagram_size:
+            self._max_datagram_size = max(limit, _SMALLEST_DATAGRAM)
 
     def _should_grow(self, window: int, last: float, now: float, buffered: int) -> bool:
         """Whether a window that is due for an update should also double.
