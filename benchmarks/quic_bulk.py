@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 __all__ = ["main"]
@@ -51,10 +52,12 @@ def _certificates(directory: str) -> tuple[str, str, str]:
 # Servers (run in a child process; they print their port and serve until killed)
 
 
-async def _netconn_server(cert: str, key: str, port_queue: Any) -> None:
+async def _netconn_server(cert: str, key: str, port_queue: Any, packet_size: int | None) -> None:
     import netconn as nc
 
     options = nc.QUIC(alpn=ALPN, certificate=(cert, key))
+    if packet_size:
+        options = replace(options, max_udp_payload_size=packet_size)
 
     async def stream_sink(stream: nc.QUICStream) -> None:
         total = 0
@@ -72,11 +75,13 @@ async def _netconn_server(cert: str, key: str, port_queue: Any) -> None:
         await listener.run(handler)
 
 
-async def _aioquic_server(cert: str, key: str, port_queue: Any) -> None:
+async def _aioquic_server(cert: str, key: str, port_queue: Any, packet_size: int | None) -> None:
     from aioquic.asyncio.server import serve
     from aioquic.quic.configuration import QuicConfiguration
 
     config = QuicConfiguration(alpn_protocols=ALPN, is_client=False)
+    if packet_size:
+        config.max_datagram_size = packet_size
     config.load_cert_chain(cert, key)
 
     async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -115,18 +120,29 @@ def _run(coro: Any, use_uvloop: bool) -> Any:
     return asyncio.run(coro)
 
 
-def _serve(kind: str, cert: str, key: str, port_queue: Any, use_uvloop: bool = False) -> None:
+def _serve(
+    kind: str,
+    cert: str,
+    key: str,
+    port_queue: Any,
+    use_uvloop: bool = False,
+    packet_size: int | None = None,
+) -> None:
     coro = _netconn_server if kind == "netconn" else _aioquic_server
-    _run(coro(cert, key, port_queue), use_uvloop)
+    _run(coro(cert, key, port_queue, packet_size), use_uvloop)
 
 
 # Clients
 
 
-async def _netconn_client(port: int, ca: str, size: int, streams: int) -> float:
+async def _netconn_client(
+    port: int, ca: str, size: int, streams: int, packet_size: int | None
+) -> float:
     import netconn as nc
 
     options = nc.QUIC(alpn=ALPN, server_name="localhost", ca_file=ca)
+    if packet_size:
+        options = replace(options, max_udp_payload_size=packet_size)
     block = os.urandom(CHUNK)
     async with nc.Connection(nc.Endpoint.host_port("127.0.0.1", port), options) as conn:
 
@@ -148,11 +164,15 @@ async def _netconn_client(port: int, ca: str, size: int, streams: int) -> float:
         return time.perf_counter() - start
 
 
-async def _aioquic_client(port: int, ca: str, size: int, streams: int) -> float:
+async def _aioquic_client(
+    port: int, ca: str, size: int, streams: int, packet_size: int | None
+) -> float:
     from aioquic.asyncio.client import connect
     from aioquic.quic.configuration import QuicConfiguration
 
     config = QuicConfiguration(alpn_protocols=ALPN, is_client=True, server_name="localhost")
+    if packet_size:
+        config.max_datagram_size = packet_size
     config.load_verify_locations(ca)
     config.verify_mode = ssl.CERT_REQUIRED
     block = os.urandom(CHUNK)
@@ -175,7 +195,7 @@ async def _aioquic_client(port: int, ca: str, size: int, streams: int) -> float:
         return time.perf_counter() - start
 
 
-CLIENTS: dict[str, Callable[[int, str, int, int], Awaitable[float]]] = {
+CLIENTS: dict[str, Callable[[int, str, int, int, int | None], Awaitable[float]]] = {
     "netconn": _netconn_client,
     "aioquic": _aioquic_client,
 }
@@ -187,7 +207,12 @@ def _cpu_of_children() -> float:
 
 
 def run_once(
-    kind: str, certs: tuple[str, str, str], size: int, streams: int, use_uvloop: bool = False
+    kind: str,
+    certs: tuple[str, str, str],
+    size: int,
+    streams: int,
+    use_uvloop: bool = False,
+    packet_size: int | None = None,
 ) -> tuple[float, float]:
     """One transfer against a fresh server process; returns (seconds, CPU seconds).
 
@@ -203,7 +228,7 @@ def run_once(
     try:
         port = queue.get(timeout=30)
         cpu_before = time.process_time()
-        client = asyncio.wait_for(CLIENTS[kind](port, ca, size, streams), 600)
+        client = asyncio.wait_for(CLIENTS[kind](port, ca, size, streams, packet_size), 600)
         seconds = _run(client, use_uvloop)
         client_cpu = time.process_time() - cpu_before
     finally:
@@ -219,6 +244,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
     parser.add_argument("--only", choices=sorted(CLIENTS), help="run one implementation only")
     parser.add_argument("--uvloop", action="store_true", help="run both sides on uvloop")
+    parser.add_argument(
+        "--packet-size",
+        type=int,
+        help="UDP payload bytes for both implementations (default: each one's own,"
+        " netconn 1350, aioquic 1200)",
+    )
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args(argv)
     size = int(args.size * 1e6)
@@ -229,7 +260,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         certs = _certificates(directory)
         for round_number in range(args.rounds):
             for kind in kinds if round_number % 2 == 0 else kinds[::-1]:
-                seconds, cpu_seconds = run_once(kind, certs, size, args.streams, args.uvloop)
+                seconds, cpu_seconds = run_once(
+                    kind, certs, size, args.streams, args.uvloop, args.packet_size
+                )
                 rate = size / seconds / 1e6
                 results[kind].append(rate)
                 cpu[kind].append(cpu_seconds / (size / 1e6))
@@ -243,6 +276,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "streams": args.streams,
         "rounds": args.rounds,
         "loop": "uvloop" if args.uvloop else "asyncio",
+        "packet_size": args.packet_size,
         "median_mb_per_s": {kind: statistics.median(rates) for kind, rates in results.items()},
         "rounds_mb_per_s": results,
         "median_cpu_ms_per_mb": {kind: 1000 * statistics.median(v) for kind, v in cpu.items()},
