@@ -9,6 +9,7 @@ round trip when the options ask for address validation.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from collections import OrderedDict
@@ -74,6 +75,7 @@ class QUICServer:
         self._channels: set[QUICChannel] = set()
         self._retry = QuicRetryTokenHandler() if options.retry else None
         self._tickets: OrderedDict[bytes, SessionTicket] = OrderedDict()
+        self._loop = asyncio.get_running_loop()
         self._local = Address.from_sockaddr(sock.getsockname())
         self._io = DatagramSocket(sock, self._datagrams, self._socket_error)
         self.retries_sent = 0
@@ -145,7 +147,7 @@ class QUICServer:
         original_cid = header.destination_cid
         retry_cid: bytes | None = None
         if self._retry is not None:
-            now = self._loop_time()
+            now = self._loop.time()
             if not header.token:
                 retry_cid = os.urandom(_CID_LENGTH)
                 token = self._retry.create_token(
@@ -199,11 +201,6 @@ class QUICServer:
         self._channels.add(channel)
         self._listener.accepted(channel, ctx)
         return channel
-
-    def _loop_time(self) -> float:
-        import asyncio
-
-        return asyncio.get_running_loop().time()
 
     def _keep_ticket(self, ticket: SessionTicket) -> None:
         self._tickets[ticket.ticket] = ticket
