@@ -394,7 +394,7 @@ async def test_viability_holds_after_an_idle_spell(certs: Certs) -> None:
     async with connected_pair(certs) as (client, server):
         changes: list[bool] = []
         client.on_viability_update(lambda conn, viable: changes.append(viable))
-        await asyncio.sleep(0.6)  # longer than the viability deadline
+        await asyncio.sleep(1.2)  # longer than the viability deadline (1 s at least)
         stream = await client.open_stream()
         await stream.send(b"x" * 100_000, is_complete=True)
         inbound = await anext(server.inbound_streams())

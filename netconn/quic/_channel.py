@@ -60,6 +60,7 @@ logger = logging.getLogger("netconn.quic")
 _CLOSING_STATES = frozenset({QuicConnectionState.CLOSING, QuicConnectionState.DRAINING})
 _SHORT_HEADER_OVERHEAD = 1 + 20 + 2 + 16  # flags, longest CID, packet number, AEAD tag
 _DATAGRAM_FRAME_OVERHEAD = 1 + 4  # frame type, length varint
+_MIN_SILENCE = 1.0  # seconds without an answer before a path counts as not viable
 
 
 class QUICChannel:
@@ -466,9 +467,9 @@ class QUICChannel:
             quic.send_ping(self._ping_id)
 
     def _viability_deadline(self) -> float:
-        # No answer over three probe timeouts (at least 300 ms) means packets
+        # No answer over three probe timeouts (at least a second) means packets
         # are not flowing, well before the idle timeout gives up.
-        return max(3 * self.quic._loss.get_probe_timeout(), 0.3)
+        return max(3 * self.quic._loss.get_probe_timeout(), _MIN_SILENCE)
 
     def _set_viable(self, viable: bool) -> None:
         self._viable = viable
