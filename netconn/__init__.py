@@ -45,8 +45,10 @@ from .path import (
     configure_interface,
 )
 from .pathmonitor import PathMonitor
+from .quic import DatagramsNotEnabled, DeliveryReceipt, Directionality, QUICDatagrams, QUICStream
 from .stacks import (
     JSON,
+    QUIC,
     TCP,
     TLS,
     TLV,
@@ -57,10 +59,13 @@ from .stacks import (
     HandshakeRequest,
     JSONCodec,
     LengthPrefix,
+    MemoryTicketStore,
     Message,
     MessageProtocol,
     MultiplexProtocol,
     PeerCertificate,
+    QUICTicketStore,
+    QUICVersion,
     Stack,
     StreamProtocol,
     TLSSessionCache,
@@ -74,6 +79,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "JSON",
+    "QUIC",
     "TCP",
     "TERMINAL_STATES",
     "TLS",
@@ -94,7 +100,10 @@ __all__ = [
     "ConnectionRefused",
     "ConnectionTimeout",
     "DNSError",
+    "DatagramsNotEnabled",
     "DecodeError",
+    "DeliveryReceipt",
+    "Directionality",
     "EndOfStream",
     "Endpoint",
     "EstablishmentReport",
@@ -109,6 +118,7 @@ __all__ = [
     "JSONCodec",
     "LengthPrefix",
     "Listener",
+    "MemoryTicketStore",
     "Message",
     "MessageProtocol",
     "MessageTooLarge",
@@ -122,6 +132,10 @@ __all__ = [
     "PeerCertificate",
     "Preparing",
     "ProtocolError",
+    "QUICDatagrams",
+    "QUICStream",
+    "QUICTicketStore",
+    "QUICVersion",
     "Ready",
     "ServiceClass",
     "Setup",

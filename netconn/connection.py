@@ -16,10 +16,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar, cast, overload
 
 from .endpoint import Address, Endpoint
 from .errors import (
@@ -33,6 +33,7 @@ from .errors import (
 from .parameters import Parameters
 from .path import Path
 from .pathmonitor import PathWatcher, ViabilityTracker
+from .quic import Directionality, QUICChannel, QUICDatagrams, QUICStream
 from .racing import Attempt, EstablishmentReport, Race
 from .stacks.base import (
     AttemptContext,
@@ -45,6 +46,7 @@ from .stacks.base import (
     StreamProtocol,
     TypedChannel,
 )
+from .stacks.quic import QUIC
 from .stacks.udp import UDP
 from .state import (
     Cancelled,
@@ -118,6 +120,9 @@ class Connection(Generic[P_co]):
         self._race: Race | None = None
         self._skip_first = 0
         self._report = EstablishmentReport()
+        self._inbound_claimed = False
+        self._pending_keepalive: float | Literal[False] | None = False
+        self._pending_application_error: tuple[int, str] | None = None
         self.id = next(_ids)
         """A number unique among this process's connections."""
 
@@ -128,6 +133,7 @@ class Connection(Generic[P_co]):
         self._ctx = ctx
         ctx.on_lost = lambda error: self._lost(ctx, error)
         ctx.on_viability = lambda viable: self._set_viable(ctx, viable)
+        ctx.on_path_change = lambda: self._peer_moved(ctx)
 
     def __repr__(self) -> str:
         where = self._endpoint if self._endpoint is not None else self.remote_endpoint
@@ -282,6 +288,17 @@ class Connection(Generic[P_co]):
         if ctx is not self._ctx or is_terminal(self._state):
             return
         self._viability.set_transport(viable)
+
+    def _peer_moved(self, ctx: AttemptContext) -> None:
+        # The transport saw the peer's address change (QUIC connection migration, NAT rebinding).
+        if ctx is not self._ctx or self._channel is None or is_terminal(self._state):
+            return
+        local, remote = self._channel.local_address, self._channel.remote_address
+        if self._watcher is not None:
+            self._path = self._watcher.track(local, remote)
+        else:
+            self._path = Path(local=local, remote=remote)
+        self._notify(self._path_callbacks, self._path)
 
     def _lost(self, ctx: AttemptContext, error: NetconnError | None) -> None:
         if ctx is not self._ctx or is_terminal(self._state):
@@ -507,6 +524,7 @@ class Connection(Generic[P_co]):
             ctx = AttemptContext(self._endpoint, self._parameters, on_lost=lambda e: None)
             ctx.on_lost = lambda error: self._lost(ctx, error)
             ctx.on_viability = lambda viable: self._set_viable(ctx, viable)
+            ctx.on_path_change = lambda: self._peer_moved(ctx)
             return ctx
 
         self._race = Race(
@@ -725,6 +743,204 @@ class Connection(Generic[P_co]):
         """The largest datagram ``send`` accepts on this flow."""
         channel = cast(MessageChannel | None, self._channel)
         return 65507 if channel is None else channel.maximum_message_size
+
+    # QUIC (methods and properties only a Connection[QUIC] has)
+
+    def _quic_channel(self: Connection[QUIC]) -> QUICChannel:
+        channel = self._channel
+        if not isinstance(channel, QUICChannel):
+            raise InvalidState(f"the connection is {self._state}, not ready", self._state)
+        return channel
+
+    async def _ready_quic(self: Connection[QUIC]) -> QUICChannel:
+        self._check_open()
+        channel = await self._ready_channel()
+        assert isinstance(channel, QUICChannel)
+        if self._pending_keepalive is not False:
+            channel.keepalive_interval = self._pending_keepalive
+            self._pending_keepalive = False
+        if self._pending_application_error is not None:
+            channel.application_error = self._pending_application_error
+        return channel
+
+    async def open_stream(
+        self: Connection[QUIC],
+        directionality: Directionality = "bidirectional",
+        *,
+        wait: bool = True,
+    ) -> QUICStream:
+        """Open a stream; starts the connection if needed and waits until ready.
+
+        When the peer's stream limit (MAX_STREAMS) is reached, waits for more
+        credit, or raises :class:`Busy` with ``wait=False``. Cancelling while
+        waiting opens nothing. The peer learns of the stream when its first
+        bytes (or FIN) arrive.
+        """
+        channel = await self._ready_quic()
+        with _mapped("open a stream"):
+            return await channel.open_stream(directionality, wait)
+
+    def inbound_streams(self: Connection[QUIC]) -> AsyncIterator[QUICStream]:
+        """Every stream the peer opens (both directionalities), until the connection ends.
+
+        Claims the connection's inbound streams: calling this (or
+        :meth:`handle_inbound_streams`) a second time raises
+        :class:`InvalidState`. Streams that arrive before iteration starts wait.
+        """
+        self._claim_inbound()
+        return self._iterate_inbound()
+
+    def handle_inbound_streams(
+        self: Connection[QUIC], handler: Callable[[QUICStream], Awaitable[None]]
+    ) -> Connection[QUIC]:
+        """Run ``handler(stream)`` in its own task for every inbound stream.
+
+        The same claim as :meth:`inbound_streams` (only one, once). The tasks
+        end with the connection; a handler's exception resets its stream and
+        is logged.
+        """
+        self._claim_inbound()
+        loop = asyncio.get_running_loop()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def run(stream: QUICStream) -> None:
+            try:
+                await handler(stream)
+            except Exception:
+                logger.exception("inbound stream handler for %r failed", stream)
+                stream.reset(0)
+
+        async def accept() -> None:
+            async for stream in self._iterate_inbound():
+                task = loop.create_task(run(stream))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+
+        task = loop.create_task(accept())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+        def stop(c: Connection[QUIC], state: State) -> None:
+            if is_terminal(state):
+                for t in list(tasks):
+                    t.cancel()
+
+        self.on_state_update(stop)
+        return self
+
+    def _claim_inbound(self) -> None:
+        if self._inbound_claimed:
+            raise InvalidState("inbound streams were already claimed on this connection")
+        self._inbound_claimed = True
+
+    async def _iterate_inbound(self: Connection[QUIC]) -> AsyncIterator[QUICStream]:
+        try:
+            channel = await self._ready_quic()
+        except InvalidState:
+            return
+        while True:
+            stream = await channel.next_inbound_stream()
+            if stream is None:
+                return
+            yield stream
+
+    @property
+    def datagrams(self: Connection[QUIC]) -> QUICDatagrams:
+        """The connection's QUIC datagrams (needs ``QUIC(max_datagram_frame_size=...)``)."""
+        return self._quic_channel().datagrams
+
+    @property
+    def remote_idle_timeout(self: Connection[QUIC]) -> float | None:
+        """The peer's idle timeout in seconds, once ready (``None``: none announced)."""
+        return self._quic_channel().remote_idle_timeout
+
+    @property
+    def remote_max_streams_bidirectional(self: Connection[QUIC]) -> int:
+        """Total bidirectional streams the peer lets us open so far."""
+        return self._quic_channel().remote_max_streams_bidirectional
+
+    @property
+    def remote_max_streams_unidirectional(self: Connection[QUIC]) -> int:
+        """Total unidirectional streams the peer lets us open so far."""
+        return self._quic_channel().remote_max_streams_unidirectional
+
+    @property
+    def usable_datagram_frame_size(self: Connection[QUIC]) -> int:
+        """The largest datagram payload we can send (0 when a side did not enable them)."""
+        return self._quic_channel().usable_datagram_frame_size
+
+    @property
+    def keepalive(self: Connection[QUIC]) -> float | None:
+        """Seconds of silence before a PING is sent; ``None`` for none. Settable."""
+        channel = self._channel
+        if isinstance(channel, QUICChannel):
+            return channel.keepalive_interval
+        if self._pending_keepalive is not False:
+            return self._pending_keepalive
+        return self._stack.keepalive_interval
+
+    @keepalive.setter
+    def keepalive(self: Connection[QUIC], interval: float | None) -> None:
+        if interval is not None and interval <= 0:
+            raise ValueError("keepalive must be positive seconds or None")
+        channel = self._channel
+        if isinstance(channel, QUICChannel):
+            channel.keepalive_interval = interval
+            channel.transmit()  # re-arms the timer with the new interval
+        else:
+            self._pending_keepalive = interval
+
+    @property
+    def application_error(self: Connection[QUIC]) -> tuple[int, str] | None:
+        """(code, reason) to close with on ``cancel()``; settable. Default code 0."""
+        channel = self._channel
+        if isinstance(channel, QUICChannel):
+            return channel.application_error
+        return self._pending_application_error
+
+    @application_error.setter
+    def application_error(self: Connection[QUIC], value: tuple[int, str] | None) -> None:
+        self._pending_application_error = value
+        channel = self._channel
+        if isinstance(channel, QUICChannel):
+            channel.application_error = value
+
+    async def close(self: Connection[QUIC], code: int = 0, reason: str = "") -> None:
+        """Close with application error ``code`` and ``reason`` after flushing sent data.
+
+        The peer's connection fails with :class:`ApplicationClosed` carrying
+        both; this one becomes ``Cancelled``.
+        """
+        self.application_error = (code, reason)
+        await self.cancel()
+
+    @property
+    def early_data_accepted(self: Connection[QUIC]) -> bool | None:
+        """Client: whether the server accepted 0-RTT; ``None`` until the handshake ends."""
+        return self._quic_channel().early_data_accepted
+
+    @property
+    def session_resumed(self: Connection[QUIC]) -> bool:
+        """Whether the TLS session was resumed from a ticket."""
+        return self._quic_channel().session_resumed
+
+    @property
+    def negotiated_version(self: Connection[QUIC]) -> str | None:
+        """The QUIC version in use: ``"v1"`` or ``"v2"``."""
+        return self._quic_channel().negotiated_version
+
+    async def wait_handshake(self: Connection[QUIC]) -> None:
+        """Return once the QUIC handshake has completed (after a 0-RTT early start)."""
+        channel = await self._ready_quic()
+        await channel.wait_established()
+
+    def request_key_update(self: Connection[QUIC]) -> None:
+        """Start a key update (RFC 9001 section 6) at the next opportunity."""
+        self._quic_channel().request_key_update()
+
+    def quic_stats(self: Connection[QUIC]) -> dict[str, Any]:
+        """RTT, congestion window, bytes in flight and bytes queued."""
+        return self._quic_channel().stats()
 
 
 @contextmanager

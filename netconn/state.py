@@ -14,13 +14,13 @@ from typing import Final, TypeAlias
 from .errors import InvalidState, NetconnError
 
 __all__ = [
+    "TERMINAL_STATES",
     "Cancelled",
     "Failed",
     "Preparing",
     "Ready",
     "Setup",
     "State",
-    "TERMINAL_STATES",
     "Waiting",
 ]
 

@@ -3,6 +3,7 @@
 from .base import Message, MessageProtocol, MultiplexProtocol, Stack, StreamProtocol
 from .coder import JSON, Codec, Coder, JSONCodec
 from .framing import TLV, LengthPrefix
+from .quic import QUIC, MemoryTicketStore, QUICTicketStore, QUICVersion
 from .tcp import TCP
 from .tls import TLS, PeerCertificate, TLSSessionCache, TLSVersion
 from .udp import UDP
@@ -10,6 +11,7 @@ from .websocket import CloseCode, HandshakeRequest, WebSocket, WebSocketHandshak
 
 __all__ = [
     "JSON",
+    "QUIC",
     "TCP",
     "TLS",
     "TLV",
@@ -20,10 +22,13 @@ __all__ = [
     "HandshakeRequest",
     "JSONCodec",
     "LengthPrefix",
+    "MemoryTicketStore",
     "Message",
     "MessageProtocol",
     "MultiplexProtocol",
     "PeerCertificate",
+    "QUICTicketStore",
+    "QUICVersion",
     "Stack",
     "StreamProtocol",
     "TLSSessionCache",

@@ -60,6 +60,8 @@ class AttemptContext:
     """Channels call this once when the transport goes away (``None``: closed cleanly)."""
     on_viability: Callable[[bool], None] = lambda viable: None
     """Channels call this when the transport's viability changes."""
+    on_path_change: Callable[[], None] = lambda: None
+    """Channels call this when their local or remote address changed (e.g. NAT rebinding)."""
 
 
 class Channel(Protocol):

@@ -30,7 +30,7 @@ from ..errors import (
 from .base import AttemptContext, ByteChannel, Channel, Message, MessageProtocol, Stack
 from .tcp import TCP
 
-__all__ = ["LengthPrefix", "TLV", "FramerChannel"]
+__all__ = ["TLV", "FramerChannel", "LengthPrefix"]
 
 _CHUNK = 256 * 1024
 _JOIN_BELOW = 64 * 1024  # header and body go in one write below this size

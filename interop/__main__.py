@@ -1,0 +1,7 @@
+"""``python -m interop``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,279 @@
+"""aioquic's ``QuicConnection`` with receive credit that follows the application.
+
+aioquic raises MAX_STREAM_DATA and MAX_DATA as data *arrives* (it doubles a
+window once half of it is used), so a peer can fill an unread stream without
+limit. Here credit is granted from what the application has *read*: a
+stream's limit is ``read + window`` and the connection's is ``read_total +
+connection window``. The windows start at the configured sizes and double
+(up to a cap) while the reader keeps up and the window is used up quickly, so
+a fast reader gets a window near the bandwidth-delay product and a slow one
+keeps the peer's data bounded by the starting window.
+
+aioquic also visits every stream for every packet it builds to see whether a
+MAX_STREAM_DATA frame is due. :class:`_StreamTable` hands that loop only the
+streams that have an update to send.
+
+These overrides reach into aioquic's private methods and attributes, which is
+why pyproject.toml pins aioquic to the 1.7 series (the tests exercise each
+override).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aioquic._buffer import Buffer
+from aioquic.quic.connection import END_STATES, QuicConnection
+from aioquic.quic.packet import QuicFrameType, pull_quic_transport_parameters
+from aioquic.quic.packet_builder import QuicDeliveryState, QuicPacketBuilder
+from aioquic.quic.recovery import QuicPacketPacer, QuicPacketSpace
+from aioquic.quic.stream import QuicStream
+
+__all__ = ["FlowControlledConnection"]
+
+_LIMIT_FRAME_CAPACITY = 1 + 2 * 8  # frame type + two varints at their largest
+
+
+class _StreamTable(dict[int, QuicStream]):
+    """aioquic's stream table; ``values()`` yields only streams with a credit update due.
+
+    aioquic calls ``values()`` in exactly one place: the per-packet loop that
+    writes MAX_STREAM_DATA frames.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.due: dict[int, QuicStream] = {}
+
+    def values(self) -> Any:
+        return list(self.due.values())
+
+
+_SMALLEST_DATAGRAM = 1200  # RFC 9000 section 14: every path carries this much
+_MIN_TUNING_PERIOD = 0.05  # seconds: see _should_grow
+_QUEUE_WINDOW = 16  # streams aioquic's packet loop is shown at a time
+_GSO_BURST = 64  # packets one segmented sendmsg carries
+
+
+class _BurstPacer(QuicPacketPacer):
+    """aioquic's pacer, allowing bursts of one GSO batch.
+
+    aioquic caps a burst at 16 packets; an asyncio timer wakes at best every
+    millisecond, so that cap alone limits a sender to 16 packets per
+    millisecond. Bursts of up to 64 packets (and at most half the congestion
+    window) go out in one segmented ``sendmsg``.
+    """
+
+    def __init__(self, *, max_datagram_size: int) -> None:
+        super().__init__(max_datagram_size=max_datagram_size)
+        self._nc_datagram_size = max_datagram_size
+
+    def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
+        super().update_rate(congestion_window, smoothed_rtt)
+        rate = congestion_window / max(smoothed_rtt, 1e-6)
+        burst = min(congestion_window // 2, _GSO_BURST * self._nc_datagram_size) / rate
+        self.bucket_max = max(self.bucket_max, burst)
+
+
+class FlowControlledConnection(QuicConnection):
+    """A ``QuicConnection`` whose receive windows advance as the application reads.
+
+    Call :meth:`consumed` whenever the application takes bytes off a stream.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_stream_window: int,
+        max_connection_window: int,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._loss._pacer = _BurstPacer(max_datagram_size=self._max_datagram_size)
+        self._nc_table = _StreamTable()
+        self._streams = self._nc_table
+        self._nc_stream_window = self._configuration.max_stream_data
+        self._nc_max_stream_window = max(max_stream_window, self._nc_stream_window)
+        self._nc_connection_window = self._configuration.max_data
+        self._nc_max_connection_window = max(max_connection_window, self._nc_connection_window)
+        self._nc_read: dict[int, int] = {}
+        self._nc_windows: dict[int, tuple[int, float]] = {}  # stream: (window, last update)
+        self._nc_read_total = 0
+        self._nc_connection_update_at = 0.0
+        self._nc_now = 0.0
+        self.stream_priorities: dict[int, int] = {}
+        """Send priority of streams that have a non-zero one (higher first)."""
+
+    # What the glue calls
+
+    def consumed(self, stream_id: int, size: int, now: float) -> bool:
+        """Record that the application read ``size`` bytes of ``stream_id``.
+
+        Returns whether new credit is due (the caller should transmit soon).
+        """
+        self._nc_now = now
+        read = self._nc_read.get(stream_id, 0) + size
+        self._nc_read[stream_id] = read
+        self._nc_read_total += size
+        due = False
+        stream = self._streams.get(stream_id)
+        if stream is not None and stream.max_stream_data_local and not stream.receiver.is_finished:
+            window, _ = self._nc_windows.get(stream_id, (self._nc_stream_window, 0.0))
+            if read + window - stream.max_stream_data_local >= window // 2:
+                self._nc_table.due[stream_id] = stream
+                due = True
+        limit = self._local_max_data
+        if self._nc_read_total + self._nc_connection_window - limit.value >= (
+            self._nc_connection_window // 2
+        ):
+            due = True
+        return due
+
+    def forget_stream(self, stream_id: int) -> None:
+        """Drop the bookkeeping of a stream the application is done with."""
+        self._nc_read.pop(stream_id, None)
+        self.stream_priorities.pop(stream_id, None)
+        self._nc_windows.pop(stream_id, None)
+        self._nc_table.due.pop(stream_id, None)
+
+    @property
+    def queued_datagrams(self) -> int:
+        """DATAGRAM frames waiting to be sent."""
+        return len(self._datagrams_pending)
+
+    # Overrides of aioquic's credit logic
+
+    def _write_stream_limits(
+        self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream
+    ) -> None:
+        stream_id: int = stream.stream_id  # type: ignore[assignment]  # only crypto streams lack one
+        if stream.max_stream_data_local and not stream.receiver.is_finished:
+            read = self._nc_read.get(stream_id, 0)
+            window, last = self._nc_windows.get(stream_id, (self._nc_stream_window, 0.0))
+            if read + window - stream.max_stream_data_local >= window // 2:
+                now = self._nc_now
+                buffered = stream.receiver.highest_offset - read
+                if window < self._nc_max_stream_window and self._should_grow(
+                    window, last, now, buffered
+                ):
+                    window = min(window * 2, self._nc_max_stream_window)
+                self._nc_windows[stream_id] = (window, now)
+                stream.max_stream_data_local = read + window
+        if stream.max_stream_data_local_sent != stream.max_stream_data_local:
+            # Raises QuicPacketBuilderStop when the packet is full; the stream
+            # then stays due for the next packet.
+            buf = builder.start_frame(
+                QuicFrameType.MAX_STREAM_DATA,
+                capacity=_LIMIT_FRAME_CAPACITY,
+                handler=self._on_max_stream_data_delivery,
+                handler_args=(stream,),
+            )
+            buf.push_uint_var(stream_id)
+            buf.push_uint_var(stream.max_stream_data_local)
+            stream.max_stream_data_local_sent = stream.max_stream_data_local
+        self._nc_table.due.pop(stream_id, None)
+
+    def _on_max_stream_data_delivery(self, delivery: QuicDeliveryState, stream: QuicStream) -> None:
+        super()._on_max_stream_data_delivery(delivery, stream)
+        if delivery != QuicDeliveryState.ACKED and stream.stream_id in self._streams:
+            self._nc_table.due[stream.stream_id] = stream  # lost: send it again
+
+    def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
+        limit = self._local_max_data
+        window = self._nc_connection_window
+        if self._nc_read_total + window - limit.value >= window // 2:
+            now = self._nc_now
+            last = self._nc_connection_update_at
+            buffered = limit.used - self._nc_read_total
+            if self._should_grow(window, last, now, buffered):
+                window = self._nc_connection_window = min(
+                    window * 2, self._nc_max_connection_window
+                )
+            self._nc_connection_update_at = now
+            limit.value = self._nc_read_total + window
+        bidi, uni = self._local_max_streams_bidi, self._local_max_streams_uni
+        if limit.value == limit.sent and bidi.value == bidi.sent and uni.value == uni.sent:
+            return  # nothing to announce (the common case, once per packet)
+        # aioquic doubles MAX_DATA when half is used; hide the usage from it so
+        # that only the rule above moves the limit.
+        used, limit.used = limit.used, 0
+        try:
+            super()._write_connection_limits(builder, space)
+        finally:
+            limit.used = used
+
+    def _parse_transport_parameters(self, data: bytes, from_session_ticket: bool = False) -> None:
+        super()._parse_transport_parameters(data, from_session_ticket)
+        # aioquic ignores the peer's max_udp_payload_size (RFC 9000 section
+        # 18.2); never send datagrams larger than the peer accepts.
+        try:
+            limit = pull_quic_transport_parameters(Buffer(data=data)).max_udp_payload_size
+        except Exception:  # already rejected by aioquic if malformed
+            return
+        if limit is not None and limit < self._max_datagram_size:
+            self._max_datagram_size = max(limit, _SMALLEST_DATAGRAM)
+
+    def _should_grow(self, window: int, last: float, now: float, buffered: int) -> bool:
+        """Whether a window that is due for an update should also double.
+
+        It should when the reader keeps up (little is waiting unread) and half
+        the window went by quickly: within four round trips, or 50 ms, as a
+        receiver that mostly sends ACKs measures a round trip far shorter than
+        its sender sees. A slow reader has the window full of unread bytes, so
+        its window never grows and the peer's data stays bounded.
+        """
+        if not last or buffered >= window // 4:
+            return False
+        return now - last < max(4 * self._smoothed_rtt(), _MIN_TUNING_PERIOD)
+
+    def _smoothed_rtt(self) -> float:
+        rtt: float = self._loss._rtt_smoothed or self._configuration.initial_rtt
+        return rtt
+
+    # Hooks for the glue
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+        """aioquic's ``datagrams_to_send``, serving the stream queue a window at a time.
+
+        For every packet it builds, aioquic walks its whole stream queue, so
+        with N busy streams a full packet costs N frame attempts. Showing it
+        :data:`_QUEUE_WINDOW` streams per round keeps that bounded; rounds go
+        on until every stream was offered once, or the congestion window or
+        the pacer stops sending. Served streams still rotate to the back.
+        """
+        self._nc_now = now
+        queue = self._streams_queue
+        priorities = self.stream_priorities
+        if priorities:
+            queue.sort(key=lambda stream: -priorities.get(stream.stream_id, 0))  # type: ignore[arg-type]
+        elif len(queue) <= _QUEUE_WINDOW:
+            return super().datagrams_to_send(now)
+        packets: list[tuple[bytes, Any]] = []
+        rest = queue
+        served: list[QuicStream] = []
+        while True:
+            size = min(_QUEUE_WINDOW, len(rest))
+            if priorities and rest:
+                # A window never mixes priorities: lower ones only get what
+                # the higher ones leave of the congestion window.
+                top = priorities.get(rest[0].stream_id, 0)  # type: ignore[arg-type]
+                size = 1
+                while size < min(_QUEUE_WINDOW, len(rest)) and (
+                    priorities.get(rest[size].stream_id, 0) == top  # type: ignore[arg-type]
+                ):
+                    size += 1
+            window, rest = rest[:size], rest[size:]
+            self._streams_queue = window
+            try:
+                packets += super().datagrams_to_send(now)
+            finally:
+                # aioquic rebuilt the window: finished streams gone, served ones last.
+                served += self._streams_queue
+                self._streams_queue = rest + served
+            if (
+                not rest
+                or self._state in END_STATES
+                or self._pacing_at is not None
+                or self._loss.bytes_in_flight >= self._loss.congestion_window
+            ):
+                return packets
