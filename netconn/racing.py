@@ -19,12 +19,11 @@ Every attempt, the losers too, is recorded in the connection's
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from .endpoint import Address, Endpoint
 from .errors import ConnectError, ConnectionTimeout, NetconnError, mapped
@@ -170,11 +169,16 @@ class Race:
         self._make_context = make_context
         self._started = started
         self._skip_first = skip_first
-        self._skip = asyncio.Event()
+        self._skip = False
+        # A plain future, not a task waiting on an Event: the race wakes as
+        # soon as anything completes, with no extra task to cancel and reap.
+        self._wake: asyncio.Future[None] | None = None
 
     def skip(self) -> None:
         """Give up on the attempts in flight and try the next address now."""
-        self._skip.set()
+        self._skip = True
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
     def _now(self) -> float:
         return asyncio.get_running_loop().time() - self._started
@@ -224,8 +228,8 @@ class Race:
                     if not resolvers:
                         queue.rotate(self._skip_first)
                         rotated = True
-                if self._skip.is_set():
-                    self._skip.clear()
+                if self._skip:
+                    self._skip = False
                     await self._abandon(running, "skipped by try_next_endpoint()")
                     next_start = now
                 # Start the next attempt when its turn came, or at once if none is running.
@@ -253,17 +257,18 @@ class Race:
                 if held_for_aaaa and aaaa_waiting_since is not None:
                     deadlines.append(aaaa_waiting_since + self._parameters.resolution_delay)
                 timeout = max(0.0, min(deadlines) - now) if deadlines else None
-                skip_wait = asyncio.ensure_future(self._skip.wait())
+                wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._wake = wake
+                waits: list[asyncio.Future[Any]] = [*running, *resolvers, wake]
                 try:
                     await asyncio.wait(
-                        [*running, *resolvers, skip_wait],
+                        waits,
                         timeout=timeout,
                         return_when=asyncio.FIRST_COMPLETED,
                     )
                 finally:
-                    skip_wait.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await skip_wait
+                    wake.cancel()
+                    self._wake = None
                 for task in [t for t in running if t.done()]:
                     attempt, ctx = running.pop(task)
                     attempt.duration = self._now() - attempt.started_after
