@@ -32,6 +32,9 @@ async def test_handshake_and_alpn(certs: Certs) -> None:
 
     async def handler(conn: nc.Connection[nc.QUIC]) -> None:
         seen.set_result(conn.negotiated_alpn)
+        # Returning would close the connection, possibly before the client,
+        # on the same loop, has reported ready.
+        await echo_streams(conn)
 
     async with (
         serving(server, handler) as listener,

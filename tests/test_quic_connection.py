@@ -187,10 +187,14 @@ async def early_request(
 
 async def test_resumption_and_early_data_accepted(certs: Certs) -> None:
     store = nc.MemoryTicketStore()
+    # On loopback the server's answer could otherwise complete the handshake
+    # before the client has even reported ready and sent.
+    relay = Relay(server_delay=0.05)
     async with serving(server_options(certs), echo_streams) as listener:
-        await fetch_ticket(certs, listener, store)
+        target = await relay.start(listener.port)
+        await fetch_ticket(certs, listener, store, target)
         options = client_options(certs, ticket_store=store, early_data=True)
-        async with nc.Connection(endpoint(listener), options) as conn:
+        async with nc.Connection(target, options) as conn:
             assert conn.early_data_accepted is None  # ready before the handshake ended
             await early_request(conn)
             await asyncio.wait_for(conn.wait_handshake(), timeout(10))
@@ -198,6 +202,7 @@ async def test_resumption_and_early_data_accepted(certs: Certs) -> None:
             assert conn.early_data_accepted is True
             stats = conn.quic_stats()
             assert stats["early_data_sent"] and stats["early_data_resent"] == 0
+    relay.close()
 
 
 async def test_resumption_without_early_data(certs: Certs) -> None:
@@ -233,20 +238,25 @@ async def test_early_data_survives_retry(certs: Certs) -> None:
 async def test_early_data_survives_rejection(certs: Certs) -> None:
     """A server that does not know the ticket rejects 0-RTT; the data goes again in 1-RTT."""
     store = nc.MemoryTicketStore()
+    relay = Relay(server_delay=0.05)  # the 0-RTT data leaves before the rejection arrives
     async with serving(server_options(certs), echo_streams) as first:
         port = first.port
-        await fetch_ticket(certs, first, store)
+        target = await relay.start(port)
+        await fetch_ticket(certs, first, store, target)
     second = nc.Listener(server_options(certs), host="127.0.0.1", port=port)
     async with second:
         task = asyncio.create_task(second.run(echo_streams))
         options = client_options(certs, ticket_store=store, early_data=True)
-        async with nc.Connection(endpoint(second), options) as conn:
+        async with nc.Connection(target, options) as conn:
             await early_request(conn, b"request the server rejected")
             await asyncio.wait_for(conn.wait_handshake(), timeout(10))
             assert conn.early_data_accepted is False
             assert not conn.session_resumed
             assert conn.quic_stats()["early_data_resent"] > 0
         task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    relay.close()
 
 
 async def test_retry(certs: Certs) -> None:
