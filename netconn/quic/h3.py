@@ -498,15 +498,21 @@ async def serve_h3(
     """
     session = _H3Session(connection, is_client=False)
     # Holds at most one entry per request stream, which the peer's stream limit bounds.
-    requests: asyncio.Queue[tuple[int, list[tuple[bytes, bytes]]]] = asyncio.Queue()
-    ended = asyncio.Event()
+    requests: deque[tuple[int, list[tuple[bytes, bytes]]]] = deque()
+    ended = False
+    # One future per wait, woken from dispatch(): no helper task that a
+    # cancelled server would leave pending.
+    wake: asyncio.Future[None] | None = None
 
     def dispatch(events: list[H3Event]) -> None:
+        nonlocal ended
         for event in events:
             if isinstance(event, HeadersReceived):
-                requests.put_nowait((event.stream_id, list(event.headers)))
+                requests.append((event.stream_id, list(event.headers)))
         if session.error is not None or session.inbound_ended.is_set():
-            ended.set()
+            ended = True
+        if wake is not None and not wake.done():
+            wake.set_result(None)
 
     session.on_events = dispatch
     await session.start()
@@ -552,16 +558,16 @@ async def serve_h3(
             session.shim.forget(stream_id)
 
     try:
-        while not (ended.is_set() and requests.empty()):
-            get = asyncio.ensure_future(requests.get())
-            stop = asyncio.ensure_future(ended.wait())
-            done, _ = await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
-            stop.cancel()
-            if get in done:
-                stream_id, headers = get.result()
-                session.spawn(respond(stream_id, headers))
-            else:
-                get.cancel()
+        while True:
+            while requests:
+                session.spawn(respond(*requests.popleft()))
+            if ended:
+                break
+            wake = asyncio.get_running_loop().create_future()
+            try:
+                await wake
+            finally:
+                wake = None
         # The peer closing the connection is how a server's work normally ends.
         if session.error is not None and not isinstance(
             session.error, ConnectionClosed | InvalidState
