@@ -8,7 +8,15 @@ from dataclasses import replace
 
 import pytest
 from conftest import Certs, timeout
-from quic_helpers import ALPN, client_options, endpoint, server_options, serving
+from quic_helpers import (
+    ALPN,
+    client_options,
+    connected_pair,
+    endpoint,
+    roles,
+    server_options,
+    serving,
+)
 
 import netconn as nc
 
@@ -341,3 +349,23 @@ async def test_large_datagrams_on_loopback(certs: Certs) -> None:
         payload = bytes(range(256)) * 4096
         await stream.send(payload, is_complete=True)
         assert await asyncio.wait_for(stream.receive_exactly(len(payload)), timeout(20)) == payload
+
+
+@pytest.mark.parametrize("role", ["client", "server"])
+async def test_own_cancel_fails_a_pending_stream_receive(certs: Certs, role: str) -> None:
+    """A stream receive waiting when its own side cancels raises InvalidState, not a peer close."""
+    async with connected_pair(certs) as pair:
+        acting, other = roles(pair, role)
+        stream = await acting.open_stream()
+        await stream.send(b"x")
+        inbound = await asyncio.wait_for(anext(aiter(other.inbound_streams())), timeout(10))
+        assert await inbound.receive_exactly(1) == b"x"
+        pending = asyncio.create_task(stream.receive())
+        await asyncio.sleep(0.05)
+        assert not pending.done()
+        await acting.cancel()
+        with pytest.raises(nc.InvalidState, match="cancelled"):
+            await asyncio.wait_for(pending, timeout(10))
+        # The peer hears of a close, not of its own cancel.
+        with pytest.raises(nc.ConnectionClosed):
+            await asyncio.wait_for(inbound.receive(), timeout(10))

@@ -718,7 +718,14 @@ class QUICChannel:
         self._finished = True
         if error is not None and self.error is None:
             self.error = error
-        failure = self.error or ConnectionClosed("the QUIC connection was closed")
+        failure: NetconnError
+        if self.error is not None:
+            failure = self.error
+        elif self._closing_locally:
+            # Our own close: waiting calls learn that, not of a peer's close.
+            failure = InvalidState("the QUIC connection was cancelled", Cancelled())
+        else:
+            failure = ConnectionClosed("the QUIC connection was closed")
         for stream in list(self._streams.values()):
             if not stream._eof:
                 stream._fail_receive(failure)
