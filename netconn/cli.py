@@ -10,14 +10,17 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
+from .certs import make_local_certificate
 from .connection import Connection
 from .endpoint import Endpoint
 from .errors import ConnectionClosed, NetconnError
 from .listener import Listener
 from .stacks.base import Stack
+from .stacks.quic import QUIC
 from .stacks.tcp import TCP
 from .stacks.tls import TLS
 from .stacks.udp import UDP
+from .stacks.websocket import WebSocket
 from .state import Ready, State
 
 __all__ = ["main"]
@@ -25,13 +28,34 @@ __all__ = ["main"]
 _STDIN_CHUNK = 65536
 
 
+def _certificate(args: argparse.Namespace) -> tuple[str, str] | None:
+    """The --cert/--key pair; a listener without one gets a fresh local certificate."""
+    if args.cert:
+        return (args.cert, args.key or args.cert)
+    if not args.listen:
+        return None
+    local = make_local_certificate()
+    print(f"netconn: using a new local certificate; clients trust {local.ca}", file=sys.stderr)
+    return (local.cert, local.key)
+
+
 def _build_stack(args: argparse.Namespace) -> Stack:
     tcp = TCP(no_delay=True)
     if args.udp:
         return UDP()
-    if args.tls:
-        certificate = (args.cert, args.key) if args.cert else None
-        return TLS(
+    secure = args.tls or args.wss or args.quic
+    certificate = _certificate(args) if secure else None
+    if args.quic:
+        return QUIC(
+            alpn=args.alpn or ["hq-interop"],
+            server_name=args.server_name,
+            ca_file=args.ca,
+            certificate=certificate,
+            insecure_skip_verify=args.insecure,
+        )
+    inner: Stack = tcp
+    if args.tls or args.wss:
+        inner = TLS(
             tcp,
             alpn=args.alpn or (),
             server_name=args.server_name,
@@ -39,7 +63,9 @@ def _build_stack(args: argparse.Namespace) -> Stack:
             certificate=certificate,
             insecure_skip_verify=args.insecure,
         )
-    return tcp
+    if args.ws or args.wss:
+        return WebSocket(inner, path=args.path)
+    return inner
 
 
 def _log_state(connection: Connection[Any], state: State) -> None:
@@ -71,10 +97,11 @@ async def _stdin_chunks() -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def _pump(conn: Connection[Any], message_based: bool, idle: float) -> None:
+async def _pump(conn: Any, message_based: bool, idle: float) -> None:
     """Copy stdin to ``conn`` and ``conn`` to stdout.
 
-    Byte streams end when both directions have ended (half-close aware).
+    ``conn`` is a connection or a QUIC stream. Byte streams end when both
+    directions have ended (half-close aware).
     Datagram flows have no end: after stdin ends they keep printing replies
     until none came for ``idle`` seconds.
     """
@@ -111,7 +138,7 @@ async def _pump(conn: Connection[Any], message_based: bool, idle: float) -> None
     async with asyncio.TaskGroup() as group:
         up = group.create_task(upstream())
         await downstream()
-        if message_based or conn.state != Ready():
+        if message_based or getattr(conn, "state", Ready()) != Ready():
             up.cancel()
 
 
@@ -129,14 +156,23 @@ async def _cat(args: argparse.Namespace) -> int:
                 return 1
             print(f"netconn: connection from {conn.remote_endpoint}", file=sys.stderr)
             conn.on_state_update(_log_state)
-            await _pump(conn, message_based, args.idle)
+            if stack.kind == "multiplex":
+                async for stream in cast(Connection[QUIC], conn).inbound_streams():
+                    await _pump(stream, False, args.idle)
+                    break
+            else:
+                await _pump(conn, message_based, args.idle)
             await conn.cancel()
         return 0
     endpoint = Endpoint.host_port(args.host, args.port)
     conn = Connection(endpoint, stack).on_state_update(_log_state)
     conn.on_path_update(lambda c, p: print(f"netconn: path {p.describe()}", file=sys.stderr))
     async with conn:
-        await _pump(conn, message_based, args.idle)
+        if stack.kind == "multiplex":
+            stream = await cast(Connection[QUIC], conn).open_stream()
+            await _pump(stream, False, args.idle)
+        else:
+            await _pump(conn, message_based, args.idle)
     return 0
 
 
@@ -149,13 +185,23 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--tcp", action="store_true", help="plain TCP (default)")
     which.add_argument("--tls", action="store_true", help="TLS over TCP")
     which.add_argument("--udp", action="store_true", help="UDP datagrams")
+    which.add_argument("--ws", action="store_true", help="WebSocket over TCP (binary messages)")
+    which.add_argument("--wss", action="store_true", help="WebSocket over TLS")
+    which.add_argument(
+        "--quic", action="store_true", help="QUIC: one bidirectional stream (ALPN hq-interop)"
+    )
     cat.add_argument("-l", "--listen", action="store_true", help="accept one connection")
     cat.add_argument("host", nargs="?", default=None, help="host to connect to or bind")
     cat.add_argument("port", type=int, help="port")
     cat.add_argument("--alpn", action="append", help="ALPN protocol to offer (repeatable)")
+    cat.add_argument("--path", default="/", help="WebSocket request path (default /)")
     cat.add_argument("--server-name", help="TLS server name (SNI) to send and verify")
     cat.add_argument("--ca", help="PEM file of trusted CAs (default: system store)")
-    cat.add_argument("--cert", help="PEM certificate chain (server identity or client cert)")
+    cat.add_argument(
+        "--cert",
+        help="PEM certificate chain (server identity or client cert); "
+        "a listener without one makes a local certificate",
+    )
     cat.add_argument("--key", help="PEM private key for --cert")
     cat.add_argument(
         "--insecure", action="store_true", help="accept any certificate (testing only)"

@@ -20,15 +20,16 @@ from .connection import Connection
 from .endpoint import Endpoint
 from .listener import Listener
 from .stacks.base import Stack
+from .stacks.quic import QUIC
 from .stacks.tcp import TCP
 from .stacks.tls import TLS
 from .stacks.udp import UDP
+from .stacks.websocket import WebSocket
 from .state import State
 
 __all__ = ["CASES", "DemoCase", "DemoResult", "run_case", "run_demo"]
 
 _CHUNK = 256 * 1024
-_DATAGRAM = 1200
 _COUNT = struct.Struct("!Q")
 _DONE = b"\x00done"
 
@@ -43,8 +44,12 @@ class DemoCase:
     """The listener's stack, given the demo's certificate."""
     client: Callable[[LocalCertificate], Stack]
     """The client's stack, given the demo's certificate."""
-    transfer: Literal["stream", "message"]
-    """Bytes on a stream, or datagrams/messages."""
+    transfer: Literal["stream", "message", "quic-stream"]
+    """Bytes on the connection, messages on it, or bytes on one QUIC stream."""
+    message_size: int = 1200
+    """Bytes per message, for message transfers."""
+    paced: bool = False
+    """Yield after every message: for transports without flow control (UDP)."""
 
 
 CASES: list[DemoCase] = [
@@ -55,7 +60,27 @@ CASES: list[DemoCase] = [
         lambda c: TLS(ca_file=c.ca, alpn=["demo"]),
         "stream",
     ),
-    DemoCase("UDP", lambda c: UDP(), lambda c: UDP(), "message"),
+    DemoCase("UDP", lambda c: UDP(), lambda c: UDP(), "message", paced=True),
+    DemoCase(
+        "WebSocket over TCP",
+        lambda c: WebSocket(TCP(no_delay=True)),
+        lambda c: WebSocket(TCP(no_delay=True)),
+        "message",
+        message_size=64 * 1024,
+    ),
+    DemoCase(
+        "WebSocket over TLS",
+        lambda c: WebSocket(TLS(certificate=(c.cert, c.key))),
+        lambda c: WebSocket(TLS(ca_file=c.ca)),
+        "message",
+        message_size=64 * 1024,
+    ),
+    DemoCase(
+        "QUIC stream",
+        lambda c: QUIC(alpn=["demo"], certificate=(c.cert, c.key)),
+        lambda c: QUIC(alpn=["demo"], ca_file=c.ca),
+        "quic-stream",
+    ),
 ]
 
 
@@ -87,6 +112,15 @@ async def _serve_stream(conn: Connection[Any]) -> None:
     await conn.send(_COUNT.pack(total), is_complete=True)
 
 
+async def _serve_quic(conn: Connection[Any]) -> None:
+    async for stream in conn.inbound_streams():
+        total = 0
+        while data := await stream.receive(1, _CHUNK):
+            total += len(data)
+        await stream.send(_COUNT.pack(total), is_complete=True)
+        return
+
+
 async def _serve_messages(conn: Connection[Any]) -> None:
     count = 0
     while True:
@@ -101,7 +135,9 @@ async def run_case(case: DemoCase, cert: LocalCertificate, megabytes: float) -> 
     """Run one case over loopback and return what it measured."""
     result = DemoResult(case.name)
     t0 = time.perf_counter()
-    serve = _serve_stream if case.transfer == "stream" else _serve_messages
+    serve = {"stream": _serve_stream, "message": _serve_messages, "quic-stream": _serve_quic}[
+        case.transfer
+    ]
 
     async def handler(conn: Connection[Any]) -> None:
         result.server_states.append((time.perf_counter() - t0, f"accepted ({conn.state})"))
@@ -122,18 +158,26 @@ async def run_case(case: DemoCase, cert: LocalCertificate, megabytes: float) -> 
                 await _send_stream(client, size)
                 reply = await client.receive_exactly(_COUNT.size)
                 result.bytes_moved = _COUNT.unpack(reply)[0]
+            elif case.transfer == "quic-stream":
+                stream = await client.open_stream()
+                await _send_stream(stream, size)
+                reply = await stream.receive_exactly(_COUNT.size)
+                result.bytes_moved = _COUNT.unpack(reply)[0]
             else:
-                sent = await _send_datagrams(client, size // 8)
+                # Datagrams are unreliable: UDP moves an eighth as much.
+                total = size // 8 if case.paced else size
+                sent = await _send_messages(client, total, case.message_size, case.paced)
                 received = _COUNT.unpack((await client.receive_message()).content)[0]
-                result.bytes_moved = received * _DATAGRAM
-                result.delivered = f"{received}/{sent} datagrams delivered"
+                result.bytes_moved = received * case.message_size
+                result.delivered = f"{received}/{sent} messages delivered"
             result.seconds = time.perf_counter() - start
         serving.cancel()
         await asyncio.gather(serving, return_exceptions=True)
     return result
 
 
-async def _send_stream(client: Connection[Any], size: int) -> None:
+async def _send_stream(client: Any, size: int) -> None:
+    """Send ``size`` bytes then end the direction, on a connection or a QUIC stream."""
     block = bytes(_CHUNK)
     left = size
     while left > 0:
@@ -143,14 +187,16 @@ async def _send_stream(client: Connection[Any], size: int) -> None:
     await client.send(b"", is_complete=True)
 
 
-async def _send_datagrams(client: Connection[Any], size: int) -> int:
-    payload = bytes(_DATAGRAM)
-    count = max(1, size // _DATAGRAM)
+async def _send_messages(client: Connection[Any], size: int, message_size: int, paced: bool) -> int:
+    payload = bytes(message_size)
+    count = max(1, size // message_size)
     for _ in range(count):
         await client.send(payload)
-        # UDP has no flow control: yield so the receiving side keeps up.
-        await asyncio.sleep(0)
-    await asyncio.sleep(0.05)
+        if paced:
+            # No flow control (UDP): yield so the receiving side keeps up.
+            await asyncio.sleep(0)
+    if paced:
+        await asyncio.sleep(0.05)  # let the last datagrams land before the marker
     await client.send(_DONE)
     return count
 

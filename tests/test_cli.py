@@ -51,18 +51,21 @@ def _listening(server: subprocess.Popen[bytes], port: int) -> None:
     assert f"listening on port {port}" in line, line
 
 
-@pytest.mark.parametrize("stack", ["--tcp", "--tls"])
-def test_cat_copies_both_ways_over_a_stream(stack: str, tmp_path: Path) -> None:
-    port = _free_port(socket.SOCK_STREAM)
+@pytest.mark.parametrize("stack", ["--tcp", "--tls", "--quic", "--ws", "--wss"])
+def test_cat_copies_both_ways(stack: str, tmp_path: Path) -> None:
+    port = _free_port(socket.SOCK_DGRAM if stack == "--quic" else socket.SOCK_STREAM)
     cert = make_local_certificate(directory=str(tmp_path))
-    server_tls = ["--cert", cert.cert, "--key", cert.key] if stack == "--tls" else []
-    client_tls = ["--ca", cert.ca] if stack == "--tls" else []
-    with _netconn("cat", stack, "--listen", "127.0.0.1", str(port), *server_tls) as server:
+    secure = stack in ("--tls", "--wss", "--quic")
+    server_tls = ["--cert", cert.cert, "--key", cert.key] if secure else []
+    client_tls = ["--ca", cert.ca] if secure else []
+    # WebSocket moves messages: each side exits once its stdin ended and replies stopped.
+    idle = ["--idle", "1"]
+    with _netconn("cat", stack, *idle, "--listen", "127.0.0.1", str(port), *server_tls) as server:
         _listening(server, port)
         assert server.stdin is not None
         server.stdin.write(b"from server\n")
         server.stdin.close()  # the server half-closes once its stdin ends
-        with _netconn("cat", stack, "localhost", str(port), *client_tls) as client:
+        with _netconn("cat", stack, *idle, "localhost", str(port), *client_tls) as client:
             client_out, client_err = client.communicate(b"from client\n", timeout(20))
         assert server.stdout is not None and server.stderr is not None
         server_out = server.stdout.read()
@@ -73,6 +76,23 @@ def test_cat_copies_both_ways_over_a_stream(stack: str, tmp_path: Path) -> None:
     assert b"ready" in client_err
     assert b"path satisfied lo[loopback] 127.0.0.1:" in client_err
     assert client.returncode == 0 and server.returncode == 0
+
+
+def test_cat_listener_makes_a_certificate_when_none_is_given() -> None:
+    port = _free_port(socket.SOCK_STREAM)
+    with _netconn("cat", "--tls", "--listen", "127.0.0.1", str(port)) as server:
+        assert server.stderr is not None
+        line = server.stderr.readline().decode()
+        assert "clients trust" in line, line
+        ca = line.rsplit(" ", 1)[1].strip()
+        _listening(server, port)
+        assert server.stdin is not None
+        server.stdin.close()
+        with _netconn("cat", "--tls", "--ca", ca, "localhost", str(port)) as client:
+            _, err = client.communicate(b"hi\n", timeout(20))
+        assert b"ready" in err, err
+        assert server.stdout is not None
+        assert server.stdout.read() == b"hi\n"
 
 
 def test_cat_over_udp_sends_datagrams_both_ways() -> None:
