@@ -381,9 +381,8 @@ class HostNetwork:
                 continue
             if (route.family == socket.AF_INET6) != (target.version == 6):
                 continue
-            if (
-                route.destination is not None
-                and target not in _network(route.destination, route.prefix_length)
+            if route.destination is not None and target not in _network(
+                route.destination, route.prefix_length
             ):
                 continue
             found.append(route)
