@@ -562,6 +562,16 @@ class Connection(Generic[P_co]):
         :class:`InvalidState` once the connection has failed or is cancelled
         (also when cancelled while this call waits for room).
         """
+        channel = self._channel
+        if type(self._state) is Ready and channel is not None and self._stack.kind != "multiplex":
+            # The common case, without the generic path's awaits and context managers.
+            try:
+                if self._stack.kind == "stream":
+                    return await cast(ByteChannel, channel).send(data, bool(is_complete))
+                done = True if is_complete is None else is_complete
+                return await cast(MessageChannel, channel).send_message(data, done)
+            except (OSError, ConnectionClosed) as exc:
+                raise _call_error(self, exc, "send") from _cause(exc)
         self._check_open()
         channel = await self._ready_channel()
         try:
@@ -594,6 +604,15 @@ class Connection(Generic[P_co]):
             raise ValueError(
                 f"need 0 <= at_least <= at_most and at_most >= 1, got {at_least}, {at_most}"
             )
+        channel = cast(ByteChannel | None, self._channel)
+        if type(self._state) is Ready and channel is not None:
+            try:
+                data = await channel.receive(at_least, at_most)
+            except (OSError, ConnectionClosed) as exc:
+                raise _call_error(self, exc, "receive") from _cause(exc)
+            if not data and at_least:
+                self._check_not_cancelled()
+            return data
         self._check_open()
         channel = cast(ByteChannel, await self._ready_channel())
         try:
@@ -625,6 +644,12 @@ class Connection(Generic[P_co]):
 
     async def receive_message(self: Connection[MessageProtocol]) -> Message:
         """The next whole message (or fragment, with ``is_complete`` false)."""
+        channel = self._channel
+        if type(self._state) is Ready and channel is not None:
+            try:
+                return await cast(MessageChannel, channel).receive_message()
+            except (OSError, ConnectionClosed) as exc:
+                raise _call_error(self, exc, "receive") from _cause(exc)
         self._check_open()
         channel = cast(MessageChannel, await self._ready_channel())
         try:
@@ -661,3 +686,16 @@ def _mapped(what: str) -> Iterator[None]:
         if isinstance(exc, NetconnError):
             raise
         raise map_os_error(exc, what) from exc
+
+
+def _call_error(conn: Connection[Any], exc: Exception, what: str) -> NetconnError:
+    """What a failed send or receive on a ready connection raises, as the generic path would."""
+    error = exc if isinstance(exc, NetconnError) else map_os_error(cast(OSError, exc), what)
+    if isinstance(error, ConnectionClosed):
+        conn._check_not_cancelled()
+    return error
+
+
+def _cause(exc: Exception) -> BaseException | None:
+    # A netconn error goes on with its own cause; a mapped one names the OS error.
+    return exc.__cause__ if isinstance(exc, NetconnError) else exc
