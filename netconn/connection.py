@@ -315,7 +315,6 @@ class Connection(Generic[P_co]):
         """
         if not isinstance(self._state, Setup) or self._task is not None:
             return self
-        self._restart = asyncio.Event()
         self._start_watching()
         self._task = asyncio.get_running_loop().create_task(self._run(), name=repr(self))
         return self
@@ -457,7 +456,9 @@ class Connection(Generic[P_co]):
                 await self._establish(started)
             except NetconnError as error:
                 if error.retryable and self._accepted is None:
-                    assert self._restart is not None
+                    # Made on the first wait only: an asyncio.Event costs about 1 KiB.
+                    if self._restart is None:
+                        self._restart = asyncio.Event()
                     # Cleared before the callbacks run: one of them may call restart().
                     self._restart.clear()
                     self._transition(Waiting(error))
@@ -467,6 +468,7 @@ class Connection(Generic[P_co]):
                 self._transition(Failed(error))
                 return
             self._report.duration = asyncio.get_running_loop().time() - started
+            self._task = None  # nothing left to stop; a finished task is memory kept for nothing
             self._became_ready()
             return
 
