@@ -254,10 +254,11 @@ class Connection(Generic[P_co]):
             self._stop_watching()
         elif isinstance(new, Waiting) and self._watcher is not None:
             self._watcher.refresh()
-        waiters, self._state_waiters = self._state_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        if not isinstance(new, Preparing):  # nothing wait_ready() acts on: no wake-up
+            waiters, self._state_waiters = self._state_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
         self._notify(self._state_callbacks, new)
 
     async def _state_changed(self) -> None:
@@ -316,6 +317,14 @@ class Connection(Generic[P_co]):
         if not isinstance(self._state, Setup) or self._task is not None:
             return self
         self._start_watching()
+        if self._accepted is not None and type(self._stack).accept_channel is Stack.accept_channel:
+            # Nothing to negotiate above the accepted transport (TCP, UDP): ready
+            # now, without an establishment task and its trip through the loop.
+            self._transition(Preparing())
+            if isinstance(self._state, Preparing) and self._accepted is not None:
+                self._channel, self._accepted = self._accepted, None
+                self._became_ready()
+            return self
         self._task = asyncio.get_running_loop().create_task(self._run(), name=repr(self))
         return self
 
