@@ -350,6 +350,16 @@ class TCPChannel(asyncio.BufferedProtocol):
             raise Busy("another task is already sending on this connection")
         if self._write_closed:
             raise InvalidState("sending after is_complete=True")
+        if type(data) is bytes and 0 < len(data) <= _CHUNK and not is_complete:
+            # One piece, nothing to split: the common small write.
+            self._writable().write(data)
+            if self._write_paused:
+                self._sending = True
+                try:
+                    await self._drain()
+                finally:
+                    self._sending = False
+            return
         self._sending = True
         try:
             view = memoryview(data).cast("B")
