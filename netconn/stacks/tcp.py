@@ -422,8 +422,9 @@ class TCPChannel(asyncio.BufferedProtocol):
             return
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            # A zero linger time makes close() send RST instead of FIN.
-            with contextlib.suppress(OSError):
+            # A zero linger time makes close() send RST instead of FIN. uvloop's
+            # socket of a transport the peer already reset has no descriptor.
+            with contextlib.suppress(OSError, ValueError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
         transport.abort()
 
