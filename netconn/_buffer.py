@@ -102,5 +102,8 @@ class ReceiveBuffer:
 
     async def receive(self, at_least: int, at_most: int) -> bytes:
         """Wait for ``at_least`` bytes (fewer only at EOF), return at most ``at_most``."""
-        await self.wait(at_least)
+        if len(self._buffer) < at_least and not self._eof and self._error is None:
+            await self.wait(at_least)
+        elif self._waiter is not None:
+            raise Busy("another task is already receiving on this connection")
         return self.take(at_most)

@@ -269,10 +269,11 @@ class Connection(Generic[P_co]):
             self._stop_watching()
         elif isinstance(new, Waiting) and self._watcher is not None:
             self._watcher.refresh()
-        waiters, self._state_waiters = self._state_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        if not isinstance(new, Preparing):  # nothing wait_ready() acts on: no wake-up
+            waiters, self._state_waiters = self._state_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
         self._notify(self._state_callbacks, new)
 
     async def _state_changed(self) -> None:
@@ -341,8 +342,15 @@ class Connection(Generic[P_co]):
         """
         if not isinstance(self._state, Setup) or self._task is not None:
             return self
-        self._restart = asyncio.Event()
         self._start_watching()
+        if self._accepted is not None and type(self._stack).accept_channel is Stack.accept_channel:
+            # Nothing to negotiate above the accepted transport (TCP, UDP): ready
+            # now, without an establishment task and its trip through the loop.
+            self._transition(Preparing())
+            if isinstance(self._state, Preparing) and self._accepted is not None:
+                self._channel, self._accepted = self._accepted, None
+                self._became_ready()
+            return self
         self._task = asyncio.get_running_loop().create_task(self._run(), name=repr(self))
         return self
 
@@ -483,7 +491,9 @@ class Connection(Generic[P_co]):
                 await self._establish(started)
             except NetconnError as error:
                 if error.retryable and self._accepted is None:
-                    assert self._restart is not None
+                    # Made on the first wait only: an asyncio.Event costs about 1 KiB.
+                    if self._restart is None:
+                        self._restart = asyncio.Event()
                     # Cleared before the callbacks run: one of them may call restart().
                     self._restart.clear()
                     self._transition(Waiting(error))
@@ -493,6 +503,7 @@ class Connection(Generic[P_co]):
                 self._transition(Failed(error))
                 return
             self._report.duration = asyncio.get_running_loop().time() - started
+            self._task = None  # nothing left to stop; a finished task is memory kept for nothing
             self._became_ready()
             return
 
@@ -613,6 +624,16 @@ class Connection(Generic[P_co]):
         :class:`InvalidState` once the connection has failed or is cancelled
         (also when cancelled while this call waits for room).
         """
+        channel = self._channel
+        if type(self._state) is Ready and channel is not None and self._stack.kind != "multiplex":
+            # The common case, without the generic path's awaits and context managers.
+            try:
+                if self._stack.kind == "stream":
+                    return await cast(ByteChannel, channel).send(data, bool(is_complete))
+                done = True if is_complete is None else is_complete
+                return await cast(MessageChannel, channel).send_message(data, done)
+            except (OSError, ConnectionClosed) as exc:
+                raise _call_error(self, exc, "send") from _cause(exc)
         self._check_open()
         channel = await self._ready_channel()
         try:
@@ -666,6 +687,15 @@ class Connection(Generic[P_co]):
             raise ValueError(
                 f"need 0 <= at_least <= at_most and at_most >= 1, got {at_least}, {at_most}"
             )
+        channel = cast(ByteChannel | None, self._channel)
+        if type(self._state) is Ready and channel is not None:
+            try:
+                data = await channel.receive(at_least, at_most)
+            except (OSError, ConnectionClosed) as exc:
+                raise _call_error(self, exc, "receive") from _cause(exc)
+            if not data and at_least:
+                self._check_not_cancelled()
+            return data
         self._check_open()
         channel = cast(ByteChannel, await self._ready_channel())
         try:
@@ -697,6 +727,12 @@ class Connection(Generic[P_co]):
 
     async def receive_message(self: Connection[MessageProtocol]) -> Message:
         """The next whole message (or fragment, with ``is_complete`` false)."""
+        channel = self._channel
+        if type(self._state) is Ready and channel is not None:
+            try:
+                return await cast(MessageChannel, channel).receive_message()
+            except (OSError, ConnectionClosed) as exc:
+                raise _call_error(self, exc, "receive") from _cause(exc)
         self._check_open()
         channel = cast(MessageChannel, await self._ready_channel())
         try:
@@ -951,3 +987,16 @@ def _mapped(what: str) -> Iterator[None]:
         if isinstance(exc, NetconnError):
             raise
         raise map_os_error(exc, what) from exc
+
+
+def _call_error(conn: Connection[Any], exc: Exception, what: str) -> NetconnError:
+    """What a failed send or receive on a ready connection raises, as the generic path would."""
+    error = exc if isinstance(exc, NetconnError) else map_os_error(cast(OSError, exc), what)
+    if isinstance(error, ConnectionClosed):
+        conn._check_not_cancelled()
+    return error
+
+
+def _cause(exc: Exception) -> BaseException | None:
+    # A netconn error goes on with its own cause; a mapped one names the OS error.
+    return exc.__cause__ if isinstance(exc, NetconnError) else exc

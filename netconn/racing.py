@@ -19,6 +19,7 @@ Every attempt, the losers too, is recorded in the connection's
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 from collections import deque
 from collections.abc import Callable
@@ -169,16 +170,16 @@ class Race:
         self._make_context = make_context
         self._started = started
         self._skip_first = skip_first
-        self._skip = False
-        # A plain future, not a task waiting on an Event: the race wakes as
-        # soon as anything completes, with no extra task to cancel and reap.
-        self._wake: asyncio.Future[None] | None = None
+        self._skipped = False
+        # Woken by skip(): a plain future, made only while the race sleeps.
+        self._skip_waiter: asyncio.Future[None] | None = None
 
     def skip(self) -> None:
         """Give up on the attempts in flight and try the next address now."""
-        self._skip = True
-        if self._wake is not None and not self._wake.done():
-            self._wake.set_result(None)
+        self._skipped = True
+        waiter = self._skip_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _now(self) -> float:
         return asyncio.get_running_loop().time() - self._started
@@ -192,12 +193,17 @@ class Race:
         cancelled, every attempt is cancelled and its channel aborted first.
         """
         queue = _Queue()
+        resolution_started = self._now()
         resolvers = self._start_resolution()
+        if not resolvers:
+            # An IP literal needs no query: its one address is known now.
+            queue.add([Address(self._endpoint.host, self._endpoint.port)])
+            self._report.resolved = list(queue.seen)
+            self._report.resolution_duration = 0.0
         resolve_errors: list[NetconnError] = []
         running: dict[asyncio.Task[Channel], tuple[Attempt, AttemptContext]] = {}
         errors: list[NetconnError] = []
         next_start = 0.0
-        resolution_started = self._now()
         aaaa_waiting_since: float | None = None
         rotated = False
         try:
@@ -228,8 +234,8 @@ class Race:
                     if not resolvers:
                         queue.rotate(self._skip_first)
                         rotated = True
-                if self._skip:
-                    self._skip = False
+                if self._skipped:
+                    self._skipped = False
                     await self._abandon(running, "skipped by try_next_endpoint()")
                     next_start = now
                 # Start the next attempt when its turn came, or at once if none is running.
@@ -257,18 +263,7 @@ class Race:
                 if held_for_aaaa and aaaa_waiting_since is not None:
                     deadlines.append(aaaa_waiting_since + self._parameters.resolution_delay)
                 timeout = max(0.0, min(deadlines) - now) if deadlines else None
-                wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                self._wake = wake
-                waits: list[asyncio.Future[Any]] = [*running, *resolvers, wake]
-                try:
-                    await asyncio.wait(
-                        waits,
-                        timeout=timeout,
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
-                finally:
-                    wake.cancel()
-                    self._wake = None
+                await self._sleep([*running, *resolvers], timeout)
                 for task in [t for t in running if t.done()]:
                     attempt, ctx = running.pop(task)
                     attempt.duration = self._now() - attempt.started_after
@@ -291,11 +286,32 @@ class Race:
             await asyncio.gather(*resolvers, return_exceptions=True)
             raise
 
+    async def _sleep(self, tasks: list[asyncio.Task[Any]], timeout: float | None) -> None:
+        """Until one of ``tasks`` finishes, ``timeout`` seconds pass or :meth:`skip` is called."""
+        if self._skipped:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = self._skip_waiter = loop.create_future()
+        wake = functools.partial(_wake, waiter)
+        timer = None if timeout is None else loop.call_later(timeout, wake)
+        for task in tasks:
+            task.add_done_callback(wake)
+        try:
+            await waiter
+        finally:
+            self._skip_waiter = None
+            if timer is not None:
+                timer.cancel()
+            for task in tasks:
+                task.remove_done_callback(wake)
+
     def _start_resolution(self) -> dict[asyncio.Task[list[Address]], int]:
-        """AAAA and A queries in parallel (one task for a literal)."""
+        """AAAA and A queries in parallel (none for an IP literal)."""
         loop = asyncio.get_running_loop()
         kind = self._stack.bottom.resolve_kind
         if self._endpoint.is_literal:
+            if type(self._endpoint).resolve is Endpoint.resolve:
+                return {}
             return {loop.create_task(self._endpoint.resolve(kind=kind)): 0}
         return {
             loop.create_task(self._endpoint.resolve(kind=kind, family=family)): family
@@ -326,6 +342,11 @@ class Race:
             if not task.cancelled() and task.exception() is None:
                 task.result().abort()  # it finished just as it was cancelled
         running.clear()
+
+
+def _wake(waiter: asyncio.Future[None], *_: object) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _error_of(task: asyncio.Task[Channel], address: Address) -> NetconnError | None:

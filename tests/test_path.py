@@ -14,7 +14,7 @@ import pytest
 from conftest import timeout
 
 import netconn as nc
-from netconn import _netlink
+from netconn import _netlink, pathmonitor
 from netconn.path import (
     HostNetwork,
     Interface,
@@ -34,6 +34,22 @@ UP = 0x1 | 0x40 | 0x10000  # IFF_UP | IFF_RUNNING | IFF_LOWER_UP
 def no_overrides() -> Iterator[None]:
     yield
     nc.clear_interface_configuration()
+
+
+@pytest.fixture
+def short_linger(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The netlink subscription closes 10 ms after its last subscriber left."""
+    monkeypatch.setattr(pathmonitor, "_LINGER", 0.01)
+
+
+async def netlink_closed() -> bool:
+    """Whether every netlink subscription closed, once its linger time passed."""
+    assert all(not source._subscribers for source in _EventSource._sources.values())
+    for _ in range(round(timeout(2) / 0.01)):
+        if not _EventSource._sources:
+            return True
+        await asyncio.sleep(0.01)
+    return False
 
 
 def link(
@@ -210,6 +226,7 @@ async def test_viability_tracker_ignores_flaps_shorter_than_the_debounce() -> No
     assert seen == [True, False]
 
 
+@pytest.mark.usefixtures("short_linger")
 async def test_path_monitor_reports_the_host_and_ends_iteration_on_cancel() -> None:
     monitor = nc.PathMonitor(required_interface_type=InterfaceType.LOOPBACK)
     updates: list[nc.Path] = []
@@ -228,9 +245,10 @@ async def test_path_monitor_reports_the_host_and_ends_iteration_on_cancel() -> N
     assert seen == updates
     monitor.cancel()
     await asyncio.wait_for(task, timeout(2))
-    assert not _EventSource._sources  # the netlink socket closed with its last subscriber
+    assert await netlink_closed()  # the netlink socket closed after its last subscriber
 
 
+@pytest.mark.usefixtures("short_linger")
 async def test_loopback_connection_path_and_clean_up() -> None:
     listener = nc.Listener(nc.TCP(), host="127.0.0.1", port=0)
     async with listener:
@@ -247,9 +265,26 @@ async def test_loopback_connection_path_and_clean_up() -> None:
             assert path.local == conn.local_endpoint and path.remote == conn.remote_endpoint
             assert not conn.better_path_available
         assert isinstance(conn.state, nc.Cancelled)
-    assert not _EventSource._sources
+    assert await netlink_closed()
 
 
+async def test_connections_one_after_another_share_one_netlink_subscription() -> None:
+    listener = nc.Listener(nc.TCP(), host="127.0.0.1", port=0)
+    async with listener:
+        endpoint = nc.Endpoint.host_port("127.0.0.1", listener.port)
+        sources: list[set[_EventSource]] = []
+        for _ in range(3):
+            async with nc.Connection(endpoint, nc.TCP()) as conn:
+                assert conn.current_path is not None
+                sources.append(set(_EventSource._sources.values()))
+            await asyncio.sleep(0)  # the accepted side ends too
+        # Each connection found the subscription (and its snapshot) the last one left.
+        assert len(sources[0]) == 1 and sources[0] == sources[1] == sources[2]
+        (source,) = sources[0]
+        assert source._snapshot is not None
+
+
+@pytest.mark.usefixtures("short_linger")
 async def test_a_missing_required_interface_waits() -> None:
     endpoint = nc.Endpoint.host_port("127.0.0.1", 9)
     conn = nc.Connection(endpoint, nc.TCP(), nc.Parameters(required_interface="nc-missing0"))
@@ -257,4 +292,4 @@ async def test_a_missing_required_interface_waits() -> None:
         await conn.wait_ready(timeout(5))
     assert isinstance(conn.state, nc.Waiting)
     conn.force_cancel()
-    assert not _EventSource._sources
+    assert await netlink_closed()

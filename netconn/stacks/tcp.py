@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import socket
 import struct
+import threading
+import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from .._buffer import ReceiveBuffer
 from ..endpoint import Address
@@ -149,7 +151,70 @@ _STALLED_RETRANSMITS = 2  # RTO expiries in a row on the same data: acks stopped
 _STALLED_PROBES = 2  # keepalive (or zero-window) probes in a row without an answer
 
 
-class TCPChannel(asyncio.Protocol):
+class _ViabilityPoller:
+    """One timer per event loop that reads TCP_INFO for every open channel.
+
+    A timer per connection would cost each idle connection a timer handle
+    and a bound method; one shared tick does the same reads.
+    """
+
+    _pollers: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ViabilityPoller]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._channels: dict[TCPChannel, None] = {}  # insertion-ordered set
+        self._timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def add(cls, channel: TCPChannel) -> _ViabilityPoller:
+        """Poll ``channel`` until :meth:`remove`; returns the loop's poller."""
+        loop = asyncio.get_running_loop()
+        poller = cls._pollers.get(loop)
+        if poller is None:
+            poller = cls._pollers[loop] = cls(loop)
+        poller._channels[channel] = None
+        if poller._timer is None:
+            poller._timer = loop.call_later(_VIABILITY_POLL, poller._tick)
+        return poller
+
+    def remove(self, channel: TCPChannel) -> None:
+        """Stop polling ``channel``; the timer stops with the last channel."""
+        self._channels.pop(channel, None)
+        if not self._channels and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _tick(self) -> None:
+        self._timer = None
+        for channel in list(self._channels):
+            try:
+                channel._check_viability()
+            except Exception as exc:  # one channel's surprise must not stop the others
+                self._loop.call_exception_handler(
+                    {"message": "TCP viability check failed", "exception": exc}
+                )
+        if self._channels and not self._loop.is_closed():
+            self._timer = self._loop.call_later(_VIABILITY_POLL, self._tick)
+
+
+class _Scratch(threading.local):
+    """Each thread's buffer that the transport reads into, shared by its channels.
+
+    Reading into it (``recv_into``) spares the 256 KiB allocation that a
+    plain ``recv`` makes for every read; :meth:`TCPChannel.buffer_updated`
+    copies what arrived into the channel's own bounded buffer at once.
+    """
+
+    def __init__(self) -> None:
+        self.view = memoryview(bytearray(_CHUNK))
+
+
+_scratch = _Scratch()
+
+
+class TCPChannel(asyncio.BufferedProtocol):
     """A running TCP connection: a bounded receive buffer and a bounded send path."""
 
     def __init__(self, parameters: Parameters, ctx: AttemptContext) -> None:
@@ -167,7 +232,7 @@ class TCPChannel(asyncio.Protocol):
         self._closing = False
         self._sending = False
         self._viable = True
-        self._poll: asyncio.TimerHandle | None = None
+        self._poller: _ViabilityPoller | None = None
         self.local_address: Address | None = None
         self.remote_address: Address | None = None
 
@@ -182,20 +247,21 @@ class TCPChannel(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         self.local_address = Address.from_sockaddr(sock.getsockname())
         self.remote_address = Address.from_sockaddr(sock.getpeername())
-        self._poll = asyncio.get_running_loop().call_later(_VIABILITY_POLL, self._check_viability)
+        self._poller = _ViabilityPoller.add(self)
 
     def _check_viability(self) -> None:
         """Read TCP_INFO: retransmissions or probes in a row mean acks stopped coming.
 
         Viable again once an ack resets the kernel's counters.
         """
-        self._poll = None
         sock = self.socket
         if sock is None or self._lost.done():
+            self._stop_polling()
             return
         try:
             raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO.size)
         except OSError:
+            self._stop_polling()
             return
         if len(raw) >= _TCP_INFO.size:
             fields = _TCP_INFO.unpack_from(raw)
@@ -209,7 +275,12 @@ class TCPChannel(asyncio.Protocol):
             elif not self._viable and retransmits == 0 and probes == 0:
                 self._viable = True
                 self._ctx.on_viability(True)
-        self._poll = asyncio.get_running_loop().call_later(_VIABILITY_POLL, self._check_viability)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _scratch.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._receiving.feed(_scratch.view[:nbytes])
 
     def data_received(self, data: bytes) -> None:
         self._receiving.feed(data)
@@ -218,10 +289,13 @@ class TCPChannel(asyncio.Protocol):
         self._receiving.feed_eof()
         return True  # keep our sending direction open: half-close
 
+    def _stop_polling(self) -> None:
+        if self._poller is not None:
+            self._poller.remove(self)
+            self._poller = None
+
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._poll is not None:
-            self._poll.cancel()
-            self._poll = None
+        self._stop_polling()
         error: NetconnError | None = None
         if exc is not None:
             error = _map(exc)
@@ -276,6 +350,16 @@ class TCPChannel(asyncio.Protocol):
             raise Busy("another task is already sending on this connection")
         if self._write_closed:
             raise InvalidState("sending after is_complete=True")
+        if type(data) is bytes and 0 < len(data) <= _CHUNK and not is_complete:
+            # One piece, nothing to split: the common small write.
+            self._writable().write(data)
+            if self._write_paused:
+                self._sending = True
+                try:
+                    await self._drain()
+                finally:
+                    self._sending = False
+            return
         self._sending = True
         try:
             view = memoryview(data).cast("B")
@@ -338,8 +422,9 @@ class TCPChannel(asyncio.Protocol):
             return
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            # A zero linger time makes close() send RST instead of FIN.
-            with contextlib.suppress(OSError):
+            # A zero linger time makes close() send RST instead of FIN. uvloop's
+            # socket of a transport the peer already reset has no descriptor.
+            with contextlib.suppress(OSError, ValueError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
         transport.abort()
 

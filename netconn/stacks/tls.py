@@ -388,6 +388,8 @@ class TLSChannel:
     async def _flush(self) -> None:
         # One writer at a time: a receive answering the peer, a send and
         # close() all flush, and the records must leave in the order made.
+        if not self._outgoing.pending and not self._write_lock.locked():
+            return  # nothing to send and no flush in flight: most receives
         async with self._write_lock:
             if self._outgoing.pending:
                 await self._inner.send(self._outgoing.read(), False)
@@ -446,8 +448,13 @@ class TLSChannel:
             await self._flush()
         finally:
             self._receiving = False
-        data = bytes(self._plain[:at_most])
-        del self._plain[:at_most]
+        plain = self._plain
+        if len(plain) <= at_most:
+            data = bytes(plain)
+            plain.clear()
+        else:
+            data = bytes(memoryview(plain)[:at_most])
+            del plain[:at_most]
         return data
 
     def _decrypt(self, at_most: int) -> bool:

@@ -23,7 +23,7 @@ from ..errors import (
     mapped,
 )
 from ..parameters import Parameters
-from .base import AttemptContext, Message, MessageProtocol, constant
+from .base import AttemptContext, Message, MessageProtocol
 from .sockets import apply_parameters, bind_listening_sockets, check_path
 
 if TYPE_CHECKING:
@@ -34,6 +34,8 @@ __all__ = ["UDP", "UDPChannel"]
 MAX_IPV4_DATAGRAM = 65507  # 65535 - 20 (IPv4 header) - 8 (UDP header)
 MAX_IPV6_DATAGRAM = 65527  # 65535 - 8; the IPv6 header is outside the payload length
 _RECEIVE_QUEUE = 1024  # datagrams held per flow before new ones are dropped
+_READ_BATCH = 64  # datagrams read per wake-up before other callbacks get a turn
+_READ_SIZE = 65536  # bytes asked for per datagram (the largest UDP payload fits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +59,7 @@ class UDP(MessageProtocol):
                 apply_parameters(sock, params, address.family)
                 sock.connect(address.sockaddr)
                 channel = UDPChannel(params, ctx, self.receive_queue)
-                await loop.create_datagram_endpoint(lambda: _ClientProtocol(channel), sock=sock)
+                _DatagramTransport(loop, sock, _ClientProtocol(channel))
         except BaseException:
             sock.close()
             raise
@@ -68,7 +70,7 @@ class UDP(MessageProtocol):
         loop = asyncio.get_running_loop()
         for sock in sockets:
             demux = _Demultiplexer(listener, self.receive_queue)
-            await loop.create_datagram_endpoint(constant(demux), sock=sock)
+            _DatagramTransport(loop, sock, demux)
             listener.add_closer(demux.close)
         listener.set_sockets(sockets)
 
@@ -89,6 +91,7 @@ class UDPChannel:
         self._transport: asyncio.DatagramTransport | None = None
         self._peer: tuple[Any, ...] | None = None
         self._on_close: Any = None
+        self._maximum = 0  # maximum_message_size, once the remote address is known
         self.dropped = 0
         """Datagrams dropped because the receive queue was full."""
         self.local_address: Address | None = None
@@ -101,6 +104,7 @@ class UDPChannel:
         sock = transport.get_extra_info("socket")
         self.local_address = Address.from_sockaddr(sock.getsockname())
         self.remote_address = Address.from_sockaddr(peer if peer else sock.getpeername())
+        self._maximum = self.maximum_message_size
         if peer is None:
             transport.set_write_buffer_limits(high=self._send_limit)  # type: ignore[attr-defined]
 
@@ -148,9 +152,10 @@ class UDPChannel:
         return MAX_IPV4_DATAGRAM
 
     async def send_message(self, data: bytes | bytearray | memoryview, is_complete: bool) -> None:
-        size = memoryview(data).nbytes
-        if size > self.maximum_message_size:
-            raise MessageTooLarge(size, self.maximum_message_size, "datagram")
+        size = len(data) if type(data) is bytes else memoryview(data).nbytes
+        maximum = self._maximum if self._maximum else self.maximum_message_size
+        if size > maximum:
+            raise MessageTooLarge(size, maximum, "datagram")
         if self._error is not None:
             raise self._error
         if self._closed or self._transport is None or self._transport.is_closing():
@@ -211,17 +216,21 @@ class UDPChannel:
 class _ClientProtocol(asyncio.DatagramProtocol):
     def __init__(self, channel: UDPChannel) -> None:
         self._channel = channel
+        self._viable = True  # as last reported: only a change is worth a call
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._channel.attach(cast(asyncio.DatagramTransport, transport), None)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         self._channel.feed(data)
-        self._channel._ctx.on_viability(True)
+        if not self._viable:
+            self._viable = True
+            self._channel._ctx.on_viability(True)
 
     def error_received(self, exc: Exception) -> None:
         # An ICMP error (port unreachable...) does not end a UDP flow, but the
         # peer is not reachable right now.
+        self._viable = False
         self._channel._ctx.on_viability(False)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -282,3 +291,123 @@ class _Demultiplexer(asyncio.DatagramProtocol):
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+
+class _DatagramTransport(asyncio.DatagramTransport):
+    """A datagram transport that reads up to ``_READ_BATCH`` datagrams per wake-up.
+
+    asyncio's own (and uvloop's) reads one datagram per event-loop turn,
+    which caps a flow at a fraction of what the socket delivers. Writes go
+    straight to the socket; what the kernel refuses (``EAGAIN``) waits in a
+    queue, and the protocol is paused above the high-water mark, as asyncio does.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        protocol: asyncio.DatagramProtocol,
+    ) -> None:
+        super().__init__({"socket": sock, "sockname": sock.getsockname()})
+        self._loop = loop
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._protocol = protocol
+        self._backlog: collections.deque[tuple[bytes, tuple[Any, ...] | None]] = collections.deque()
+        self._backlog_size = 0
+        self._high = 64 * 1024
+        self._low = 16 * 1024
+        self._paused = False
+        self._closing = False
+        protocol.connection_made(self)
+        loop.add_reader(self._fd, self._read)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return super().get_extra_info(name, default)
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._high = 64 * 1024 if high is None else high
+        self._low = self._high // 4 if low is None else low
+
+    def get_write_buffer_size(self) -> int:
+        return self._backlog_size
+
+    def _read(self) -> None:
+        recvfrom = self._sock.recvfrom
+        protocol = self._protocol
+        for _ in range(_READ_BATCH):
+            if self._closing:
+                return
+            try:
+                data, addr = recvfrom(_READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # an ICMP error reported on a connected socket
+                protocol.error_received(exc)
+                return
+            protocol.datagram_received(data, addr)
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        if self._closing:
+            return
+        if not self._backlog:
+            try:
+                if addr is None:
+                    self._sock.send(data)
+                else:
+                    self._sock.sendto(data, addr)
+                return
+            except (BlockingIOError, InterruptedError):
+                self._loop.add_writer(self._fd, self._write)
+            except OSError as exc:
+                self._protocol.error_received(exc)
+                return
+        self._backlog.append((bytes(data), addr))
+        self._backlog_size += len(data)
+        if not self._paused and self._backlog_size > self._high:
+            self._paused = True
+            self._protocol.pause_writing()
+
+    def _write(self) -> None:
+        while self._backlog:
+            data, addr = self._backlog[0]
+            try:
+                if addr is None:
+                    self._sock.send(data)
+                else:
+                    self._sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._protocol.error_received(exc)
+            self._backlog.popleft()
+            self._backlog_size -= len(data)
+            if self._paused and self._backlog_size <= self._low:
+                self._paused = False
+                self._protocol.resume_writing()
+        self._loop.remove_writer(self._fd)
+
+    def close(self) -> None:
+        self._shut(None)
+
+    def abort(self) -> None:
+        self._shut(None)
+
+    def _shut(self, exc: Exception | None) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._loop.remove_reader(self._fd)
+        self._loop.remove_writer(self._fd)
+        self._backlog.clear()
+        self._backlog_size = 0
+        self._loop.call_soon(self._finish, exc)
+
+    def _finish(self, exc: Exception | None) -> None:
+        try:
+            self._protocol.connection_lost(exc)
+        finally:
+            self._sock.close()
