@@ -625,10 +625,12 @@ class Connection(Generic[P_co]):
         (also when cancelled while this call waits for room).
         """
         channel = self._channel
-        if type(self._state) is Ready and channel is not None and self._stack.kind != "multiplex":
+        kind = self._stack.kind
+        fast = kind == "stream" or (kind == "message" and type is None)
+        if fast and channel is not None and isinstance(self._state, Ready):
             # The common case, without the generic path's awaits and context managers.
             try:
-                if self._stack.kind == "stream":
+                if kind == "stream":
                     return await cast(ByteChannel, channel).send(data, bool(is_complete))
                 done = True if is_complete is None else is_complete
                 return await cast(MessageChannel, channel).send_message(data, done)
