@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from ..endpoint import Address, Endpoint
 from ..errors import NetconnError
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AttemptContext",
+    "Layered",
     "ByteChannel",
     "Channel",
     "Message",
@@ -119,6 +120,32 @@ class TypedChannel(Channel, Protocol):
 
     async def receive_value(self) -> Any:
         """Receive one message and decode it."""
+
+
+C = TypeVar("C", bound=Channel)
+
+
+class Layered(Generic[C]):
+    """Base of channels that run on an inner channel (TLS, WebSocket, framers, coders).
+
+    The addresses are the inner channel's; ``inner`` lets a connection walk
+    down the layers (to find TLS details, for example).
+    """
+
+    _inner: C
+
+    @property
+    def inner(self) -> C:
+        """The channel underneath."""
+        return self._inner
+
+    @property
+    def local_address(self) -> Address | None:
+        return self._inner.local_address
+
+    @property
+    def remote_address(self) -> Address | None:
+        return self._inner.remote_address
 
 
 class Stack(abc.ABC):

@@ -28,7 +28,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, Union
 
 from ..endpoint import Address
 from ..errors import ApplicationClosed, DecodeError
-from .base import AttemptContext, Channel, MessageChannel, MessageProtocol, Stack
+from .base import AttemptContext, Channel, Layered, MessageChannel, MessageProtocol, Stack
 
 __all__ = ["JSON", "Codec", "Coder", "CoderChannel", "JSONCodec"]
 
@@ -248,7 +248,7 @@ def _message_channel(channel: Channel) -> MessageChannel:
     return channel  # type: ignore[return-value]
 
 
-class CoderChannel(Generic[T]):
+class CoderChannel(Layered[MessageChannel], Generic[T]):
     """Values of one type over a message channel."""
 
     def __init__(self, options: Coder[T], inner: MessageChannel) -> None:
@@ -260,19 +260,6 @@ class CoderChannel(Generic[T]):
             if isinstance(self._type, type)
             else (lambda v: True)
         )
-
-    @property
-    def inner(self) -> MessageChannel:
-        """The message channel underneath."""
-        return self._inner
-
-    @property
-    def local_address(self) -> Address | None:
-        return self._inner.local_address
-
-    @property
-    def remote_address(self) -> Address | None:
-        return self._inner.remote_address
 
     async def send_value(self, value: T) -> None:
         """Encode ``value`` and send it as one message.

@@ -27,7 +27,7 @@ from ..errors import (
     MessageTooLarge,
     NetconnError,
 )
-from .base import AttemptContext, ByteChannel, Channel, Message, MessageProtocol, Stack
+from .base import AttemptContext, ByteChannel, Channel, Layered, Message, MessageProtocol, Stack
 from .tcp import TCP
 
 __all__ = ["TLV", "FramerChannel", "LengthPrefix"]
@@ -137,7 +137,7 @@ def _byte_channel(channel: Channel) -> ByteChannel:
     return channel  # type: ignore[return-value]
 
 
-class FramerChannel:
+class FramerChannel(Layered[ByteChannel]):
     """Frames over a byte channel: ``[type][length][value]`` (no type for a length prefix).
 
     A receive that is cancelled part-way keeps what it read, so the next
@@ -168,19 +168,6 @@ class FramerChannel:
         self._type = 0
         self._length: int | None = None
         self._body = bytearray()
-
-    @property
-    def inner(self) -> ByteChannel:
-        """The byte channel underneath."""
-        return self._inner
-
-    @property
-    def local_address(self) -> Address | None:
-        return self._inner.local_address
-
-    @property
-    def remote_address(self) -> Address | None:
-        return self._inner.remote_address
 
     @property
     def maximum_message_size(self) -> int:

@@ -27,7 +27,7 @@ from ..errors import (
     map_os_error,
     map_ssl_error,
 )
-from .base import AttemptContext, ByteChannel, Channel, Stack, StreamProtocol
+from .base import AttemptContext, ByteChannel, Channel, Layered, Stack, StreamProtocol
 from .tcp import TCP
 
 __all__ = ["TLS", "PeerCertificate", "TLSChannel", "TLSSessionCache", "TLSVersion"]
@@ -250,7 +250,7 @@ def _is_byte_channel(channel: Channel) -> TypeGuard[ByteChannel]:
     return hasattr(channel, "receive") and hasattr(channel, "send")
 
 
-class TLSChannel:
+class TLSChannel(Layered[ByteChannel]):
     """TLS records over an inner byte channel."""
 
     def __init__(
@@ -288,19 +288,6 @@ class TLSChannel:
         self._session_callback: Callable[[ssl.SSLSession], None] | None = None
 
     # Properties a connection reports
-
-    @property
-    def local_address(self) -> Address | None:
-        return self._inner.local_address
-
-    @property
-    def remote_address(self) -> Address | None:
-        return self._inner.remote_address
-
-    @property
-    def inner(self) -> ByteChannel:
-        """The channel under TLS."""
-        return self._inner
 
     @property
     def negotiated_alpn(self) -> str | None:

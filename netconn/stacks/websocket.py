@@ -64,7 +64,7 @@ from ..errors import (
     NetconnError,
     ProtocolError,
 )
-from .base import AttemptContext, ByteChannel, Channel, Message, MessageProtocol, Stack
+from .base import AttemptContext, ByteChannel, Channel, Layered, Message, MessageProtocol, Stack
 from .tcp import TCP
 from .tls import TLS
 
@@ -251,7 +251,7 @@ def _byte_channel(channel: Channel) -> ByteChannel:
     return channel  # type: ignore[return-value]
 
 
-class WebSocketChannel:
+class WebSocketChannel(Layered[ByteChannel]):
     """A running WebSocket: the protocol core, its inner byte channel, and the reader task."""
 
     def __init__(
@@ -296,19 +296,6 @@ class WebSocketChannel:
         """The opening handshake, once it succeeded."""
 
     # Channel
-
-    @property
-    def inner(self) -> ByteChannel:
-        """The byte channel underneath (TCP or TLS)."""
-        return self._inner
-
-    @property
-    def local_address(self) -> Address | None:
-        return self._inner.local_address
-
-    @property
-    def remote_address(self) -> Address | None:
-        return self._inner.remote_address
 
     @property
     def subprotocol(self) -> str | None:
