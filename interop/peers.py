@@ -405,30 +405,7 @@ class ClientRun:
             return False
         marker = "Client exit with code = "
         reported = [line for line in self.log.splitlines() if line.startswith(marker)]
-        if all(line == marker + "0" for line in reported):
-            return True
-        return reported == [marker + "-1"] and self.timed_out_while_closing
-
-    @property
-    def timed_out_while_closing(self) -> bool:
-        """Whether picoquic's only error is an idle timeout after it began to close.
-
-        Once picoquicdemo has done every request it closes the connection and
-        waits in the closing state (RFC 9000 section 10.2.1) for about three
-        retransmission timeouts; nothing obliges the peer to answer its
-        CONNECTION_CLOSE. When loss has inflated its RTT estimate, its idle
-        timer can expire first, and it then reports error 0x433 (idle timeout)
-        and exit code -1 although the connection had ended normally.
-        """
-        lines = self.log.splitlines()
-        try:
-            closing = lines.index("All done, Closing the connection.")
-        except ValueError:
-            return False
-        ends = [i for i, line in enumerate(lines) if line.startswith("Connection ends with")]
-        return bool(ends) and all(
-            i > closing and lines[i].endswith("(idle timeout).") for i in ends
-        )
+        return all(line == marker + "0" for line in reported)
 
     def qlog_text(self) -> str:
         """Every qlog file it wrote, concatenated."""
