@@ -358,7 +358,11 @@ async def _picoquic_against_netconn(
     paths = list(expected)
     timeout = (20.0 + 10.0 * env.factor) * case.time_factor
     async with _netconn_server(case, www, env, host) as (port, served, qlog):
-        common: dict[str, Any] = {"alpn": alpn, "timeout": timeout}
+        common: dict[str, Any] = {
+            "alpn": alpn,
+            "timeout": timeout,
+            "idle_timeout": case.idle_timeout,
+        }
         if case.name == "chacha20":
             common["chacha20"] = True
         if case.name == "v2":
