@@ -55,12 +55,9 @@ def test_trace_over_three_times_fails_and_validation_ends_the_count() -> None:
     )
     assert over.over(3) and over.validated and over.sent == 3601
     # A second client Initial raises the allowance; a Handshake ends the count.
-    later = check_amplification(
-        [
-            *[(True, initial), (False, 3600), (True, initial), (False, 3600)],
-            *[(True, handshake), (False, 100_000)],
-        ]
-    )
+    trace: list[tuple[bool, bytes | int]] = [(True, initial), (False, 3600)]
+    trace += [(True, initial), (False, 3600), (True, handshake), (False, 100_000)]
+    later = check_amplification(trace)
     assert not later.over(3) and later.received == 2400 and later.sent == 7200
     assert later.validated
     # The limit holds at every moment, not just at the end: early bursts count.
