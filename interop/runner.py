@@ -613,13 +613,16 @@ async def run_matrix(options: RunOptions) -> Matrix:
                 else:
                     env = _Env(certs, base / f"{peer}-{role}-{case.name}", options.size_factor)
                     t0 = time.monotonic()
+                    limit = options.case_timeout * case.time_factor
+                    scope = asyncio.timeout(limit)
                     try:
-                        async with asyncio.timeout(options.case_timeout * case.time_factor):
+                        async with scope:
                             await _run_one(peer, role, case, env)
-                    except TimeoutError:
+                    except TimeoutError as exc:
                         result.outcome = Outcome.FAILED
-                        limit = options.case_timeout * case.time_factor
-                        result.reason = f"timed out after {limit:g} s"
+                        # netconn's ConnectionTimeout is a TimeoutError too: say which it was.
+                        expired = f"timed out after {limit:g} s"
+                        result.reason = expired if scope.expired() else _describe(exc)
                     except PeerNotInstalled as exc:
                         result.outcome, result.reason = Outcome.NOT_INSTALLED, str(exc)
                     except Exception as exc:  # any other error is this case's failure, reported

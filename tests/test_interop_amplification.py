@@ -11,6 +11,7 @@ from conftest import timeout
 from interop.amplification import check_amplification, packet_types
 from interop.relay import Faults, Relay, RelayStats
 from interop.runner import CaseFailed, _amplification_evidence
+from netconn import ConnectionTimeout
 
 V1 = 0x00000001
 V2 = 0x6B3343CF
@@ -148,3 +149,17 @@ def test_no_handshake_means_nothing_was_validated() -> None:
     stats = RelayStats(pre_validation=[(True, _padded(_long(V1, 0, 10, initial=True), 1200))])
     with pytest.raises(CaseFailed, match="nothing validated"):
         _amplification_evidence(stats, strict=True)
+
+
+async def test_an_idle_timeout_inside_a_case_is_not_reported_as_the_case_time_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import interop.runner as runner
+
+    async def idle(*args: object) -> None:
+        raise ConnectionTimeout("QUIC idle timeout (30.0 s)")
+
+    monkeypatch.setattr(runner, "_run_one", idle)
+    options = runner.RunOptions(columns=[("netconn", "client")], cases=["handshake"])
+    [result] = (await runner.run_matrix(options)).results
+    assert result.reason == "ConnectionTimeout: QUIC idle timeout (30.0 s)"
