@@ -427,6 +427,7 @@ async def picoquic_client(
     chacha20: bool = False,
     upgrade_v2: bool = False,
     key_update_after: int | None = None,
+    idle_timeout: float = 5.0,
     timeout: float = 30.0,
     name: str = "run",
 ) -> ClientRun:
@@ -434,8 +435,10 @@ async def picoquic_client(
 
     Session tickets and tokens live in ``workdir`` (one file each per server
     port), so a second call with the same ``workdir`` resumes, and may send
-    0-RTT. Files land in ``workdir/name/``. A client still running after
-    ``timeout`` seconds is killed (``returncode`` ``None``). Raises
+    0-RTT. Files land in ``workdir/name/``. ``idle_timeout`` is the idle
+    timeout picoquic announces, in seconds (its own default is 30). A client
+    still running after ``timeout`` seconds is killed (``returncode``
+    ``None``). Raises
     :class:`PeerNotInstalled`.
     """
     program = find_peer(PICOQUIC).require()
@@ -444,7 +447,7 @@ async def picoquic_client(
     _mkdirs(out, qlog_dir)
     argv = [program, "-a", alpn, "-n", "localhost", "-t", str(certs.ca)]
     argv += ["-T", str(workdir / f"tickets-{port}.bin"), "-N", str(workdir / f"tokens-{port}.bin")]
-    argv += ["-o", str(out), "-q", str(qlog_dir), "-d", "5000"]
+    argv += ["-o", str(out), "-q", str(qlog_dir), "-d", str(round(idle_timeout * 1000))]
     if chacha20:
         argv += ["-C", "20"]
     if upgrade_v2:

@@ -19,7 +19,12 @@ import random
 import socket
 from dataclasses import dataclass, field
 
-__all__ = ["Faults", "Relay", "RelayStats"]
+from .amplification import packet_types
+
+__all__ = ["TRACE_LIMIT", "Faults", "Relay", "RelayStats"]
+
+TRACE_LIMIT = 256
+"""Most datagrams :attr:`RelayStats.pre_validation` keeps (a handshake needs a few dozen)."""
 
 
 @dataclass(frozen=True)
@@ -66,12 +71,13 @@ class RelayStats:
     """Times the server-facing socket moved."""
     source_addresses: set[tuple[str, int]] = field(default_factory=set)
     """Every (address, port) the server was sent datagrams from."""
-    client_bytes_delivered: list[int] = field(default_factory=list)
-    """Sizes of the first client datagrams delivered to the server (up to 16)."""
-    server_bytes_before_second_client_datagram: int = 0
-    """Bytes the server sent before the relay delivered the client's second datagram:
-    the server cannot have validated the client's address yet, so RFC 9000
-    section 8.1 caps this at three times what it had received."""
+    pre_validation: list[tuple[bool, bytes | int]] = field(default_factory=list)
+    """``(from_client, datagram)`` in forwarding order (server datagrams as sizes) up to
+    and including the first client datagram with a Handshake packet, after which
+    the server has validated the client's address (RFC 9000 section 8.1); at most
+    :data:`TRACE_LIMIT` entries. See :func:`interop.amplification.check_amplification`."""
+    validated: bool = False
+    """Whether a client datagram with a Handshake packet has reached the server."""
 
 
 class _Front(asyncio.DatagramProtocol):
@@ -236,9 +242,12 @@ class Relay:
         ):
             self._rebind()
         self.stats.to_server += 1
-        if len(self.stats.client_bytes_delivered) < 16:
-            self.stats.client_bytes_delivered.append(len(data))
-        self._deliver(True, self._maybe_corrupt(data))
+        data = self._maybe_corrupt(data)
+        stats = self.stats
+        if not stats.validated and len(stats.pre_validation) < TRACE_LIMIT:
+            stats.pre_validation.append((True, data))
+            stats.validated = "handshake" in packet_types(data)
+        self._deliver(True, data)
 
     def _from_server(self, data: bytes, sock: socket.socket) -> None:
         if sock is not self._back:
@@ -255,6 +264,7 @@ class Relay:
             self.stats.dropped += 1
             return
         self.stats.to_client += 1
-        if self.stats.to_server < 2:
-            self.stats.server_bytes_before_second_client_datagram += len(data)
+        stats = self.stats
+        if not stats.validated and len(stats.pre_validation) < TRACE_LIMIT:
+            stats.pre_validation.append((False, len(data)))
         self._deliver(False, self._maybe_corrupt(data))

@@ -41,6 +41,12 @@ CASE_NAMES = [c.name for c in CASES]
 # through the relay (test_relay_blackout_stalls_picoquic_against_itself).
 # The test accepts either outcome for these cells.
 KNOWN_PEER_ISSUES = {("picoquic", "client", "blackhole")}
+# Under 30% loss picoquic's server sometimes stops too: in a few runs in 100 its
+# qlog shows a response lost, a path MTU probe (PING padded to 1440 bytes) whose
+# ACK is lost, then bytes in flight and nothing sent until its 30 s idle timeout,
+# while netconn's client has nothing left unacknowledged. Only that outcome, an
+# idle timeout on netconn's side, is accepted for this cell.
+PEER_STALLS = {("picoquic", "client", "handshakeloss")}
 
 
 @pytest.mark.timeout(300)  # about a minute alone; more on a busy 2-core machine
@@ -60,6 +66,8 @@ async def test_matrix_against_local_peers(tmp_path: Path) -> None:
             assert result.outcome is Outcome.UNSUPPORTED and result.reason
         elif cell in KNOWN_PEER_ISSUES and result.outcome is Outcome.FAILED:
             assert result.reason
+        elif cell in PEER_STALLS and result.outcome is Outcome.FAILED:
+            assert result.reason.startswith("ConnectionTimeout: QUIC idle timeout"), result
         else:
             assert result.outcome is Outcome.PASSED, (cell, result.reason)
             assert any("SHA-256" in e or "datagrams" in e for e in result.evidence), result
