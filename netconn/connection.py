@@ -624,31 +624,9 @@ class Connection(Generic[P_co]):
         :class:`InvalidState` once the connection has failed or is cancelled
         (also when cancelled while this call waits for room).
         """
-        channel = self._channel
+        channel = await self._usable_channel()
         kind = self._stack.kind
-        fast = kind == "stream" or (kind == "message" and type is None)
-        if fast and channel is not None and isinstance(self._state, Ready):
-            # The common case, without the generic path's awaits and context managers.
-            try:
-                if kind == "stream":
-                    return await cast(ByteChannel, channel).send(data, bool(is_complete))
-                done = True if is_complete is None else is_complete
-                return await cast(MessageChannel, channel).send_message(data, done)
-            except (OSError, ConnectionClosed) as exc:
-                raise _call_error(self, exc, "send") from _cause(exc)
-        self._check_open()
-        channel = await self._ready_channel()
         try:
-            await self._send_on(channel, data, is_complete, type)
-        except ConnectionClosed:
-            self._check_not_cancelled()
-            raise
-
-    async def _send_on(
-        self, channel: Channel, data: Any, is_complete: bool | None, type: int | None
-    ) -> None:
-        with _mapped("send"):
-            kind = self._stack.kind
             if kind == "stream":
                 await cast(ByteChannel, channel).send(data, bool(is_complete))
             elif kind == "message":
@@ -661,6 +639,19 @@ class Connection(Generic[P_co]):
                 await cast(TypedChannel, channel).send_value(data)
             else:
                 raise InvalidState(f"{self._stack.describe()} sends on streams, not the connection")
+        except (OSError, ConnectionClosed) as exc:
+            raise _call_error(self, exc, "send") from _cause(exc)
+
+    async def _usable_channel(self) -> Channel:
+        """The channel: at once when ready, else after starting and waiting (``Waiting`` too).
+
+        Raises :class:`InvalidState` on a failed or cancelled connection.
+        """
+        channel = self._channel
+        if channel is not None and isinstance(self._state, Ready):
+            return channel  # the common case: no awaits, no context managers
+        self._check_open()
+        return await self._ready_channel()
 
     @overload
     async def receive(self: Connection[Coder[T]]) -> T: ...
@@ -681,31 +672,20 @@ class Connection(Generic[P_co]):
         connection stays usable.
         """
         if self._stack.kind == "typed":
-            self._check_open()
-            typed = cast(TypedChannel, await self._ready_channel())
-            with _mapped("receive"):
+            typed = cast(TypedChannel, await self._usable_channel())
+            try:
                 return await typed.receive_value()
+            except (OSError, ConnectionClosed) as exc:
+                raise _call_error(self, exc, "receive") from _cause(exc)
         if not 0 <= at_least <= at_most or at_most < 1:
             raise ValueError(
                 f"need 0 <= at_least <= at_most and at_most >= 1, got {at_least}, {at_most}"
             )
-        channel = cast(ByteChannel | None, self._channel)
-        if type(self._state) is Ready and channel is not None:
-            try:
-                data = await channel.receive(at_least, at_most)
-            except (OSError, ConnectionClosed) as exc:
-                raise _call_error(self, exc, "receive") from _cause(exc)
-            if not data and at_least:
-                self._check_not_cancelled()
-            return data
-        self._check_open()
-        channel = cast(ByteChannel, await self._ready_channel())
+        channel = cast(ByteChannel, await self._usable_channel())
         try:
-            with _mapped("receive"):
-                data = await channel.receive(at_least, at_most)
-        except ConnectionClosed:
-            self._check_not_cancelled()
-            raise
+            data = await channel.receive(at_least, at_most)
+        except (OSError, ConnectionClosed) as exc:
+            raise _call_error(self, exc, "receive") from _cause(exc)
         if not data and at_least:
             self._check_not_cancelled()  # our own cancel() is no end of stream
         return data
@@ -729,20 +709,11 @@ class Connection(Generic[P_co]):
 
     async def receive_message(self: Connection[MessageProtocol]) -> Message:
         """The next whole message (or fragment, with ``is_complete`` false)."""
-        channel = self._channel
-        if type(self._state) is Ready and channel is not None:
-            try:
-                return await cast(MessageChannel, channel).receive_message()
-            except (OSError, ConnectionClosed) as exc:
-                raise _call_error(self, exc, "receive") from _cause(exc)
-        self._check_open()
-        channel = cast(MessageChannel, await self._ready_channel())
+        channel = cast(MessageChannel, await self._usable_channel())
         try:
-            with _mapped("receive"):
-                return await channel.receive_message()
-        except ConnectionClosed:
-            self._check_not_cancelled()
-            raise
+            return await channel.receive_message()
+        except (OSError, ConnectionClosed) as exc:
+            raise _call_error(self, exc, "receive") from _cause(exc)
 
     async def messages(self: Connection[MessageProtocol]) -> AsyncIterator[Message]:
         """Every message until the connection closes or is cancelled."""
@@ -992,7 +963,8 @@ def _mapped(what: str) -> Iterator[None]:
 
 
 def _call_error(conn: Connection[Any], exc: Exception, what: str) -> NetconnError:
-    """What a failed send or receive on a ready connection raises, as the generic path would."""
+    """What a failed send or receive raises: a netconn error, and never a closed-by-peer
+    error for a connection this side cancelled."""
     error = exc if isinstance(exc, NetconnError) else map_os_error(cast(OSError, exc), what)
     if isinstance(error, ConnectionClosed):
         conn._check_not_cancelled()
