@@ -29,7 +29,7 @@ import http
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,17 +184,7 @@ class WebSocket(MessageProtocol):
             logger=logger,
         )
         channel = WebSocketChannel(self, inner, protocol, ctx)
-        try:
-            async with asyncio.timeout(self.open_timeout):
-                await channel.client_handshake()
-        except TimeoutError as exc:
-            inner.abort()
-            raise ConnectionTimeout(f"no WebSocket handshake after {self.open_timeout} s") from exc
-        except BaseException:
-            inner.abort()
-            raise
-        channel.start()
-        return channel
+        return await self._handshake(channel, inner, channel.client_handshake)
 
     async def accept_channel(self, ctx: AttemptContext, inner: Channel) -> WebSocketChannel:
         # open_timeout bounds the layers underneath too (a TLS handshake), so a
@@ -212,14 +202,23 @@ class WebSocket(MessageProtocol):
             logger=logger,
         )
         channel = WebSocketChannel(self, stream, protocol, ctx)
+        return await self._handshake(channel, stream, channel.server_handshake)
+
+    async def _handshake(
+        self,
+        channel: WebSocketChannel,
+        inner: ByteChannel,
+        handshake: Callable[[], Awaitable[None]],
+    ) -> WebSocketChannel:
+        """Run one side's opening handshake within ``open_timeout``; abort ``inner`` if it fails."""
         try:
             async with asyncio.timeout(self.open_timeout):
-                await channel.server_handshake()
+                await handshake()
         except TimeoutError as exc:
-            stream.abort()
+            inner.abort()
             raise ConnectionTimeout(f"no WebSocket handshake after {self.open_timeout} s") from exc
         except BaseException:
-            stream.abort()
+            inner.abort()
             raise
         channel.start()
         return channel
