@@ -281,10 +281,13 @@ class Race:
                     next_start = self._now()  # a failure starts the next address at once
         except BaseException:
             await self._abandon(running, None)
+            raise
+        finally:
+            # Also after a win: a query still in flight (or one that failed
+            # unseen, e.g. no AAAA record) must not outlive the race.
             for pending in resolvers:
                 pending.cancel()
             await asyncio.gather(*resolvers, return_exceptions=True)
-            raise
 
     async def _sleep(self, tasks: list[asyncio.Task[Any]], timeout: float | None) -> None:
         """Until one of ``tasks`` finishes, ``timeout`` seconds pass or :meth:`skip` is called."""

@@ -257,3 +257,22 @@ async def test_one_family_without_records_still_connects() -> None:
     await conn.wait_ready(timeout(5))
     assert [a.address.host for a in conn.establishment_report.attempts] == ["192.0.2.1"]
     conn.force_cancel()
+
+
+async def test_a_query_that_fails_after_the_race_is_won_is_reaped() -> None:
+    # localhost often has no AAAA record: that failure may come after IPv4 won.
+    class SlowNoAAAA(LabEndpoint):
+        async def resolve(
+            self, *, kind: Literal["stream", "datagram"] = "stream", family: int = 0
+        ) -> list[Address]:
+            if family == socket.AF_INET6:
+                await asyncio.sleep(0.2)
+                raise nc.DNSError("no AAAA records")
+            return [Address("192.0.2.1", self.port)]
+
+    params = nc.Parameters(resolution_delay=0.0, connection_attempt_delay=0.01)
+    conn = nc.Connection(SlowNoAAAA("slow.test", 443), Scripted({"192.0.2.1": (0.0, "ok")}), params)
+    await conn.wait_ready(timeout(5))
+    await asyncio.sleep(0.3)  # past the AAAA failure: nothing may be left unretrieved
+    conn.force_cancel()
+    # The autouse loop checker fails the test on "Task exception was never retrieved".
