@@ -21,6 +21,7 @@ __all__ = [
     "Amplification",
     "check_amplification",
     "packet_types",
+    "validates",
 ]
 
 RFC_FACTOR = 3
@@ -93,6 +94,11 @@ def packet_types(datagram: bytes) -> tuple[str, ...]:
     return tuple(types)
 
 
+def validates(datagram: bytes) -> bool:
+    """Whether a client datagram carries a Handshake packet, validating the client's address."""
+    return "handshake" in packet_types(datagram)
+
+
 @dataclass(frozen=True)
 class Amplification:
     """What a trace says about the server's sending before address validation."""
@@ -126,7 +132,7 @@ def check_amplification(trace: Sequence[tuple[bool, bytes | int]]) -> Amplificat
     for from_client, datagram in trace:
         size = datagram if isinstance(datagram, int) else len(datagram)
         if from_client:
-            if not isinstance(datagram, int) and "handshake" in packet_types(datagram):
+            if not isinstance(datagram, int) and validates(datagram):
                 return Amplification(received, sent, ratio, True)
             received += size
         else:

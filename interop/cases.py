@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .relay import Faults
+from netconn.lab.relay import Impairment, Schedule
 
 __all__ = ["CASES", "SUPPORT", "UNSUPPORTED_WHY", "Case", "case_named", "supports"]
 
@@ -27,8 +27,10 @@ class Case:
     """Bytes of each file the client fetches."""
     alpn: str = "hq-interop"
     """The application protocol (servers that speak only HTTP/3 get ``h3``)."""
-    faults: Faults | None = None
-    """Network faults a relay between client and server injects; ``None``: direct."""
+    impairment: Impairment | None = None
+    """What a relay between client and server does to datagrams, each way."""
+    schedule: Schedule | None = None
+    """Faults the relay injects at given datagram counts; with no impairment either: direct."""
     connections: int = 1
     """Connections the client makes, one after the other, each fetching every file."""
     min_size: int = 1
@@ -37,6 +39,11 @@ class Case:
     """Seconds of silence before a netconn endpoint gives up on the connection; default 10."""
     time_factor: float = 1.0
     """Multiplies the run's time limit for one case (and for one peer client run); default 1."""
+
+    @property
+    def relayed(self) -> bool:
+        """Whether the case runs through a relay (:class:`netconn.lab.relay.UDPRelay`)."""
+        return self.impairment is not None or self.schedule is not None
 
     def scaled(self, factor: float) -> tuple[int, ...]:
         """``sizes`` times ``factor`` (at least ``min_size`` each), for quick runs."""
@@ -51,6 +58,10 @@ _MB = 1024 * 1024
 # taken from a retransmission can make the PTO 1.5 s: over 10 s of silence. The
 # QUIC Interop Runner gives this case 300 s; peers default to 30 s idle timeouts.
 _LOSSY_IDLE_TIMEOUT = 30.0
+# rebind-addr moves the client to these in turn (all of 127.0.0.0/8 is loopback).
+_OTHER_LOOPBACK = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+# The Interop Runner's loss never drops more than 3 datagrams in a row one way.
+_MAX_LOST_IN_A_ROW = 3
 
 CASES: tuple[Case, ...] = (
     Case("handshake", "handshake, one small file, hash and ALPN checked", (1 * _KB,)),
@@ -65,12 +76,12 @@ CASES: tuple[Case, ...] = (
     Case("v2", "compatible version negotiation to QUIC v2 (RFC 9369)", (8 * _KB,)),
     Case("datagram", "DATAGRAM frames (RFC 9221) both ways, contents checked", ()),
     Case("ipv6", "handshake and transfer over ::1", (256 * _KB,)),
-    # The network cases, through a relay that injects the fault (interop.relay).
+    # The network cases, through a relay that injects the fault (netconn.lab.relay).
     Case(
         "handshakeloss",
         "5 handshakes with 30% loss each way (at most 3 in a row)",
         (1 * _KB,),
-        faults=Faults(loss=0.30),
+        impairment=Impairment(loss=0.30, max_lost_in_a_row=_MAX_LOST_IN_A_ROW),
         connections=5,
         idle_timeout=_LOSSY_IDLE_TIMEOUT,
         time_factor=3.0,
@@ -79,14 +90,14 @@ CASES: tuple[Case, ...] = (
         "transferloss",
         "transfer with 2% loss each way",
         (2 * _MB,),
-        faults=Faults(loss=0.02),
+        impairment=Impairment(loss=0.02, max_lost_in_a_row=_MAX_LOST_IN_A_ROW),
         min_size=256 * _KB,
     ),
     Case(
         "handshakecorruption",
         "5 handshakes with 30% of datagrams corrupted",
         (1 * _KB,),
-        faults=Faults(corruption=0.30),
+        impairment=Impairment(corrupt=0.30),
         connections=5,
         idle_timeout=_LOSSY_IDLE_TIMEOUT,
         time_factor=3.0,
@@ -95,40 +106,40 @@ CASES: tuple[Case, ...] = (
         "transfercorruption",
         "transfer with 2% of datagrams corrupted",
         (2 * _MB,),
-        faults=Faults(corruption=0.02),
+        impairment=Impairment(corrupt=0.02),
         min_size=256 * _KB,
     ),
     Case(
         "longrtt",
         "handshake and transfer over a 750 ms round trip",
         (256 * _KB,),
-        faults=Faults(delay=0.375),
+        impairment=Impairment(delay=0.375),
     ),
     Case(
         "blackhole",
         "2 s of total blackout in the middle of a transfer",
         (3 * _MB,),
-        faults=Faults(blackhole_after=100, blackhole_for=2.0),
+        schedule=Schedule(blackout_after=100, blackout_for=2.0),
         min_size=1 * _MB,
     ),
     Case(
         "amplificationlimit",
         "client datagrams 2-7 dropped; the server sends at most 3x what it received",
         (8 * _KB,),
-        faults=Faults(drop_client_datagrams=frozenset(range(2, 8))),
+        schedule=Schedule(drop_from_client=frozenset(range(2, 8))),
     ),
     Case(
         "rebind-port",
         "the client's port changes 3 times, every 8 datagrams it sends",
         (2 * _MB,),
-        faults=Faults(rebind_every=8),
+        schedule=Schedule(rebind_every=8),
         min_size=512 * _KB,
     ),
     Case(
         "rebind-addr",
         "the client's address changes 3 times, every 8 datagrams it sends",
         (2 * _MB,),
-        faults=Faults(rebind_every=8, rebind_address=True),
+        schedule=Schedule(rebind_every=8, rebind_addresses=_OTHER_LOOPBACK),
         min_size=512 * _KB,
     ),
 )

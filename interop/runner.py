@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -28,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import netconn as nc
+from netconn.lab.relay import Impairment, Schedule, Trace, UDPRelay
 from netconn.quic.h3 import H3Client, serve_h3
 from netconn.quic.hq import hq_fetch, serve_hq
 
-from .amplification import RFC_FACTOR, TOLERATED_FACTOR, check_amplification
+from .amplification import RFC_FACTOR, TOLERATED_FACTOR, check_amplification, validates
 from .cases import CASES, UNSUPPORTED_WHY, Case, supports
 from .peers import (
     CADDY,
@@ -46,7 +48,6 @@ from .peers import (
     picoquic_client,
     picoquic_server,
 )
-from .relay import Relay, RelayStats
 from .results import Matrix, Outcome, Result
 
 __all__ = ["COLUMNS", "CaseFailed", "RunOptions", "run_matrix"]
@@ -58,6 +59,10 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("caddy", "client"),
 )
 """Every (peer, netconn's role) pair the runner knows, in report order."""
+
+
+_RELAY_SEED = 1
+"""Seed of the relay's random choices, so that a case's faults can be repeated."""
 
 
 class CaseFailed(Exception):
@@ -428,22 +433,26 @@ async def _maybe_relay(
     case: Case, target: tuple[str, int], env: _Env, netconn_server: bool = True
 ) -> AsyncIterator[tuple[str, int]]:
     """Yield where the client should connect: the server, or a relay with the case's faults."""
-    if case.faults is None:
+    if not case.relayed:
         yield target
         return
-    async with Relay(target, case.faults) as relay:
-        yield relay.host, relay.port
-        _relay_evidence(case, relay.stats, env, strict=netconn_server)
+    trace = Trace(until=validates)  # up to address validation, for amplificationlimit
+    async with UDPRelay(target, seed=_RELAY_SEED, schedule=case.schedule, trace=trace) as relay:
+        if case.impairment is not None:
+            relay.to_upstream = dataclasses.replace(case.impairment)
+            relay.to_client = dataclasses.replace(case.impairment)
+        yield relay.address
+        _relay_evidence(case, relay, env, strict=netconn_server)
 
 
-def _amplification_evidence(stats: RelayStats, strict: bool) -> str:
+def _amplification_evidence(trace: Trace, strict: bool) -> str:
     """Check RFC 9000 section 8.1 on the relay's trace; return the evidence, or raise.
 
     ``strict`` holds the server to 3x (netconn's own); a peer's server fails
     above the QUIC Interop Runner's 4x tolerance, and between 3x and 4x the
     evidence says by how much it went over.
     """
-    result = check_amplification(stats.pre_validation)
+    result = check_amplification(trace.datagrams)
     if not result.validated:
         raise CaseFailed("no client Handshake packet reached the server: nothing validated")
     text = (
@@ -458,32 +467,36 @@ def _amplification_evidence(stats: RelayStats, strict: bool) -> str:
     return text
 
 
-def _relay_evidence(case: Case, stats: RelayStats, env: _Env, strict: bool = True) -> None:
+def _relay_evidence(case: Case, relay: UDPRelay, env: _Env, strict: bool = True) -> None:
     """Check that the case's fault really happened; record what the relay did.
 
     ``strict``: the server is netconn's, held to RFC 9000's limits exactly.
     """
-    faults = case.faults
-    assert faults is not None
+    impairment = case.impairment or Impairment()
+    schedule = case.schedule or Schedule()
+    up, down = relay.stats_to_upstream, relay.stats_to_client
+    dropped, corrupted = up.dropped + down.dropped, up.corrupted + down.corrupted
     summary = (
-        f"relay: {stats.to_server} datagrams to the server, {stats.to_client} to the client, "
-        f"{stats.dropped} dropped, {stats.corrupted} corrupted, {stats.rebinds} rebinds"
+        f"relay: {up.forwarded} datagrams to the server, {down.forwarded} to the client, "
+        f"{dropped} dropped, {corrupted} corrupted, {relay.rebinds} rebinds"
     )
-    if faults.loss and not stats.dropped:
+    if impairment.loss and not dropped:
         raise CaseFailed("the relay dropped nothing: " + summary)
-    if faults.corruption and not stats.corrupted:
+    if impairment.corrupt and not corrupted:
         raise CaseFailed("the relay corrupted nothing: " + summary)
-    if faults.blackhole_after is not None and stats.to_client < faults.blackhole_after:
+    if schedule.blackout_after is not None and down.forwarded < schedule.blackout_after:
         raise CaseFailed("the transfer ended before the blackhole: " + summary)
-    if faults.rebind_every:
-        hosts = {address for address, _ in stats.source_addresses}
-        if len(stats.source_addresses) < 2 or (faults.rebind_address and len(hosts) < 2):
+    if schedule.rebind_every:
+        sources = relay.source_addresses
+        hosts = {address for address, _ in sources}
+        if len(sources) < 2 or (schedule.rebind_addresses and len(hosts) < 2):
             raise CaseFailed("the client never moved: " + summary)
-        summary += f"; the server saw the client at {len(stats.source_addresses)} addresses"
-    if faults.drop_client_datagrams:
-        summary += "; " + _amplification_evidence(stats, strict)
-    if faults.delay:
-        summary += f"; {faults.delay * 2000:.0f} ms added to the round trip"
+        summary += f"; the server saw the client at {len(sources)} addresses"
+    if schedule.drop_from_client:
+        assert relay.trace is not None
+        summary += "; " + _amplification_evidence(relay.trace, strict)
+    if impairment.delay:
+        summary += f"; {impairment.delay * 2000:.0f} ms added to the round trip"
     env.evidence.append(summary)
 
 

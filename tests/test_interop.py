@@ -8,7 +8,6 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import cast
 
 import pytest
 from conftest import Certs, timeout
@@ -25,10 +24,10 @@ from interop.peers import (
 )
 from interop.public import PUBLIC_SERVERS, PublicServer, public_server
 from interop.public_run import PUBLIC_CASES, run_public
-from interop.relay import Faults, Relay
 from interop.report import to_html, to_markdown, write_reports
 from interop.results import Matrix, Outcome, Result
 from interop.runner import COLUMNS, CaseFailed, RunOptions, _check_hashes, _Env, run_matrix
+from netconn.lab.relay import Schedule, UDPRelay
 from netconn.quic.h3 import H3Client, serve_h3
 from netconn.quic.hq import HQ_NOT_FOUND, hq_get, resolve_under, serve_hq
 
@@ -294,81 +293,6 @@ async def test_h3_statuses_and_saved_body(certs: Certs, tmp_path: Path) -> None:
     assert kept.body == body
 
 
-# The relay on its own
-
-
-async def _echo_server() -> tuple[asyncio.DatagramTransport, int, list[tuple[str, int]]]:
-    seen: list[tuple[str, int]] = []
-
-    class Echo(asyncio.DatagramProtocol):
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            self.transport = cast(asyncio.DatagramTransport, transport)
-
-        def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-            seen.append((str(addr[0]), int(addr[1])))
-            self.transport.sendto(data, addr)
-
-    loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
-    return transport, int(transport.get_extra_info("sockname")[1]), seen
-
-
-async def _exchange(relay: Relay, count: int, wait: float = 0.2) -> list[bytes]:
-    loop = asyncio.get_running_loop()
-    got: list[bytes] = []
-
-    class Client(asyncio.DatagramProtocol):
-        def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-            got.append(data)
-
-    transport, _ = await loop.create_datagram_endpoint(Client, remote_addr=(relay.host, relay.port))
-    try:
-        for i in range(count):
-            transport.sendto(i.to_bytes(2, "big") * 40)
-            await asyncio.sleep(0.002)
-        await asyncio.sleep(wait)
-    finally:
-        transport.close()
-    return got
-
-
-async def test_relay_loses_corrupts_and_rebinds_as_told() -> None:
-    server, port, seen = await _echo_server()
-    try:
-        async with Relay(("127.0.0.1", port), Faults(loss=0.3, seed=7)) as relay:
-            got = await _exchange(relay, 200)
-        assert 0 < relay.stats.dropped < 200
-        assert len(got) == relay.stats.to_client
-        assert relay.stats.to_server + relay.stats.dropped >= 200
-
-        async with Relay(("127.0.0.1", port), Faults(corruption=1.0, seed=3)) as relay:
-            got = await _exchange(relay, 20)
-        assert relay.stats.corrupted >= 20 and len(got) == 20
-        assert all(data != i.to_bytes(2, "big") * 40 for i, data in enumerate(got))
-
-        seen.clear()
-        faults = Faults(rebind_every=10, rebind_address=True, max_rebinds=2)
-        async with Relay(("127.0.0.1", port), faults) as relay:
-            await _exchange(relay, 50)
-        assert relay.stats.rebinds == 2
-        assert len({host for host, _ in seen}) == 3  # 127.0.0.1, then two other addresses
-    finally:
-        server.close()
-
-
-async def test_relay_blackout_happens_once_and_ends() -> None:
-    server, port, _ = await _echo_server()
-    try:
-        faults = Faults(blackhole_after=5, blackhole_for=0.5)
-        async with Relay(("127.0.0.1", port), faults) as relay:
-            first = await _exchange(relay, 10, wait=0.8)
-            later = await _exchange(relay, 10)
-        assert len(first) == 5  # the rest went into the blackhole
-        assert len(later) == 10  # and it did not come back
-    finally:
-        server.close()
-
-
 async def test_relay_blackout_stalls_picoquic_against_itself(certs: Certs, tmp_path: Path) -> None:
     """picoquic's client and server through a 2 s blackout: the transfer stalls."""
     info = find_peer(PICOQUIC)
@@ -378,13 +302,14 @@ async def test_relay_blackout_stalls_picoquic_against_itself(certs: Certs, tmp_p
     www = tmp_path / "www"
     www.mkdir()
     (www / "a").write_bytes(os.urandom(3_000_000))
-    faults = Faults(blackhole_after=100, blackhole_for=2.0)
+    schedule = Schedule(blackout_after=100, blackout_for=2.0)  # the blackhole case's
     async with (
         asyncio.timeout(timeout(40)),
         picoquic_server(www, peer_certs, tmp_path / "server") as server,
-        Relay((server.host, server.port), faults) as relay,
+        UDPRelay((server.host, server.port), schedule=schedule) as relay,
     ):
-        run = await picoquic_client(relay.host, relay.port, ["/a"], peer_certs, tmp_path / "c")
+        host, port = relay.address
+        run = await picoquic_client(host, port, ["/a"], peer_certs, tmp_path / "c")
     assert not run.ok
     assert "idle timeout" in run.log
     assert (run.output_dir / "a").stat().st_size < 3_000_000

@@ -8,10 +8,10 @@ from typing import cast
 import pytest
 from conftest import timeout
 
-from interop.amplification import check_amplification, packet_types
-from interop.relay import Faults, Relay, RelayStats
+from interop.amplification import check_amplification, packet_types, validates
 from interop.runner import CaseFailed, _amplification_evidence
 from netconn import ConnectionTimeout
+from netconn.lab.relay import Schedule, Trace, UDPRelay
 
 V1 = 0x00000001
 V2 = 0x6B3343CF
@@ -84,7 +84,7 @@ class _Amplifier(asyncio.DatagramProtocol):
             self.transport.sendto(b"\x00" * len(data), addr)
 
 
-async def _relay_trace(factor: int) -> Relay:
+async def _relay_trace(factor: int) -> Trace:
     """Through a relay dropping client datagram 2: an Initial, a lost one, a Handshake."""
     loop = asyncio.get_running_loop()
     server, _ = await loop.create_datagram_endpoint(
@@ -100,12 +100,10 @@ async def _relay_trace(factor: int) -> Relay:
             arrived.set()
 
     try:
-        async with Relay(
-            ("127.0.0.1", port), Faults(drop_client_datagrams=frozenset({2}))
-        ) as relay:
-            client, _ = await loop.create_datagram_endpoint(
-                Client, remote_addr=(relay.host, relay.port)
-            )
+        trace = Trace(until=validates)
+        schedule = Schedule(drop_from_client=frozenset({2}))
+        async with UDPRelay(("127.0.0.1", port), schedule=schedule, trace=trace) as relay:
+            client, _ = await loop.create_datagram_endpoint(Client, remote_addr=relay.address)
             try:
                 async with asyncio.timeout(timeout(5)):
                     for datagram, wanted in (
@@ -120,35 +118,35 @@ async def _relay_trace(factor: int) -> Relay:
                         await asyncio.sleep(0.05)
             finally:
                 client.close()
-        return relay
+        return trace
     finally:
         server.close()
 
 
 @pytest.mark.timeout(30)
 async def test_relay_trace_of_an_amplifying_server_fails() -> None:
-    five = (await _relay_trace(5)).stats
-    assert five.validated
+    five = await _relay_trace(5)
+    assert five.ended
     with pytest.raises(CaseFailed, match="over 4x"):
         _amplification_evidence(five, strict=False)
     with pytest.raises(CaseFailed, match="over 3x"):
         _amplification_evidence(five, strict=True)
     # Only what came before the Handshake counts: the 5 answers to the Initial.
-    assert check_amplification(five.pre_validation).sent == 5 * 1200
+    assert check_amplification(five.datagrams).sent == 5 * 1200
 
-    three = (await _relay_trace(3)).stats
+    three = await _relay_trace(3)
     assert "3.00x" in _amplification_evidence(three, strict=True)
 
-    four = (await _relay_trace(4)).stats
+    four = await _relay_trace(4)
     with pytest.raises(CaseFailed, match="over 3x"):
         _amplification_evidence(four, strict=True)
     assert "within the Interop Runner's 4x tolerance" in _amplification_evidence(four, strict=False)
 
 
 def test_no_handshake_means_nothing_was_validated() -> None:
-    stats = RelayStats(pre_validation=[(True, _padded(_long(V1, 0, 10, initial=True), 1200))])
+    trace = Trace(datagrams=[(True, _padded(_long(V1, 0, 10, initial=True), 1200))])
     with pytest.raises(CaseFailed, match="nothing validated"):
-        _amplification_evidence(stats, strict=True)
+        _amplification_evidence(trace, strict=True)
 
 
 async def test_an_idle_timeout_inside_a_case_is_not_reported_as_the_case_time_limit(

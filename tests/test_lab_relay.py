@@ -1,16 +1,18 @@
-"""The lab's UDP relay over loopback: delay, loss, reordering, corruption, rebinding."""
+"""The lab's UDP relay over loopback: delay, loss, reordering, corruption, rebinding,
+its schedule of faults and its trace."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
 import pytest
 from conftest import timeout
 
-from netconn.lab.relay import UDPRelay
+from netconn.lab.relay import Schedule, Trace, UDPRelay
 
 
 class Recorder(asyncio.DatagramProtocol):
@@ -32,13 +34,16 @@ class Recorder(asyncio.DatagramProtocol):
 
 
 @contextlib.asynccontextmanager
-async def setup() -> AsyncIterator[tuple[UDPRelay, Recorder, Recorder]]:
+async def setup(
+    schedule: Schedule | None = None, trace: Trace | None = None
+) -> AsyncIterator[tuple[UDPRelay, Recorder, Recorder]]:
     """An echo server, a relay in front of it, and a client connected to the relay."""
     loop = asyncio.get_running_loop()
     server_t, server = await loop.create_datagram_endpoint(
         lambda: Recorder(echo=True), local_addr=("127.0.0.1", 0)
     )
-    relay = await UDPRelay(server_t.get_extra_info("sockname"), seed=7).start()
+    upstream = server_t.get_extra_info("sockname")
+    relay = await UDPRelay(upstream, seed=7, schedule=schedule, trace=trace).start()
     client_t, client = await loop.create_datagram_endpoint(
         lambda: Recorder(echo=False), remote_addr=relay.address
     )
@@ -48,6 +53,18 @@ async def setup() -> AsyncIterator[tuple[UDPRelay, Recorder, Recorder]]:
         client_t.close()
         relay.close()
         server_t.close()
+
+
+def send_numbered(client: Recorder, count: int) -> None:
+    """Send ``count`` datagrams at once, each its number in two bytes."""
+    assert client.transport is not None
+    for i in range(count):
+        client.transport.sendto(i.to_bytes(2, "big"))
+
+
+def numbers(recorder: Recorder) -> list[int]:
+    """The numbers of the datagrams ``recorder`` received, in order."""
+    return [int.from_bytes(data, "big") for data, _ in recorder.received]
 
 
 async def until(predicate: Callable[[], bool], seconds: float = 5) -> None:
@@ -77,8 +94,7 @@ async def test_loss_and_blackhole() -> None:
     async with setup() as (relay, server, client):
         assert client.transport is not None
         relay.to_upstream.loss = 0.5
-        for i in range(200):
-            client.transport.sendto(i.to_bytes(2, "big"))
+        send_numbered(client, 200)
         await until(lambda: relay.stats_to_upstream.dropped + len(server.received) == 200)
         assert 40 < len(server.received) < 160
         relay.to_upstream.loss = 0.0
@@ -91,13 +107,11 @@ async def test_loss_and_blackhole() -> None:
 
 async def test_reordering_changes_the_order() -> None:
     async with setup() as (relay, server, client):
-        assert client.transport is not None
         relay.to_upstream.reorder = 0.3
         relay.to_upstream.reorder_delay = 0.02
-        for i in range(100):
-            client.transport.sendto(i.to_bytes(2, "big"))
+        send_numbered(client, 100)
         await until(lambda: len(server.received) == 100)
-        order = [int.from_bytes(data, "big") for data, _ in server.received]
+        order = numbers(server)
         assert sorted(order) == list(range(100)) and order != list(range(100))
         assert relay.stats_to_upstream.reordered > 0
 
@@ -130,11 +144,56 @@ async def test_rebind_gives_the_upstream_a_new_source_port() -> None:
 
 async def test_held_datagrams_are_bounded() -> None:
     async with setup() as (relay, server, client):
-        assert client.transport is not None
         relay._max_queue = 10
         relay.to_upstream.delay = 0.2
-        for i in range(50):
-            client.transport.sendto(i.to_bytes(2, "big"))
+        send_numbered(client, 50)
         await until(lambda: relay.stats_to_upstream.dropped + relay._held["up"] == 50)
         assert relay.stats_to_upstream.dropped == 40
         await until(lambda: len(server.received) == 10)
+
+
+async def test_loss_never_drops_more_than_allowed_in_a_row() -> None:
+    async with setup() as (relay, server, client):
+        relay.to_upstream.loss = 0.9
+        relay.to_upstream.max_lost_in_a_row = 3
+        send_numbered(client, 200)
+        await until(lambda: relay.stats_to_upstream.dropped + len(server.received) == 200)
+        got = [-1, *numbers(server)]
+        assert len(got) > 40  # far fewer at 90% loss without the limit
+        assert max(b - a for a, b in itertools.pairwise(got)) == 4  # 3 lost, then one
+
+
+async def test_schedule_drops_numbered_client_datagrams_and_the_trace_stops_when_told() -> None:
+    trace = Trace(until=lambda data: data == b"end")
+    async with setup(Schedule(drop_from_client=frozenset({2})), trace) as (relay, _, client):
+        assert client.transport is not None
+        for data in (b"one", b"two", b"three", b"end", b"after"):
+            client.transport.sendto(data)
+            await asyncio.sleep(0.05)
+        assert [data for data, _ in client.received] == [b"one", b"three", b"end", b"after"]
+        assert relay.stats_to_upstream.dropped == 1
+        assert trace.ended
+        # Client datagrams whole, answers as sizes, up to and including b"end".
+        expected = [(True, b"one"), (False, 3), (True, b"three"), (False, 5), (True, b"end")]
+        assert trace.datagrams == expected
+
+
+async def test_scheduled_rebinds_move_the_client_to_new_addresses() -> None:
+    schedule = Schedule(rebind_every=10, max_rebinds=2, rebind_addresses=("127.0.0.2", "127.0.0.3"))
+    async with setup(schedule) as (relay, server, client):
+        send_numbered(client, 50)
+        await until(lambda: len(server.received) == 50)
+        hosts = [addr[0] for _, addr in server.received]
+        assert hosts == ["127.0.0.1"] * 10 + ["127.0.0.2"] * 10 + ["127.0.0.3"] * 30
+        assert relay.rebinds == 2 and len(relay.source_addresses) == 3
+
+
+async def test_scheduled_blackout_happens_once_and_ends() -> None:
+    async with setup(Schedule(blackout_after=5, blackout_for=0.5)) as (relay, _, client):
+        send_numbered(client, 10)
+        await asyncio.sleep(0.8)
+        # The 6th answer started it: each later datagram is lost one way or the other.
+        assert len(client.received) == 5
+        assert relay.stats_to_client.dropped + relay.stats_to_upstream.dropped == 5
+        send_numbered(client, 10)
+        await until(lambda: len(client.received) == 15)  # and it did not come back
