@@ -32,6 +32,7 @@ class ReceiveBuffer:
         self._eof = False
         self._error: NetconnError | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._listener: Callable[[], None] | None = None
 
     def __len__(self) -> int:
         return len(self._buffer)
@@ -65,7 +66,19 @@ class ReceiveBuffer:
             self._error = error
         self._wake()
 
+    def listen(self, listener: Callable[[], None] | None) -> None:
+        """Call ``listener`` at once, from the transport's callback, when bytes,
+        the end or an error arrive (``None``: stop).
+
+        A layer above that parses what arrives without a task of its own
+        (WebSocket) reads with :meth:`take` from there, which spares it a loop
+        turn per read.
+        """
+        self._listener = listener
+
     def _wake(self) -> None:
+        if self._listener is not None:
+            self._listener()
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

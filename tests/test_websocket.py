@@ -607,3 +607,47 @@ async def test_receive_side_is_bounded_when_application_does_not_read() -> None:
         assert channel.buffered_bytes <= limit + 64 * 1024 + len(message)
         assert channel.inner.buffered_bytes[1] <= limit + 256 * 1024
         assert sent < 64 << 20
+
+
+async def test_a_message_reaches_a_waiting_receive_in_one_loop_turn() -> None:
+    """Frames are parsed in the TCP transport's callback: no reader task between the socket
+    and a waiting ``receive_message`` (which would cost a loop turn per message)."""
+    frames: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def raw_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in request.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key")
+        )
+        from websockets.utils import accept_key
+
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept_key(key.decode()).encode() + b"\r\n\r\n"
+        )
+        while frame := await frames.get():
+            writer.write(frame)  # loopback: in the client's socket when this returns
+        writer.close()
+
+    server = await asyncio.start_server(raw_server, LOCAL, 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        async with nc.Connection(endpoint(port), nc.WebSocket(compression=False)) as conn:
+            for i in range(3):
+                waiting = asyncio.create_task(conn.receive_message())
+                await asyncio.sleep(0)  # now waiting for a message
+                frames.put_nowait(b"\x82\x01" + bytes([i]))
+                await asyncio.sleep(0)  # the server task writes the frame
+                turns = 0
+                while not waiting.done():
+                    await asyncio.sleep(0)
+                    turns += 1
+                    assert turns < 10
+                # Turn 1: the transport reads the frame and wakes the receive;
+                # turn 2: the receive returns (this loop sees it done in turn 3).
+                assert turns <= 3
+                assert waiting.result().content == bytes([i])
+            frames.put_nowait(b"")
+            conn.force_cancel()

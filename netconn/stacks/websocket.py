@@ -52,6 +52,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import Origin, Subprotocol
 from websockets.uri import WebSocketURI
 
+from .._buffer import ReceiveBuffer
 from ..endpoint import Address
 from ..errors import (
     ApplicationClosed,
@@ -65,7 +66,7 @@ from ..errors import (
     ProtocolError,
 )
 from .base import AttemptContext, ByteChannel, Channel, Layered, Message, MessageProtocol, Stack
-from .tcp import TCP
+from .tcp import TCP, TCPChannel
 from .tls import TLS
 
 __all__ = [
@@ -278,15 +279,23 @@ class WebSocketChannel(Layered[ByteChannel]):
         self._queue: deque[Message] = deque()
         self._queued = 0
         self._waiter: asyncio.Future[None] | None = None
-        self._room: asyncio.Event = asyncio.Event()
-        self._room.set()
+        self._paused = False  # the queue is full: read nothing until it drains
         self._pings: dict[bytes, asyncio.Future[bool]] = {}
         self._close_timer: asyncio.TimerHandle | None = None
+        # Where received bytes come from: the inner TCP channel's buffer, read
+        # as they arrive; else (TLS) a task that awaits the inner channel.
+        self._buffer: ReceiveBuffer | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._room_waiter: asyncio.Future[None] | None = None  # the reader task waits for room
+        self._replier: asyncio.Task[None] | None = None  # writes what received frames call for
         self._keepalive: asyncio.Task[None] | None = None
         self._pending_events: list[Any] = []
         self._error: NetconnError | None = None  # a failure seen on our side
+        self._started = False
+        self._eof = False  # the inner channel ended
+        self._ended = False  # nothing more to read: closed, ended or failed
         self._finished = False
+        self._finished_waiter: asyncio.Future[None] | None = None
         self._reported = False
         self._closing = False
         self._close_code = 1000
@@ -417,9 +426,20 @@ class WebSocketChannel(Layered[ByteChannel]):
                 raise ConnectionClosed(f"the peer closed the connection {when}")
 
     def start(self) -> None:
-        """Start the reader (and the keepalive, if configured) once the handshake is done."""
+        """Start reading (and the keepalive, if configured) once the handshake is done."""
         loop = asyncio.get_running_loop()
-        self._reader = loop.create_task(self._read_loop(), name="websocket reader")
+        self._started = True
+        inner = self._inner
+        if isinstance(inner, TCPChannel):
+            # Frames are parsed in the transport's callback, as they arrive: a
+            # message reaches a waiting receive_message in one loop turn.
+            self._buffer = inner.receive_buffer
+            events, self._pending_events = self._pending_events, []
+            self._handle(events)
+            self._buffer.listen(self._readable)
+            self._readable()  # bytes that came right after the handshake
+        else:
+            self._reader = loop.create_task(self._read_loop(), name="websocket reader")
         if self._options.ping_interval is not None:
             self._keepalive = loop.create_task(self._keepalive_loop(), name="websocket keepalive")
 
@@ -444,39 +464,105 @@ class WebSocketChannel(Layered[ByteChannel]):
 
     # Reading
 
+    def _feed(self, data: bytes) -> None:
+        """Run received bytes (``b""``: the end of the stream) through the protocol."""
+        protocol = self._protocol
+        if data:
+            protocol.receive_data(data)
+            self._handle(protocol.events_received())
+        else:
+            self._eof = True
+            protocol.receive_eof()
+        if self._eof or protocol.state is WSState.CLOSED:
+            self._ended = True
+        elif self._close_timer is None and protocol.close_expected():
+            # We sent a close frame (or failed): the peer has close_timeout
+            # seconds to finish before we abort.
+            self._close_timer = asyncio.get_running_loop().call_later(
+                self._options.close_timeout, self._inner.abort
+            )
+
+    def _fail_reading(self, exc: Exception) -> None:
+        if isinstance(exc, NetconnError):
+            self._fail_locally(exc, send_close=False)
+        else:  # a bug must not leave readers hanging
+            logger.error("WebSocket reader failed", exc_info=exc)
+            bug = ProtocolError(f"WebSocket reader failed: {exc!r}")
+            bug.__cause__ = exc
+            self._fail_locally(bug, send_close=False)
+        self._ended = True
+
+    def _readable(self) -> None:
+        """Parse what the inner TCP channel buffered; called from its transport's callbacks."""
+        buffer = self._buffer
+        if buffer is None or self._ended:
+            return
+        try:
+            while not self._paused and not self._ended:
+                data = buffer.take(_READ_CHUNK)  # raises the channel's error once drained
+                if not data and not buffer.at_eof:
+                    break
+                self._feed(data)
+        except Exception as exc:
+            self._fail_reading(exc)
+        if self._ended:
+            buffer.listen(None)
+        if self._protocol.writes:
+            # Replies (a pong, our close frame) and the end of our stream go
+            # out in order with what send_message writes, through _flush.
+            if self._replier is None:
+                self._replier = asyncio.get_running_loop().create_task(self._reply())
+        elif self._ended and self._replier is None:
+            self._finish()
+
+    async def _reply(self) -> None:
+        try:
+            while self._protocol.writes:
+                await self._flush()
+        except NetconnError as error:
+            if not self._eof:  # after the peer's end of stream, a failed write is no news
+                self._fail_reading(error)
+                if self._buffer is not None:
+                    self._buffer.listen(None)
+        finally:
+            self._replier = None
+        if self._ended:
+            self._finish()
+
     async def _read_loop(self) -> None:
+        """Read an inner channel that offers no buffer to listen on (TLS)."""
         try:
             # Frames that came with the handshake response, and any reply the
             # protocol produced for them (a close frame, if they were invalid).
             events, self._pending_events = self._pending_events, []
             self._handle(events)
             await self._flush()
-            while self._protocol.state is not WSState.CLOSED:
-                await self._room.wait()
+            while not self._ended:
+                if self._paused:
+                    self._room_waiter = asyncio.get_running_loop().create_future()
+                    try:
+                        await self._room_waiter
+                    finally:
+                        self._room_waiter = None
+                    continue
                 data = await self._inner.receive(1, _READ_CHUNK)
-                if not data:
-                    self._protocol.receive_eof()
+                self._feed(data)
+                if data:
+                    await self._flush()
+                else:
                     await self._flush_quietly()  # our end of stream, if still possible
-                    break
-                self._protocol.receive_data(data)
-                self._handle(self._protocol.events_received())
-                await self._flush()
-                if self._close_timer is None and self._protocol.close_expected():
-                    # We sent a close frame (or failed): the peer has
-                    # close_timeout seconds to finish before we abort.
-                    self._close_timer = asyncio.get_running_loop().call_later(
-                        self._options.close_timeout, self._inner.abort
-                    )
-        except NetconnError as error:
-            self._fail_locally(error, send_close=False)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a bug must not leave readers hanging
-            logger.exception("WebSocket reader failed")
-            bug = ProtocolError(f"WebSocket reader failed: {exc!r}")
-            bug.__cause__ = exc
-            self._fail_locally(bug, send_close=False)
+        except Exception as exc:
+            self._fail_reading(exc)
         self._finish()
+
+    def _resume_reading(self) -> None:
+        self._paused = False
+        if self._buffer is not None:
+            self._readable()
+        elif self._room_waiter is not None and not self._room_waiter.done():
+            self._room_waiter.set_result(None)
 
     def _handle(self, events: list[Any]) -> None:
         for frame in events:
@@ -530,7 +616,7 @@ class WebSocketChannel(Layered[ByteChannel]):
         self._queue.append(message)
         self._queued += len(message.content)
         if self._queued >= self._receive_limit:
-            self._room.clear()
+            self._paused = True
         self._wake()
 
     def _wake(self) -> None:
@@ -560,8 +646,8 @@ class WebSocketChannel(Layered[ByteChannel]):
                 self._waiter = None
         message = self._queue.popleft()
         self._queued -= len(message.content)
-        if self._queued < self._receive_limit // 4 or not self._queue:
-            self._room.set()
+        if self._paused and (self._queued < self._receive_limit // 4 or not self._queue):
+            self._resume_reading()
         if self._finished and not self._queue:
             self._report()
         return message
@@ -606,7 +692,14 @@ class WebSocketChannel(Layered[ByteChannel]):
         return error
 
     def _finish(self) -> None:
+        if self._finished:
+            return
         self._finished = True
+        self._ended = True
+        if self._buffer is not None:
+            self._buffer.listen(None)
+        if self._finished_waiter is not None and not self._finished_waiter.done():
+            self._finished_waiter.set_result(None)
         if self._keepalive is not None:
             self._keepalive.cancel()
         if self._close_timer is not None:
@@ -713,6 +806,8 @@ class WebSocketChannel(Layered[ByteChannel]):
                 self._inner.abort()
                 if self._reader is not None:
                     self._reader.cancel()
+                if self._replier is not None:
+                    self._replier.cancel()
                 self._finish()
                 return
             except NetconnError:
@@ -734,14 +829,17 @@ class WebSocketChannel(Layered[ByteChannel]):
         self._closing = True
         self._queue.clear()
         self._queued = 0
-        self._room.set()
+        if self._paused:
+            self._resume_reading()
         try:
             async with asyncio.timeout(self._options.close_timeout):
                 if self._protocol.state is WSState.OPEN:
                     self._protocol.send_close(self._close_code, self._close_reason)
                     await self._flush()
-                if self._reader is not None:
-                    await asyncio.wait([self._reader])  # never raises the reader's outcome
+                if self._started and not self._finished:
+                    # Until the peer's close frame and end of stream were read.
+                    self._finished_waiter = asyncio.get_running_loop().create_future()
+                    await self._finished_waiter
                 await self._inner.close()
         except (TimeoutError, NetconnError):
             self.abort()
@@ -754,7 +852,7 @@ class WebSocketChannel(Layered[ByteChannel]):
 
     def abort(self) -> None:
         self._closing = True
-        for task in (self._reader, self._keepalive):
+        for task in (self._reader, self._replier, self._keepalive):
             if task is not None:
                 task.cancel()
         self._inner.abort()
