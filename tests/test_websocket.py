@@ -651,3 +651,47 @@ async def test_a_message_reaches_a_waiting_receive_in_one_loop_turn() -> None:
                 assert waiting.result().content == bytes([i])
             frames.put_nowait(b"")
             conn.force_cancel()
+
+
+async def test_an_idle_websocket_layer_allocates_little() -> None:
+    """What netconn's WebSocket layer itself keeps per idle connection, both sides counted.
+
+    No reader task over TCP, no instance dict (slots), no queue, ping table or
+    fragment list until one is needed: about 1.5 KiB a side (3.7 KiB
+    with an instance dict, an Event and a deque per connection).
+    """
+    import gc
+    import tracemalloc
+
+    async with netconn_server(nc.WebSocket(compression=False, ping_interval=None)) as listener:
+        stack = nc.WebSocket(compression=False, ping_interval=None)
+        conns: list[nc.Connection[nc.WebSocket]] = []
+
+        async def open_one() -> None:
+            conn = nc.Connection(endpoint(listener.port), stack)
+            conns.append(conn)
+            await conn.wait_ready(timeout(5))
+            await conn.send(b"x")
+            assert (await conn.receive_message()).content == b"x"
+
+        count = 20
+        try:
+            await open_one()  # caches and first-use allocations
+            gc.collect()
+            tracemalloc.start(1)
+            try:
+                before = tracemalloc.take_snapshot()
+                for _ in range(count):
+                    await open_one()
+                await asyncio.sleep(0.05)
+                gc.collect()
+                after = tracemalloc.take_snapshot()
+            finally:
+                tracemalloc.stop()
+            only = [tracemalloc.Filter(True, "*/netconn/stacks/websocket.py")]
+            stats = after.filter_traces(only).compare_to(before.filter_traces(only), "lineno")
+            per_pair = sum(s.size_diff for s in stats) / count
+            assert per_pair < 4096, [str(s) for s in stats[:8]]
+        finally:
+            for conn in conns:
+                await conn.cancel()

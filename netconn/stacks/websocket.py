@@ -252,7 +252,48 @@ def _byte_channel(channel: Channel) -> ByteChannel:
 
 
 class WebSocketChannel(Layered[ByteChannel]):
-    """A running WebSocket: the protocol core, its inner byte channel, and the reader task."""
+    """A running WebSocket: the protocol core, its inner byte channel, and how it reads."""
+
+    # Slots: an instance dict of this many attributes would cost an idle connection 1.5 KiB.
+    __slots__ = (
+        "_buffer",
+        "_client",
+        "_close_code",
+        "_close_reason",
+        "_close_timer",
+        "_closing",
+        "_ctx",
+        "_decoder",
+        "_ended",
+        "_eof",
+        "_error",
+        "_finished",
+        "_finished_waiter",
+        "_first",
+        "_fragmenting",
+        "_inner",
+        "_keepalive",
+        "_options",
+        "_parts",
+        "_paused",
+        "_pending_events",
+        "_pings",
+        "_protocol",
+        "_queued",
+        "_reader",
+        "_receive_limit",
+        "_replier",
+        "_reported",
+        "_rest",
+        "_room_waiter",
+        "_sending",
+        "_server",
+        "_started",
+        "_text",
+        "_waiter",
+        "_write_lock",
+        "opening_handshake",
+    )
 
     def __init__(
         self,
@@ -272,15 +313,17 @@ class WebSocketChannel(Layered[ByteChannel]):
         self._sending = False
         self._fragmenting: bool | None = None  # None: no message open; else "is text"
         # Reassembly of the message being received.
-        self._parts: list[bytes] = []
+        self._parts: list[bytes] | None = None  # made for a message in several frames
         self._text: bool = False
         self._decoder: codecs.IncrementalDecoder | None = None
-        # Received messages not yet read, and their total size.
-        self._queue: deque[Message] = deque()
+        # Received messages not yet read, and their total size: the first one,
+        # then a deque made only when more than one waits (it costs 700 bytes).
+        self._first: Message | None = None
+        self._rest: deque[Message] | None = None
         self._queued = 0
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False  # the queue is full: read nothing until it drains
-        self._pings: dict[bytes, asyncio.Future[bool]] = {}
+        self._pings: dict[bytes, asyncio.Future[bool]] | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         # Where received bytes come from: the inner TCP channel's buffer, read
         # as they arrive; else (TLS) a task that awaits the inner channel.
@@ -289,7 +332,7 @@ class WebSocketChannel(Layered[ByteChannel]):
         self._room_waiter: asyncio.Future[None] | None = None  # the reader task waits for room
         self._replier: asyncio.Task[None] | None = None  # writes what received frames call for
         self._keepalive: asyncio.Task[None] | None = None
-        self._pending_events: list[Any] = []
+        self._pending_events: Sequence[Any] = ()
         self._error: NetconnError | None = None  # a failure seen on our side
         self._started = False
         self._eof = False  # the inner channel ended
@@ -318,7 +361,7 @@ class WebSocketChannel(Layered[ByteChannel]):
     @property
     def buffered_bytes(self) -> int:
         """Bytes of received messages not yet read."""
-        return self._queued + sum(len(p) for p in self._parts)
+        return self._queued + sum(len(p) for p in self._parts or ())
 
     # Opening handshake
 
@@ -434,7 +477,7 @@ class WebSocketChannel(Layered[ByteChannel]):
             # Frames are parsed in the transport's callback, as they arrive: a
             # message reaches a waiting receive_message in one loop turn.
             self._buffer = inner.receive_buffer
-            events, self._pending_events = self._pending_events, []
+            events, self._pending_events = self._pending_events, ()
             self._handle(events)
             self._buffer.listen(self._readable)
             self._readable()  # bytes that came right after the handshake
@@ -534,7 +577,7 @@ class WebSocketChannel(Layered[ByteChannel]):
         try:
             # Frames that came with the handshake response, and any reply the
             # protocol produced for them (a close frame, if they were invalid).
-            events, self._pending_events = self._pending_events, []
+            events, self._pending_events = self._pending_events, ()
             self._handle(events)
             await self._flush()
             while not self._ended:
@@ -564,20 +607,20 @@ class WebSocketChannel(Layered[ByteChannel]):
         elif self._room_waiter is not None and not self._room_waiter.done():
             self._room_waiter.set_result(None)
 
-    def _handle(self, events: list[Any]) -> None:
+    def _handle(self, events: Sequence[Any]) -> None:
         for frame in events:
             opcode = frame.opcode
             if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
                 self._text = opcode is Opcode.TEXT
                 self._decoder = codecs.getincrementaldecoder("utf-8")() if self._text else None
-                self._parts = []
+                self._parts = None
                 self._add_fragment(frame.data, frame.fin)
             elif opcode is Opcode.CONT:
                 self._add_fragment(frame.data, frame.fin)
             elif opcode is Opcode.PONG:
                 self._pong(bytes(frame.data))
             elif opcode is Opcode.CLOSE:
-                self._parts = []  # an unfinished message ends here
+                self._parts = None  # an unfinished message ends here
                 self._decoder = None
                 close = self._protocol.close_rcvd
                 if close is not None:
@@ -603,17 +646,26 @@ class WebSocketChannel(Layered[ByteChannel]):
                     reason="invalid UTF-8",
                 )
                 return
-        self._parts.append(chunk)
-        if fin:
-            content = b"".join(self._parts)
-            self._parts = []
-            self._decoder = None
-            self._deliver(Message(content, True, {"opcode": "text" if self._text else "binary"}))
+        if not fin or self._parts is not None:
+            if self._parts is None:
+                self._parts = []
+            self._parts.append(chunk)
+            if not fin:
+                return
+            chunk = b"".join(self._parts)
+            self._parts = None
+        self._decoder = None
+        self._deliver(Message(chunk, True, {"opcode": "text" if self._text else "binary"}))
 
     def _deliver(self, message: Message) -> None:
         if self._closing:
             return  # cancelled: nobody reads any more
-        self._queue.append(message)
+        if self._first is None:
+            self._first = message
+        else:
+            if self._rest is None:
+                self._rest = deque()
+            self._rest.append(message)
         self._queued += len(message.content)
         if self._queued >= self._receive_limit:
             self._paused = True
@@ -635,7 +687,7 @@ class WebSocketChannel(Layered[ByteChannel]):
         """
         if self._waiter is not None:
             raise Busy("another task is already receiving on this connection")
-        while not self._queue:
+        while self._first is None:
             if self._finished:
                 self._report()
                 raise self._final_error()
@@ -644,11 +696,13 @@ class WebSocketChannel(Layered[ByteChannel]):
                 await self._waiter
             finally:
                 self._waiter = None
-        message = self._queue.popleft()
+        message = self._first
+        rest = self._rest
+        self._first = rest.popleft() if rest else None
         self._queued -= len(message.content)
-        if self._paused and (self._queued < self._receive_limit // 4 or not self._queue):
+        if self._paused and (self._queued < self._receive_limit // 4 or self._first is None):
             self._resume_reading()
-        if self._finished and not self._queue:
+        if self._finished and self._first is None:
             self._report()
         return message
 
@@ -704,11 +758,11 @@ class WebSocketChannel(Layered[ByteChannel]):
             self._keepalive.cancel()
         if self._close_timer is not None:
             self._close_timer.cancel()
-        for waiter in self._pings.values():
+        for waiter in (self._pings or {}).values():
             if not waiter.done():
                 waiter.set_result(False)
         self._wake()
-        if not self._queue:
+        if self._first is None:
             self._report()
         # Data that arrived before the failure stays readable; the connection
         # is told once it was read (or at once, if there was none).
@@ -764,6 +818,8 @@ class WebSocketChannel(Layered[ByteChannel]):
         self._check_sendable()
         loop = asyncio.get_running_loop()
         payload = payload or os.urandom(4)
+        if self._pings is None:
+            self._pings = {}
         waiter = self._pings.setdefault(payload, loop.create_future())
         started = loop.time()
         self._protocol.send_ping(payload)
@@ -775,7 +831,7 @@ class WebSocketChannel(Layered[ByteChannel]):
     def _pong(self, payload: bytes) -> None:
         # A pong answers its ping and every ping sent before it (RFC 6455 §5.5.3
         # allows answering only the latest).
-        if payload not in self._pings:
+        if self._pings is None or payload not in self._pings:
             return
         for key in list(self._pings):
             waiter = self._pings.pop(key)
@@ -827,7 +883,7 @@ class WebSocketChannel(Layered[ByteChannel]):
         Unread messages are dropped. After ``close_timeout`` the transport is aborted.
         """
         self._closing = True
-        self._queue.clear()
+        self._first = self._rest = None
         self._queued = 0
         if self._paused:
             self._resume_reading()
