@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 from .errors import Busy, NetconnError
 
+Buffer = bytes | bytearray | memoryview
+
 __all__ = ["ReceiveBuffer"]
 
 
@@ -32,7 +34,7 @@ class ReceiveBuffer:
         self._eof = False
         self._error: NetconnError | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._listener: Callable[[], None] | None = None
+        self._listener: Callable[[Buffer | None], bool] | None = None
 
     def __len__(self) -> int:
         return len(self._buffer)
@@ -47,8 +49,10 @@ class ReceiveBuffer:
         """Whether the peer finished sending (bytes may still be buffered)."""
         return self._eof
 
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
+    def feed(self, data: Buffer) -> None:
         """Append received bytes; pause the producer above the limit."""
+        if not self._buffer and self._listener is not None and self._listener(data):
+            return  # the listener took them as they came
         self._buffer += data
         if not self._paused and len(self._buffer) > self._limit:
             self._paused = True
@@ -66,19 +70,21 @@ class ReceiveBuffer:
             self._error = error
         self._wake()
 
-    def listen(self, listener: Callable[[], None] | None) -> None:
-        """Call ``listener`` at once, from the transport's callback, when bytes,
-        the end or an error arrive (``None``: stop).
+    def listen(self, listener: Callable[[Buffer | None], bool] | None) -> None:
+        """Call ``listener`` at once, from the transport's callbacks (``None``: stop).
 
-        A layer above that parses what arrives without a task of its own
-        (WebSocket) reads with :meth:`take` from there, which spares it a loop
-        turn per read.
+        While nothing is buffered, each read is offered as it arrives: the
+        listener returns true once it took (copied) it all, false to leave it
+        buffered. Otherwise it is called with ``None`` when bytes, the end or
+        an error are waiting, and reads them with :meth:`take`. A layer that
+        parses what arrives without a task of its own (WebSocket) saves a loop
+        turn and a copy per read this way.
         """
         self._listener = listener
 
     def _wake(self) -> None:
         if self._listener is not None:
-            self._listener()
+            self._listener(None)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

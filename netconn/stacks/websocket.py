@@ -6,11 +6,13 @@ handshake). This module is the thin glue: it feeds the protocol what the inner
 channel received, writes what the protocol wants sent, and turns its frame
 events into whole messages.
 
-One background task reads the inner channel (so pings are answered and pongs
-seen while the application is busy). It stops reading while the unread
-messages hold ``Parameters.receive_buffer`` bytes or more, so the receive side
-holds at most that, plus what one 64 KiB read decodes to, plus one partly
-received message (at most ``max_message_size``).
+Reading goes on while the application is busy (so pings are answered and
+pongs seen). Over TCP, frames are parsed in the transport's callback as the
+bytes arrive, straight from the read (no task, no loop turn, no copy in
+between); over TLS a background task reads the inner channel. Reading stops
+while the unread messages hold ``Parameters.receive_buffer`` bytes or more, so
+the receive side holds at most that, plus what one read (at most 256 KiB)
+decodes to, plus one partly received message (at most ``max_message_size``).
 ``websockets`` buffers nothing itself on the way out: ``send`` returns once the
 inner channel took the frame under its own send bound.
 
@@ -31,7 +33,7 @@ import os
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from websockets.client import ClientProtocol
 from websockets.exceptions import (
@@ -79,7 +81,7 @@ __all__ = [
 
 logger = logging.getLogger("netconn.websocket")
 
-_READ_CHUNK = 64 * 1024  # one read's worth is what may land past the receive bound
+_READ_CHUNK = 256 * 1024  # one read's worth is what may land past the receive bound
 _OK_CLOSE_CODES = frozenset({1000, 1001})
 _ERROR_STATUSES = frozenset(int(s) for s in http.HTTPStatus if s >= 400)
 
@@ -535,12 +537,21 @@ class WebSocketChannel(Layered[ByteChannel]):
             self._fail_locally(bug, send_close=False)
         self._ended = True
 
-    def _readable(self) -> None:
-        """Parse what the inner TCP channel buffered; called from its transport's callbacks."""
+    def _readable(self, data: bytes | bytearray | memoryview | None = None) -> bool:
+        """Parse what the inner TCP channel received; called from its transport's callbacks.
+
+        ``data`` is a read as it arrived, offered while nothing is buffered:
+        parsed at once when there is room (returns true), else left to the
+        buffer. Without it, parse what the buffer holds.
+        """
         buffer = self._buffer
-        if buffer is None or self._ended:
-            return
+        if buffer is None or self._ended or self._paused:
+            return False
         try:
+            if data:
+                # The protocol copies it into its own buffer, so the transport
+                # may reuse its read buffer.
+                self._feed(cast(bytes, data))
             while not self._paused and not self._ended:
                 data = buffer.take(_READ_CHUNK)  # raises the channel's error once drained
                 if not data and not buffer.at_eof:
@@ -557,6 +568,7 @@ class WebSocketChannel(Layered[ByteChannel]):
                 self._replier = asyncio.get_running_loop().create_task(self._reply())
         elif self._ended and self._replier is None:
             self._finish()
+        return True
 
     async def _reply(self) -> None:
         try:
