@@ -50,11 +50,15 @@ class ReceiveBuffer:
         return self._eof
 
     def feed(self, data: Buffer) -> None:
-        """Append received bytes; pause the producer above the limit."""
+        """Append received bytes; pause the producer above the limit.
+
+        With a listener that left bytes here (it has no room), pause at once:
+        the kernel holds the rest, not this buffer.
+        """
         if not self._buffer and self._listener is not None and self._listener(data):
             return  # the listener took them as they came
         self._buffer += data
-        if not self._paused and len(self._buffer) > self._limit:
+        if not self._paused and (self._listener is not None or len(self._buffer) > self._limit):
             self._paused = True
             self._pause()
         self._wake()
