@@ -483,6 +483,7 @@ class WebSocketChannel(Layered[ByteChannel]):
             self._handle(events)
             self._buffer.listen(self._readable)
             self._readable()  # bytes that came right after the handshake
+            self._settle()
         else:
             self._reader = loop.create_task(self._read_loop(), name="websocket reader")
         if self._options.ping_interval is not None:
@@ -561,6 +562,11 @@ class WebSocketChannel(Layered[ByteChannel]):
             self._fail_reading(exc)
         if self._ended:
             buffer.listen(None)
+        self._settle()
+        return True
+
+    def _settle(self) -> None:
+        """After received frames: send what they call for, or finish once reading ended."""
         if self._protocol.writes:
             # Replies (a pong, our close frame) and the end of our stream go
             # out in order with what send_message writes, through _flush.
@@ -568,7 +574,6 @@ class WebSocketChannel(Layered[ByteChannel]):
                 self._replier = asyncio.get_running_loop().create_task(self._reply())
         elif self._ended and self._replier is None:
             self._finish()
-        return True
 
     async def _reply(self) -> None:
         try:
