@@ -602,8 +602,97 @@ async def test_receive_side_is_bounded_when_application_does_not_read() -> None:
                     await conn.send(message)
                     sent += len(message)
         # The sender was stopped by back-pressure: the server holds at most its
-        # receive bound, one 64 KiB read and one partial message; the rest
-        # waits in the TCP channel's own bounded buffer and the kernel's.
-        assert channel.buffered_bytes <= limit + 64 * 1024 + len(message)
-        assert channel.inner.buffered_bytes[1] <= limit + 256 * 1024
+        # receive bound, one read (at most 256 KiB) and one partial message; the
+        # TCP channel keeps at most the one read that found no room (the
+        # transport stops reading then), and the rest waits in the kernel.
+        assert channel.buffered_bytes <= limit + 256 * 1024 + len(message)
+        assert channel.inner.buffered_bytes[1] <= 256 * 1024
         assert sent < 64 << 20
+
+
+async def test_a_message_reaches_a_waiting_receive_in_one_loop_turn() -> None:
+    """Frames are parsed in the TCP transport's callback: no reader task between the socket
+    and a waiting ``receive_message`` (which would cost a loop turn per message)."""
+    frames: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def raw_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in request.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key")
+        )
+        from websockets.utils import accept_key
+
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept_key(key.decode()).encode() + b"\r\n\r\n"
+        )
+        while frame := await frames.get():
+            writer.write(frame)  # loopback: in the client's socket when this returns
+        writer.close()
+
+    server = await asyncio.start_server(raw_server, LOCAL, 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        async with nc.Connection(endpoint(port), nc.WebSocket(compression=False)) as conn:
+            for i in range(3):
+                waiting = asyncio.create_task(conn.receive_message())
+                await asyncio.sleep(0)  # now waiting for a message
+                frames.put_nowait(b"\x82\x01" + bytes([i]))
+                await asyncio.sleep(0)  # the server task writes the frame
+                turns = 0
+                while not waiting.done():
+                    await asyncio.sleep(0)
+                    turns += 1
+                    assert turns < 10
+                # Turn 1: the transport reads the frame and wakes the receive;
+                # turn 2: the receive returns (this loop sees it done in turn 3).
+                assert turns <= 3
+                assert waiting.result().content == bytes([i])
+            frames.put_nowait(b"")
+            conn.force_cancel()
+
+
+async def test_an_idle_websocket_layer_allocates_little() -> None:
+    """What netconn's WebSocket layer itself keeps per idle connection, both sides counted.
+
+    No reader task over TCP, no instance dict (slots), no queue, ping table or
+    fragment list until one is needed: about 1.5 KiB a side (3.7 KiB
+    with an instance dict, an Event and a deque per connection).
+    """
+    import gc
+    import tracemalloc
+
+    async with netconn_server(nc.WebSocket(compression=False, ping_interval=None)) as listener:
+        stack = nc.WebSocket(compression=False, ping_interval=None)
+        conns: list[nc.Connection[nc.WebSocket]] = []
+
+        async def open_one() -> None:
+            conn = nc.Connection(endpoint(listener.port), stack)
+            conns.append(conn)
+            await conn.wait_ready(timeout(5))
+            await conn.send(b"x")
+            assert (await conn.receive_message()).content == b"x"
+
+        count = 20
+        try:
+            await open_one()  # caches and first-use allocations
+            gc.collect()
+            tracemalloc.start(1)
+            try:
+                before = tracemalloc.take_snapshot()
+                for _ in range(count):
+                    await open_one()
+                await asyncio.sleep(0.05)
+                gc.collect()
+                after = tracemalloc.take_snapshot()
+            finally:
+                tracemalloc.stop()
+            only = [tracemalloc.Filter(True, "*/netconn/stacks/websocket.py")]
+            stats = after.filter_traces(only).compare_to(before.filter_traces(only), "lineno")
+            per_pair = sum(s.size_diff for s in stats) / count
+            assert per_pair < 4096, [str(s) for s in stats[:8]]
+        finally:
+            for conn in conns:
+                await conn.cancel()

@@ -6,11 +6,13 @@ handshake). This module is the thin glue: it feeds the protocol what the inner
 channel received, writes what the protocol wants sent, and turns its frame
 events into whole messages.
 
-One background task reads the inner channel (so pings are answered and pongs
-seen while the application is busy). It stops reading while the unread
-messages hold ``Parameters.receive_buffer`` bytes or more, so the receive side
-holds at most that, plus what one 64 KiB read decodes to, plus one partly
-received message (at most ``max_message_size``).
+Reading goes on while the application is busy (so pings are answered and
+pongs seen). Over TCP, frames are parsed in the transport's callback as the
+bytes arrive, straight from the read (no task, no loop turn, no copy in
+between); over TLS a background task reads the inner channel. Reading stops
+while the unread messages hold ``Parameters.receive_buffer`` bytes or more, so
+the receive side holds at most that, plus what one read (at most 256 KiB)
+decodes to, plus one partly received message (at most ``max_message_size``).
 ``websockets`` buffers nothing itself on the way out: ``send`` returns once the
 inner channel took the frame under its own send bound.
 
@@ -31,7 +33,7 @@ import os
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from websockets.client import ClientProtocol
 from websockets.exceptions import (
@@ -52,6 +54,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import Origin, Subprotocol
 from websockets.uri import WebSocketURI
 
+from .._buffer import ReceiveBuffer
 from ..endpoint import Address
 from ..errors import (
     ApplicationClosed,
@@ -65,7 +68,7 @@ from ..errors import (
     ProtocolError,
 )
 from .base import AttemptContext, ByteChannel, Channel, Layered, Message, MessageProtocol, Stack
-from .tcp import TCP
+from .tcp import TCP, TCPChannel
 from .tls import TLS
 
 __all__ = [
@@ -78,7 +81,7 @@ __all__ = [
 
 logger = logging.getLogger("netconn.websocket")
 
-_READ_CHUNK = 64 * 1024  # one read's worth is what may land past the receive bound
+_READ_CHUNK = 256 * 1024  # one read's worth is what may land past the receive bound
 _OK_CLOSE_CODES = frozenset({1000, 1001})
 _ERROR_STATUSES = frozenset(int(s) for s in http.HTTPStatus if s >= 400)
 
@@ -251,7 +254,48 @@ def _byte_channel(channel: Channel) -> ByteChannel:
 
 
 class WebSocketChannel(Layered[ByteChannel]):
-    """A running WebSocket: the protocol core, its inner byte channel, and the reader task."""
+    """A running WebSocket: the protocol core, its inner byte channel, and how it reads."""
+
+    # Slots: an instance dict of this many attributes would cost an idle connection 1.5 KiB.
+    __slots__ = (
+        "_buffer",
+        "_client",
+        "_close_code",
+        "_close_reason",
+        "_close_timer",
+        "_closing",
+        "_ctx",
+        "_decoder",
+        "_ended",
+        "_eof",
+        "_error",
+        "_finished",
+        "_finished_waiter",
+        "_first",
+        "_fragmenting",
+        "_inner",
+        "_keepalive",
+        "_options",
+        "_parts",
+        "_paused",
+        "_pending_events",
+        "_pings",
+        "_protocol",
+        "_queued",
+        "_reader",
+        "_receive_limit",
+        "_replier",
+        "_reported",
+        "_rest",
+        "_room_waiter",
+        "_sending",
+        "_server",
+        "_started",
+        "_text",
+        "_waiter",
+        "_write_lock",
+        "opening_handshake",
+    )
 
     def __init__(
         self,
@@ -271,22 +315,32 @@ class WebSocketChannel(Layered[ByteChannel]):
         self._sending = False
         self._fragmenting: bool | None = None  # None: no message open; else "is text"
         # Reassembly of the message being received.
-        self._parts: list[bytes] = []
+        self._parts: list[bytes] | None = None  # made for a message in several frames
         self._text: bool = False
         self._decoder: codecs.IncrementalDecoder | None = None
-        # Received messages not yet read, and their total size.
-        self._queue: deque[Message] = deque()
+        # Received messages not yet read, and their total size: the first one,
+        # then a deque made only when more than one waits (it costs 700 bytes).
+        self._first: Message | None = None
+        self._rest: deque[Message] | None = None
         self._queued = 0
         self._waiter: asyncio.Future[None] | None = None
-        self._room: asyncio.Event = asyncio.Event()
-        self._room.set()
-        self._pings: dict[bytes, asyncio.Future[bool]] = {}
+        self._paused = False  # the queue is full: read nothing until it drains
+        self._pings: dict[bytes, asyncio.Future[bool]] | None = None
         self._close_timer: asyncio.TimerHandle | None = None
+        # Where received bytes come from: the inner TCP channel's buffer, read
+        # as they arrive; else (TLS) a task that awaits the inner channel.
+        self._buffer: ReceiveBuffer | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._room_waiter: asyncio.Future[None] | None = None  # the reader task waits for room
+        self._replier: asyncio.Task[None] | None = None  # writes what received frames call for
         self._keepalive: asyncio.Task[None] | None = None
-        self._pending_events: list[Any] = []
+        self._pending_events: Sequence[Any] = ()
         self._error: NetconnError | None = None  # a failure seen on our side
+        self._started = False
+        self._eof = False  # the inner channel ended
+        self._ended = False  # nothing more to read: closed, ended or failed
         self._finished = False
+        self._finished_waiter: asyncio.Future[None] | None = None
         self._reported = False
         self._closing = False
         self._close_code = 1000
@@ -309,7 +363,7 @@ class WebSocketChannel(Layered[ByteChannel]):
     @property
     def buffered_bytes(self) -> int:
         """Bytes of received messages not yet read."""
-        return self._queued + sum(len(p) for p in self._parts)
+        return self._queued + sum(len(p) for p in self._parts or ())
 
     # Opening handshake
 
@@ -417,9 +471,21 @@ class WebSocketChannel(Layered[ByteChannel]):
                 raise ConnectionClosed(f"the peer closed the connection {when}")
 
     def start(self) -> None:
-        """Start the reader (and the keepalive, if configured) once the handshake is done."""
+        """Start reading (and the keepalive, if configured) once the handshake is done."""
         loop = asyncio.get_running_loop()
-        self._reader = loop.create_task(self._read_loop(), name="websocket reader")
+        self._started = True
+        inner = self._inner
+        if isinstance(inner, TCPChannel):
+            # Frames are parsed in the transport's callback, as they arrive: a
+            # message reaches a waiting receive_message in one loop turn.
+            self._buffer = inner.receive_buffer
+            events, self._pending_events = self._pending_events, ()
+            self._handle(events)
+            self._buffer.listen(self._readable)
+            self._readable()  # bytes that came right after the handshake
+            self._settle()
+        else:
+            self._reader = loop.create_task(self._read_loop(), name="websocket reader")
         if self._options.ping_interval is not None:
             self._keepalive = loop.create_task(self._keepalive_loop(), name="websocket keepalive")
 
@@ -444,54 +510,134 @@ class WebSocketChannel(Layered[ByteChannel]):
 
     # Reading
 
-    async def _read_loop(self) -> None:
-        try:
-            # Frames that came with the handshake response, and any reply the
-            # protocol produced for them (a close frame, if they were invalid).
-            events, self._pending_events = self._pending_events, []
-            self._handle(events)
-            await self._flush()
-            while self._protocol.state is not WSState.CLOSED:
-                await self._room.wait()
-                data = await self._inner.receive(1, _READ_CHUNK)
-                if not data:
-                    self._protocol.receive_eof()
-                    await self._flush_quietly()  # our end of stream, if still possible
-                    break
-                self._protocol.receive_data(data)
-                self._handle(self._protocol.events_received())
-                await self._flush()
-                if self._close_timer is None and self._protocol.close_expected():
-                    # We sent a close frame (or failed): the peer has
-                    # close_timeout seconds to finish before we abort.
-                    self._close_timer = asyncio.get_running_loop().call_later(
-                        self._options.close_timeout, self._inner.abort
-                    )
-        except NetconnError as error:
-            self._fail_locally(error, send_close=False)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a bug must not leave readers hanging
-            logger.exception("WebSocket reader failed")
+    def _feed(self, data: bytes) -> None:
+        """Run received bytes (``b""``: the end of the stream) through the protocol."""
+        protocol = self._protocol
+        if data:
+            protocol.receive_data(data)
+            self._handle(protocol.events_received())
+        else:
+            self._eof = True
+            protocol.receive_eof()
+        if self._eof or protocol.state is WSState.CLOSED:
+            self._ended = True
+        elif self._close_timer is None and protocol.close_expected():
+            # We sent a close frame (or failed): the peer has close_timeout
+            # seconds to finish before we abort.
+            self._close_timer = asyncio.get_running_loop().call_later(
+                self._options.close_timeout, self._inner.abort
+            )
+
+    def _fail_reading(self, exc: Exception) -> None:
+        if isinstance(exc, NetconnError):
+            self._fail_locally(exc, send_close=False)
+        else:  # a bug must not leave readers hanging
+            logger.error("WebSocket reader failed", exc_info=exc)
             bug = ProtocolError(f"WebSocket reader failed: {exc!r}")
             bug.__cause__ = exc
             self._fail_locally(bug, send_close=False)
+        self._ended = True
+
+    def _readable(self, data: bytes | bytearray | memoryview | None = None) -> bool:
+        """Parse what the inner TCP channel received; called from its transport's callbacks.
+
+        ``data`` is a read as it arrived, offered while nothing is buffered:
+        parsed at once when there is room (returns true), else left to the
+        buffer. Without it, parse what the buffer holds.
+        """
+        buffer = self._buffer
+        if buffer is None or self._ended or self._paused:
+            return False
+        try:
+            if data:
+                # The protocol copies it into its own buffer, so the transport
+                # may reuse its read buffer.
+                self._feed(cast(bytes, data))
+            while not self._paused and not self._ended:
+                data = buffer.take(_READ_CHUNK)  # raises the channel's error once drained
+                if not data and not buffer.at_eof:
+                    break
+                self._feed(data)
+        except Exception as exc:
+            self._fail_reading(exc)
+        if self._ended:
+            buffer.listen(None)
+        self._settle()
+        return True
+
+    def _settle(self) -> None:
+        """After received frames: send what they call for, or finish once reading ended."""
+        if self._protocol.writes:
+            # Replies (a pong, our close frame) and the end of our stream go
+            # out in order with what send_message writes, through _flush.
+            if self._replier is None:
+                self._replier = asyncio.get_running_loop().create_task(self._reply())
+        elif self._ended and self._replier is None:
+            self._finish()
+
+    async def _reply(self) -> None:
+        try:
+            while self._protocol.writes:
+                await self._flush()
+        except NetconnError as error:
+            if not self._eof:  # after the peer's end of stream, a failed write is no news
+                self._fail_reading(error)
+                if self._buffer is not None:
+                    self._buffer.listen(None)
+        finally:
+            self._replier = None
+        if self._ended:
+            self._finish()
+
+    async def _read_loop(self) -> None:
+        """Read an inner channel that offers no buffer to listen on (TLS)."""
+        try:
+            # Frames that came with the handshake response, and any reply the
+            # protocol produced for them (a close frame, if they were invalid).
+            events, self._pending_events = self._pending_events, ()
+            self._handle(events)
+            await self._flush()
+            while not self._ended:
+                if self._paused:
+                    self._room_waiter = asyncio.get_running_loop().create_future()
+                    try:
+                        await self._room_waiter
+                    finally:
+                        self._room_waiter = None
+                    continue
+                data = await self._inner.receive(1, _READ_CHUNK)
+                self._feed(data)
+                if data:
+                    await self._flush()
+                else:
+                    await self._flush_quietly()  # our end of stream, if still possible
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._fail_reading(exc)
         self._finish()
 
-    def _handle(self, events: list[Any]) -> None:
+    def _resume_reading(self) -> None:
+        self._paused = False
+        if self._buffer is not None:
+            self._readable()
+        elif self._room_waiter is not None and not self._room_waiter.done():
+            self._room_waiter.set_result(None)
+
+    def _handle(self, events: Sequence[Any]) -> None:
         for frame in events:
             opcode = frame.opcode
             if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
                 self._text = opcode is Opcode.TEXT
                 self._decoder = codecs.getincrementaldecoder("utf-8")() if self._text else None
-                self._parts = []
+                self._parts = None
                 self._add_fragment(frame.data, frame.fin)
             elif opcode is Opcode.CONT:
                 self._add_fragment(frame.data, frame.fin)
             elif opcode is Opcode.PONG:
                 self._pong(bytes(frame.data))
             elif opcode is Opcode.CLOSE:
-                self._parts = []  # an unfinished message ends here
+                self._parts = None  # an unfinished message ends here
                 self._decoder = None
                 close = self._protocol.close_rcvd
                 if close is not None:
@@ -517,20 +663,29 @@ class WebSocketChannel(Layered[ByteChannel]):
                     reason="invalid UTF-8",
                 )
                 return
-        self._parts.append(chunk)
-        if fin:
-            content = b"".join(self._parts)
-            self._parts = []
-            self._decoder = None
-            self._deliver(Message(content, True, {"opcode": "text" if self._text else "binary"}))
+        if not fin or self._parts is not None:
+            if self._parts is None:
+                self._parts = []
+            self._parts.append(chunk)
+            if not fin:
+                return
+            chunk = b"".join(self._parts)
+            self._parts = None
+        self._decoder = None
+        self._deliver(Message(chunk, True, {"opcode": "text" if self._text else "binary"}))
 
     def _deliver(self, message: Message) -> None:
         if self._closing:
             return  # cancelled: nobody reads any more
-        self._queue.append(message)
+        if self._first is None:
+            self._first = message
+        else:
+            if self._rest is None:
+                self._rest = deque()
+            self._rest.append(message)
         self._queued += len(message.content)
         if self._queued >= self._receive_limit:
-            self._room.clear()
+            self._paused = True
         self._wake()
 
     def _wake(self) -> None:
@@ -549,7 +704,7 @@ class WebSocketChannel(Layered[ByteChannel]):
         """
         if self._waiter is not None:
             raise Busy("another task is already receiving on this connection")
-        while not self._queue:
+        while self._first is None:
             if self._finished:
                 self._report()
                 raise self._final_error()
@@ -558,11 +713,13 @@ class WebSocketChannel(Layered[ByteChannel]):
                 await self._waiter
             finally:
                 self._waiter = None
-        message = self._queue.popleft()
+        message = self._first
+        rest = self._rest
+        self._first = rest.popleft() if rest else None
         self._queued -= len(message.content)
-        if self._queued < self._receive_limit // 4 or not self._queue:
-            self._room.set()
-        if self._finished and not self._queue:
+        if self._paused and (self._queued < self._receive_limit // 4 or self._first is None):
+            self._resume_reading()
+        if self._finished and self._first is None:
             self._report()
         return message
 
@@ -606,16 +763,23 @@ class WebSocketChannel(Layered[ByteChannel]):
         return error
 
     def _finish(self) -> None:
+        if self._finished:
+            return
         self._finished = True
+        self._ended = True
+        if self._buffer is not None:
+            self._buffer.listen(None)
+        if self._finished_waiter is not None and not self._finished_waiter.done():
+            self._finished_waiter.set_result(None)
         if self._keepalive is not None:
             self._keepalive.cancel()
         if self._close_timer is not None:
             self._close_timer.cancel()
-        for waiter in self._pings.values():
+        for waiter in (self._pings or {}).values():
             if not waiter.done():
                 waiter.set_result(False)
         self._wake()
-        if not self._queue:
+        if self._first is None:
             self._report()
         # Data that arrived before the failure stays readable; the connection
         # is told once it was read (or at once, if there was none).
@@ -671,6 +835,8 @@ class WebSocketChannel(Layered[ByteChannel]):
         self._check_sendable()
         loop = asyncio.get_running_loop()
         payload = payload or os.urandom(4)
+        if self._pings is None:
+            self._pings = {}
         waiter = self._pings.setdefault(payload, loop.create_future())
         started = loop.time()
         self._protocol.send_ping(payload)
@@ -682,7 +848,7 @@ class WebSocketChannel(Layered[ByteChannel]):
     def _pong(self, payload: bytes) -> None:
         # A pong answers its ping and every ping sent before it (RFC 6455 §5.5.3
         # allows answering only the latest).
-        if payload not in self._pings:
+        if self._pings is None or payload not in self._pings:
             return
         for key in list(self._pings):
             waiter = self._pings.pop(key)
@@ -713,6 +879,8 @@ class WebSocketChannel(Layered[ByteChannel]):
                 self._inner.abort()
                 if self._reader is not None:
                     self._reader.cancel()
+                if self._replier is not None:
+                    self._replier.cancel()
                 self._finish()
                 return
             except NetconnError:
@@ -732,16 +900,19 @@ class WebSocketChannel(Layered[ByteChannel]):
         Unread messages are dropped. After ``close_timeout`` the transport is aborted.
         """
         self._closing = True
-        self._queue.clear()
+        self._first = self._rest = None
         self._queued = 0
-        self._room.set()
+        if self._paused:
+            self._resume_reading()
         try:
             async with asyncio.timeout(self._options.close_timeout):
                 if self._protocol.state is WSState.OPEN:
                     self._protocol.send_close(self._close_code, self._close_reason)
                     await self._flush()
-                if self._reader is not None:
-                    await asyncio.wait([self._reader])  # never raises the reader's outcome
+                if self._started and not self._finished:
+                    # Until the peer's close frame and end of stream were read.
+                    self._finished_waiter = asyncio.get_running_loop().create_future()
+                    await self._finished_waiter
                 await self._inner.close()
         except (TimeoutError, NetconnError):
             self.abort()
@@ -754,7 +925,7 @@ class WebSocketChannel(Layered[ByteChannel]):
 
     def abort(self) -> None:
         self._closing = True
-        for task in (self._reader, self._keepalive):
+        for task in (self._reader, self._replier, self._keepalive):
             if task is not None:
                 task.cancel()
         self._inner.abort()
