@@ -1,17 +1,69 @@
-"""What netconn's QUIC glue costs per connection on aioquic, counted without timing:
-bytes kept per idle connection."""
+"""What netconn's QUIC glue costs per packet and per connection on aioquic, counted
+without timing: packets and engine calls per echo, bytes kept per idle connection."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import tracemalloc
+from typing import Any
 
 from aioquic import tls
 from conftest import Certs, timeout
-from quic_helpers import client_options, endpoint, server_options, serving
+from quic_helpers import client_options, connected_pair, endpoint, server_options, serving
 
 import netconn as nc
+
+_ROUNDS = 200
+
+
+def _count_builds(conn: nc.Connection[nc.QUIC]) -> list[int]:
+    """Count the engine's packet builds (``datagrams_to_send`` calls) on ``conn``."""
+    engine: Any = conn._quic_channel().quic
+    calls = [0]
+    build = engine.datagrams_to_send
+
+    def counted(now: float) -> Any:
+        calls[0] += 1
+        return build(now)
+
+    engine.datagrams_to_send = counted
+    return calls
+
+
+async def test_echo_is_one_packet_and_one_build_each_way(certs: Certs) -> None:
+    """A reply carries the ACK of the request (no ACK-only packets follow a
+    millisecond later), and the server builds its packets once per request:
+    after the handler has written the reply, not also right after the input."""
+
+    async with connected_pair(certs) as (client, server):
+
+        async def echo() -> None:
+            stream = await anext(aiter(server.inbound_streams()))
+            while data := await stream.receive(1, 65536):
+                await stream.send(data)
+
+        task = asyncio.create_task(echo())
+        stream = await client.open_stream()
+        request = bytes(64)
+        for _ in range(10):  # the handshake's last packets, the stream's opening
+            await stream.send(request)
+            await stream.receive_exactly(len(request))
+        await asyncio.sleep(0.05)  # every ACK timer of the warm-up has fired
+        before = client.quic_stats()["socket"], server.quic_stats()["socket"]
+        builds = _count_builds(server)
+        async with asyncio.timeout(timeout(30)):
+            for _ in range(_ROUNDS):
+                await stream.send(request)
+                assert await stream.receive_exactly(len(request)) == request
+        after = client.quic_stats()["socket"], server.quic_stats()["socket"]
+        task.cancel()
+    sent = [a["datagrams_sent"] - b["datagrams_sent"] for a, b in zip(after, before, strict=True)]
+    # Without the ACK riding along, a delayed ACK-only packet follows many replies.
+    assert sent[0] <= _ROUNDS + 5, sent
+    assert sent[1] <= _ROUNDS + 5, sent
+    assert builds[0] <= _ROUNDS + 5, builds
+
 
 _IDLE = 20
 

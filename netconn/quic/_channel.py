@@ -412,7 +412,7 @@ class QUICChannel:
             self._ping_outstanding = False
             if not self._viable:
                 self._set_viable(True)
-            self._after_input()
+            self._after_input(defer=True)
         except Exception as exc:
             self._engine_failed(exc)
 
@@ -474,7 +474,7 @@ class QUICChannel:
         self._viable = viable
         self.ctx.on_viability(viable)
 
-    def _after_input(self) -> None:
+    def _after_input(self, *, defer: bool = False) -> None:
         self._process_events()
         if self._finished:
             return
@@ -484,7 +484,12 @@ class QUICChannel:
             self._resend_early_data("Retry")
         self._check_path()
         self._sweep()
-        self.transmit()
+        if defer:
+            # After the tasks just woken have run: a reply they write leaves in
+            # the same packets as the acknowledgement, in one build.
+            self._schedule_transmit()
+        else:
+            self.transmit()
 
     def _process_events(self) -> None:
         quic = self.quic

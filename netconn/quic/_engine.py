@@ -121,6 +121,7 @@ class FlowControlledConnection(QuicConnection):
         self._nc_read_total = 0
         self._nc_connection_update_at = 0.0
         self._nc_now = 0.0
+        self._nc_ack_with_data = False
         self.stream_priorities: dict[int, int] = {}
         """Send priority of streams that have a non-zero one (higher first)."""
 
@@ -147,7 +148,17 @@ class FlowControlledConnection(QuicConnection):
             self._nc_connection_window // 2
         ):
             due = True
+        if due:
+            self._nc_ack_with_data = True
         return due
+
+    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        super().send_stream_data(stream_id, data, end_stream)
+        self._nc_ack_with_data = True
+
+    def send_datagram_frame(self, data: bytes) -> None:
+        super().send_datagram_frame(data)
+        self._nc_ack_with_data = True
 
     def forget_stream(self, stream_id: int) -> None:
         """Drop the bookkeeping of a stream the application is done with."""
@@ -283,6 +294,23 @@ class FlowControlledConnection(QuicConnection):
         rtt: float = self._loss._rtt_smoothed or self._configuration.initial_rtt
         return rtt
 
+    def _ack_now(self, now: float) -> None:
+        """Let the next packet carry the pending ACK instead of a packet of its own.
+
+        aioquic writes an ACK only once its delay (1 ms) has passed, so a reply
+        sent at once leaves without it and an ACK-only packet follows a
+        millisecond later, waking the peer once more. When frames that elicit
+        an ACK are about to go out anyway, the ACK rides along.
+        """
+        space = self._spaces.get(tls.Epoch.ONE_RTT)
+        if (
+            space is not None
+            and space.ack_at is not None
+            and space.ack_at > now
+            and self._handshake_complete
+        ):
+            space.ack_at = now
+
     # Hooks for the glue
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
@@ -295,6 +323,9 @@ class FlowControlledConnection(QuicConnection):
         the pacer stops sending. Served streams still rotate to the back.
         """
         self._nc_now = now
+        if self._nc_ack_with_data:
+            self._nc_ack_with_data = False
+            self._ack_now(now)
         queue = self._streams_queue
         priorities = self.stream_priorities
         if priorities:
