@@ -119,3 +119,27 @@ async def test_idle_connection_memory(certs: Certs) -> None:
     # about 250 KB with aioquic's handshake state kept, about 125 KB without.
     per_pair = used / _IDLE
     assert per_pair < 175_000, per_pair
+
+
+def test_pacing_bursts_cover_the_timer_granularity() -> None:
+    """After the shortest wait an asyncio timer makes (1 ms, epoll's resolution),
+    the pacer lets out a millisecond's worth of packets at its rate, however
+    high: a sender that is not ahead of its rate never sleeps more than it sends."""
+    from netconn.quic._engine import _BurstPacer
+
+    size = 1350
+    pacer = _BurstPacer(max_datagram_size=size)
+    congestion_window, rtt = 2_000_000, 0.010  # 200 MB/s: 148 packets per millisecond
+    pacer.update_rate(congestion_window, rtt)
+    start = 100.0
+    pacer.evaluation_time, pacer.bucket_time = start, 0.0
+    now = start + 0.001
+    sent = 0
+    while pacer.next_send_time(now) is None and sent < 10_000:
+        pacer.update_after_send(now)
+        sent += 1
+    per_millisecond = congestion_window / rtt / 1000 / size
+    assert sent >= per_millisecond - 1, (sent, per_millisecond)
+    # Never more than half the congestion window at once.
+    pacer.update_rate(100 * size, rtt)
+    assert pacer.bucket_max <= 50 * size / (100 * size / rtt) + 1e-9

@@ -61,6 +61,7 @@ _SMALLEST_DATAGRAM = 1200  # RFC 9000 section 14: every path carries this much
 _MIN_TUNING_PERIOD = 0.05  # seconds: see _should_grow
 _QUEUE_WINDOW = 16  # streams aioquic's packet loop is shown at a time
 _GSO_BURST = 64  # packets one segmented sendmsg carries
+_TIMER_SLACK = 0.002  # seconds: twice the shortest wait of an asyncio timer (epoll)
 
 
 _HANDSHAKE_EPOCHS = (tls.Epoch.INITIAL, tls.Epoch.HANDSHAKE)
@@ -73,12 +74,13 @@ _EPOCH_SETS: dict[frozenset[tls.Epoch], frozenset[tls.Epoch]] = {}
 
 
 class _BurstPacer(QuicPacketPacer):
-    """aioquic's pacer, allowing bursts of one GSO batch.
+    """aioquic's pacer, with bursts that outlast the event loop's timer.
 
-    aioquic caps a burst at 16 packets; an asyncio timer wakes at best every
-    millisecond, so that cap alone limits a sender to 16 packets per
-    millisecond. Bursts of up to 64 packets (and at most half the congestion
-    window) go out in one segmented ``sendmsg``.
+    aioquic caps a burst at 16 packets, but a pacing timer in asyncio waits
+    at least a millisecond (epoll's resolution) however short the delay, so
+    at high rates the sender sleeps more than it sends. A burst here covers
+    two milliseconds at the pacing rate, and at least one GSO batch of 64
+    packets, never more than half the congestion window.
     """
 
     def __init__(self, *, max_datagram_size: int) -> None:
@@ -88,8 +90,8 @@ class _BurstPacer(QuicPacketPacer):
     def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
         super().update_rate(congestion_window, smoothed_rtt)
         rate = congestion_window / max(smoothed_rtt, 1e-6)
-        burst = min(congestion_window // 2, _GSO_BURST * self._nc_datagram_size) / rate
-        self.bucket_max = max(self.bucket_max, burst)
+        burst = max(_GSO_BURST * self._nc_datagram_size, _TIMER_SLACK * rate)
+        self.bucket_max = max(self.bucket_max, min(congestion_window // 2, burst) / rate)
 
 
 class FlowControlledConnection(QuicConnection):
