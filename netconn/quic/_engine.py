@@ -53,7 +53,8 @@ class _StreamTable(dict[int, QuicStream]):
         self.due: dict[int, QuicStream] = {}
 
     def values(self) -> Any:
-        return list(self.due.values())
+        due = self.due
+        return list(due.values()) if due else ()  # usually nothing: no list per packet
 
 
 _SPARE_CRYPTO_BUFFER = 64  # TLS writes nothing after the handshake; see above

@@ -335,7 +335,9 @@ class QUICStream:
             self._eof = True
             if not self._buffer:
                 self._check_done()
-        self._wake_receiver()
+        waiter = self._receive_waiter  # once per packet: no call when already woken
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _fail_receive(self, error: NetconnError) -> None:
         if self._receive_error is None:
