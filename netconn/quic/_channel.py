@@ -412,7 +412,7 @@ class QUICChannel:
             self._ping_outstanding = False
             if not self._viable:
                 self._set_viable(True)
-            self._after_input(defer=True)
+            self._after_input(defer=self._handshake_complete)
         except Exception as exc:
             self._engine_failed(exc)
 
@@ -486,7 +486,8 @@ class QUICChannel:
         self._sweep()
         if defer:
             # After the tasks just woken have run: a reply they write leaves in
-            # the same packets as the acknowledgement, in one build.
+            # the same packets as the acknowledgement, in one build. (Handshake
+            # flights, which no task answers, leave at once.)
             self._schedule_transmit()
         else:
             self.transmit()
