@@ -222,7 +222,9 @@ def run_once(
     ca, cert, key = certs
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    server = context.Process(target=_serve, args=(kind, cert, key, queue, use_uvloop), daemon=True)
+    server = context.Process(
+        target=_serve, args=(kind, cert, key, queue, use_uvloop, packet_size), daemon=True
+    )
     children_before = _cpu_of_children()
     server.start()
     try:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -94,7 +93,7 @@ class QUICChannel:
         self.remote_address: Address | None = Address.from_sockaddr(remote_address)
         self._server_name = server_name
         self._streams: dict[int, QUICStream] = {}
-        self._inbound: deque[QUICStream] = deque()
+        self._inbound: list[QUICStream] = []  # lists: an idle connection's are empty
         self._inbound_waiter: asyncio.Future[None] | None = None
         self.datagrams = QUICDatagrams(self)
         """Send and receive QUIC datagrams."""
@@ -110,7 +109,7 @@ class QUICChannel:
         self._retiring: set[QUICStream] = set()
         self._queued_total = 0
         self._room_waiters: dict[QUICStream, asyncio.Future[None]] = {}
-        self._credit_waiters: deque[asyncio.Future[None]] = deque()
+        self._credit_waiters: list[asyncio.Future[None]] = []
         self._drained: asyncio.Future[None] | None = None
         self.negotiated_alpn: str | None = None
         """The ALPN protocol agreed in the handshake."""
@@ -285,7 +284,7 @@ class QUICChannel:
                 await self._inbound_waiter
             finally:
                 self._inbound_waiter = None
-        return self._inbound.popleft()
+        return self._inbound.pop(0)
 
     def _stream_for_event(self, stream_id: int) -> QUICStream | None:
         stream = self._streams.get(stream_id)
@@ -351,7 +350,7 @@ class QUICChannel:
         # A stream the engine discarded had everything acknowledged.
         acked = 1 << 62 if engine_stream is None else engine_stream.sender._buffer_start
         while stream._receipts and stream._receipts[0][0] <= acked:
-            _, future = stream._receipts.popleft()
+            _, future = stream._receipts.pop(0)
             if not future.done():
                 future.set_result(None)
 
@@ -413,7 +412,7 @@ class QUICChannel:
             self._ping_outstanding = False
             if not self._viable:
                 self._set_viable(True)
-            self._after_input()
+            self._after_input(defer=self._handshake_complete)
         except Exception as exc:
             self._engine_failed(exc)
 
@@ -475,7 +474,7 @@ class QUICChannel:
         self._viable = viable
         self.ctx.on_viability(viable)
 
-    def _after_input(self) -> None:
+    def _after_input(self, *, defer: bool = False) -> None:
         self._process_events()
         if self._finished:
             return
@@ -485,7 +484,13 @@ class QUICChannel:
             self._resend_early_data("Retry")
         self._check_path()
         self._sweep()
-        self.transmit()
+        if defer:
+            # After the tasks just woken have run: a reply they write leaves in
+            # the same packets as the acknowledgement, in one build. (Handshake
+            # flights, which no task answers, leave at once.)
+            self._schedule_transmit()
+        else:
+            self.transmit()
 
     def _process_events(self) -> None:
         quic = self.quic

@@ -95,7 +95,7 @@ class QUICStream:
         self._send_error: NetconnError | None = None
         self._send_waiter: asyncio.Future[None] | None = None
         self._sending = False
-        self._receipts: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._receipts: list[tuple[int, asyncio.Future[None]]] = []  # few, oldest first
         self._priority = 0
         self._reset_code: int | None = None
         self._stopped_code: int | None = None
@@ -335,7 +335,9 @@ class QUICStream:
             self._eof = True
             if not self._buffer:
                 self._check_done()
-        self._wake_receiver()
+        waiter = self._receive_waiter  # once per packet: no call when already woken
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _fail_receive(self, error: NetconnError) -> None:
         if self._receive_error is None:
@@ -360,7 +362,7 @@ class QUICStream:
         self._wake_sender()
         self._check_done()
         while self._receipts:
-            _, future = self._receipts.popleft()
+            _, future = self._receipts.pop(0)
             if not future.done():
                 future.set_exception(error)
                 future.exception()  # retrieved: an unawaited receipt must not warn
@@ -381,7 +383,7 @@ class QUICDatagrams:
 
     def __init__(self, channel: QUICChannel) -> None:
         self._channel = channel
-        self._queue: deque[bytes] = deque()
+        self._queue: deque[bytes] | None = None  # made by the first datagram
         self._waiter: asyncio.Future[None] | None = None
         self._room_waiter: asyncio.Future[None] | None = None
         self.dropped = 0
@@ -433,13 +435,16 @@ class QUICDatagrams:
     @property
     def pending(self) -> int:
         """Received datagrams not yet read."""
-        return len(self._queue)
+        return len(self._queue) if self._queue is not None else 0
 
     def _feed(self, data: bytes) -> None:
-        if len(self._queue) >= self._channel.options.datagram_queue:
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        if len(queue) >= self._channel.options.datagram_queue:
             self.dropped += 1
             return
-        self._queue.append(data)
+        queue.append(data)
         self._wake()
 
     def _wake(self) -> None:

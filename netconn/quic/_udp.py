@@ -59,7 +59,8 @@ class DatagramSocket:
         self._on_batch = on_batch
         self._on_error = on_error
         self._connected = connected
-        self._backlog: deque[tuple[bytes, int, NetworkAddress]] = deque()
+        # Made when first needed: an idle connection's socket never needs one.
+        self._backlog: deque[tuple[bytes, int, NetworkAddress]] | None = None
         self._closed = False
         self.datagrams_received = 0
         """Datagrams read (after GRO splitting)."""
@@ -112,7 +113,7 @@ class DatagramSocket:
         self._loop.remove_reader(self._sock.fileno())
         if self._backlog:
             self._loop.remove_writer(self._sock.fileno())
-            self._backlog.clear()
+            self._backlog = None
         self._sock.close()
 
     # Receiving
@@ -218,17 +219,20 @@ class DatagramSocket:
             self._sock.sendmsg([b"".join(chunks)], ancillary, 0, addr)
 
     def _queue(self, datagrams: list[tuple[bytes, NetworkAddress]]) -> None:
-        if not self._backlog:
+        backlog = self._backlog
+        if backlog is None:
+            backlog = self._backlog = deque()
+        if not backlog:
             self._loop.add_writer(self._sock.fileno(), self._writable)
         for data, addr in datagrams:
-            if len(self._backlog) >= _MAX_BACKLOG:
+            if len(backlog) >= _MAX_BACKLOG:
                 self.dropped += 1
                 continue
-            self._backlog.append((data, len(data), addr))
+            backlog.append((data, len(data), addr))
 
     def _writable(self) -> None:
         backlog = self._backlog
-        while backlog:
+        while backlog:  # not None: a writer is registered only with a backlog
             data, _size, addr = backlog[0]
             try:
                 self._send_one(data, addr)

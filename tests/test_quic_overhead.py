@@ -1,0 +1,145 @@
+"""What netconn's QUIC glue costs per packet and per connection on aioquic, counted
+without timing: packets and engine calls per echo, bytes kept per idle connection."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import tracemalloc
+from typing import Any
+
+from aioquic import tls
+from conftest import Certs, timeout
+from quic_helpers import client_options, connected_pair, endpoint, server_options, serving
+
+import netconn as nc
+
+_ROUNDS = 200
+
+
+def _count_builds(conn: nc.Connection[nc.QUIC]) -> list[int]:
+    """Count the engine's packet builds (``datagrams_to_send`` calls) on ``conn``."""
+    engine: Any = conn._quic_channel().quic
+    calls = [0]
+    build = engine.datagrams_to_send
+
+    def counted(now: float) -> Any:
+        calls[0] += 1
+        return build(now)
+
+    engine.datagrams_to_send = counted
+    return calls
+
+
+async def test_echo_is_one_packet_and_one_build_each_way(certs: Certs) -> None:
+    """A reply carries the ACK of the request (no ACK-only packets follow a
+    millisecond later), and the server builds its packets once per request:
+    after the handler has written the reply, not also right after the input."""
+
+    async with connected_pair(certs) as (client, server):
+
+        async def echo() -> None:
+            stream = await anext(aiter(server.inbound_streams()))
+            while data := await stream.receive(1, 65536):
+                await stream.send(data)
+
+        task = asyncio.create_task(echo())
+        stream = await client.open_stream()
+        request = bytes(64)
+        for _ in range(10):  # the handshake's last packets, the stream's opening
+            await stream.send(request)
+            await stream.receive_exactly(len(request))
+        await asyncio.sleep(0.05)  # every ACK timer of the warm-up has fired
+        before = client.quic_stats()["socket"], server.quic_stats()["socket"]
+        builds = _count_builds(server)
+        async with asyncio.timeout(timeout(30)):
+            for _ in range(_ROUNDS):
+                await stream.send(request)
+                assert await stream.receive_exactly(len(request)) == request
+        after = client.quic_stats()["socket"], server.quic_stats()["socket"]
+        task.cancel()
+    sent = [a["datagrams_sent"] - b["datagrams_sent"] for a, b in zip(after, before, strict=True)]
+    # Without the ACK riding along, a delayed ACK-only packet follows many replies.
+    assert sent[0] <= _ROUNDS + 5, sent
+    assert sent[1] <= _ROUNDS + 5, sent
+    assert builds[0] <= _ROUNDS + 5, builds
+
+
+_IDLE = 20
+
+
+async def test_idle_connection_memory(certs: Certs) -> None:
+    """Once the handshake is confirmed, an idle connection keeps no handshake state:
+    no 16 KiB crypto buffers, no Initial/Handshake streams or keys, shared
+    frame tables. Counted with tracemalloc, client and server together."""
+
+    async def echo_one(conn: nc.Connection[nc.QUIC]) -> None:
+        async for stream in conn.inbound_streams():
+            await stream.send(await stream.receive_exactly(1))
+
+    async with serving(server_options(certs), echo_one) as listener:
+        options = client_options(certs)
+        held: list[nc.Connection[nc.QUIC]] = []
+
+        async def open_one() -> None:
+            conn = nc.Connection(endpoint(listener), options)
+            held.append(conn)
+            stream = await conn.open_stream()
+            await stream.send(b"x")
+            await stream.receive_exactly(1)
+
+        try:
+            async with asyncio.timeout(timeout(30)):
+                await open_one()  # imports, caches and the listener's first allocations
+                gc.collect()
+                tracemalloc.start()
+                try:
+                    before = tracemalloc.get_traced_memory()[0]
+                    for _ in range(_IDLE):
+                        await open_one()
+                    await asyncio.sleep(0.05)  # the last ACKs and tickets
+                    gc.collect()
+                    used = tracemalloc.get_traced_memory()[0] - before
+                finally:
+                    tracemalloc.stop()
+            engines = [conn._quic_channel().quic for conn in held[1:]]
+            engines += [conn._quic_channel().quic for conn in listener.connections]
+        finally:
+            for conn in held:
+                conn.force_cancel()
+    for engine in engines:
+        assert engine._handshake_confirmed
+        assert set(engine._crypto_buffers) == {tls.Epoch.ONE_RTT}
+        assert engine._crypto_buffers[tls.Epoch.ONE_RTT].capacity < 1024
+        assert set(engine._crypto_streams) == {tls.Epoch.ONE_RTT}
+        assert not engine._cryptos[tls.Epoch.INITIAL].send.is_valid()
+    handlers = [e.__dict__["_QuicConnection__frame_handlers"] for e in engines[:2]]
+    assert handlers[0][0x06][1] is handlers[1][0x06][1]  # one set for CRYPTO's epochs
+    # Both sides of a connection, with the glue and the listener's share:
+    # about 250 KB with aioquic's handshake state kept, about 125 KB without.
+    per_pair = used / _IDLE
+    assert per_pair < 175_000, per_pair
+
+
+def test_pacing_bursts_cover_the_timer_granularity() -> None:
+    """After the shortest wait an asyncio timer makes (1 ms, epoll's resolution),
+    the pacer lets out a millisecond's worth of packets at its rate, however
+    high: a sender that is not ahead of its rate never sleeps more than it sends."""
+    from netconn.quic._engine import _BurstPacer
+
+    size = 1350
+    pacer = _BurstPacer(max_datagram_size=size)
+    congestion_window, rtt = 2_000_000, 0.010  # 200 MB/s: 148 packets per millisecond
+    pacer.update_rate(congestion_window, rtt)
+    start = 100.0
+    pacer.evaluation_time, pacer.bucket_time = start, 0.0
+    now = start + 0.001
+    sent = 0
+    while pacer.next_send_time(now) is None and sent < 10_000:
+        pacer.update_after_send(now)
+        sent += 1
+    per_millisecond = congestion_window / rtt / 1000 / size
+    assert sent >= per_millisecond - 1, (sent, per_millisecond)
+    # Never more than half the congestion window at once.
+    pacer.update_rate(100 * size, rtt)
+    assert pacer.bucket_max <= 50 * size / (100 * size / rtt) + 1e-9
