@@ -7,11 +7,17 @@ import hashlib
 
 import pytest
 from conftest import Certs, timeout
-from quic_helpers import connected_pair, roles
+from quic_helpers import (
+    connected_pair,
+    roles,
+)
 
 import netconn as nc
+from netconn.stacks.quic import QUICEngine
 
 ROLES = ["client", "server"]
+
+pytestmark = pytest.mark.usefixtures("quic_engine")  # every test on each engine
 
 
 async def first_inbound(conn: nc.Connection[nc.QUIC]) -> nc.QUICStream:
@@ -82,7 +88,9 @@ async def test_cancelled_receive_loses_nothing(certs: Certs) -> None:
 
 
 @pytest.mark.parametrize("role", ROLES)
-async def test_slow_reader_bounds_both_ends(certs: Certs, role: str) -> None:
+async def test_slow_reader_bounds_both_ends(
+    certs: Certs, role: str, quic_engine: QUICEngine
+) -> None:
     """A sender far ahead of its reader: bounded queue here, bounded buffer there."""
     send_bound = 256 * 1024
     window = 128 * 1024
@@ -110,7 +118,11 @@ async def test_slow_reader_bounds_both_ends(certs: Certs, role: str) -> None:
         await asyncio.sleep(0.5)  # the reader sleeps: everything piles up, boundedly
         assert not producer.done()
         assert sent < total
-        assert inbound.buffered_bytes <= window
+        # aioquic grants credit per stream as the application reads; qh3's engine
+        # stops taking data from its core once the connection's window is unread,
+        # and the core's window then stops the peer.
+        bound = window if quic_engine == "aioquic" else 2 * receive_side["initial_max_data"]
+        assert inbound.buffered_bytes <= bound
         assert stream.queued_bytes <= send_bound + 256 * 1024
         received = 0
         peak_buffered = inbound.buffered_bytes
@@ -186,21 +198,31 @@ async def test_open_stream_waits_for_credit(certs: Certs) -> None:
         assert client.remote_max_streams_bidirectional >= 3
 
 
-async def test_delivery_receipt(certs: Certs) -> None:
+async def test_delivery_receipt(certs: Certs, quic_engine: QUICEngine) -> None:
     async with connected_pair(certs) as (client, _server):
         stream = await client.open_stream()
+        if quic_engine == "qh3":  # qh3 does not tell which bytes were acknowledged
+            with pytest.raises(nc.InvalidState, match=r"receipts need .*engine='aioquic'"):
+                await stream.send(b"z", receipt=True)
+            assert stream.queued_bytes == 0  # refused before anything was queued
+            return
         receipt = await stream.send(b"z" * 200_000, receipt=True)
         await asyncio.wait_for(receipt, timeout(10))
         assert receipt.acknowledged
         assert stream.queued_bytes == 0
 
 
-async def test_priority_orders_sending(certs: Certs) -> None:
+async def test_priority_orders_sending(certs: Certs, quic_engine: QUICEngine) -> None:
     """With the congestion window shared, the high-priority stream finishes first."""
     size = 4 << 20
     async with connected_pair(certs) as (client, server):
         low = await client.open_stream()
         high = await client.open_stream()
+        if quic_engine == "qh3":  # qh3 sends its streams in turn
+            with pytest.raises(nc.InvalidState, match=r"priorities need .*engine='aioquic'"):
+                high.priority = 10
+            assert high.priority == 0
+            return
         high.priority = 10
         assert high.priority == 10
         finished: list[int] = []
