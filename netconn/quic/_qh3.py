@@ -226,9 +226,11 @@ def _engine_class() -> type:
         # The engine interface (see netconn.quic._aioquic)
 
         def receive_datagrams(self, batch: list[tuple[bytes, NetworkAddress]], now: float) -> None:
+            # After the handshake qh3 hands a list to its core in one call
+            # (receive_datagram parses every packet header in Python first).
             if len(batch) == 1:
                 data, addr = batch[0]
-                self.receive_datagram(data, addr, now)
+                self.receive_many_datagrams([data], addr, now)
                 return
             start = 0
             while start < len(batch):
