@@ -65,6 +65,20 @@ async def test_datagram_size_limit(certs: Certs) -> None:
         assert await asyncio.wait_for(server.datagrams.receive(), timeout(10)) == b"after"
 
 
+async def test_datagram_send_queue_is_bounded(certs: Certs) -> None:
+    """A sender far faster than the wire waits once datagram_queue datagrams are unsent."""
+    queue = 16
+    client_side = {**DATAGRAMS, "datagram_queue": queue}
+    async with connected_pair(certs, server=DATAGRAMS, client=client_side) as (client, _):
+        channel = client._channel
+        assert isinstance(channel, nc.quic.QUICChannel)
+        peak = 0
+        for _ in range(2000):
+            await client.datagrams.send(bytes(1000))
+            peak = max(peak, channel.quic.queued_datagrams)
+        assert 0 < peak <= queue
+
+
 async def test_datagram_peer_limit(certs: Certs) -> None:
     """The peer's max_datagram_frame_size bounds what we may send."""
     async with connected_pair(certs, server={"max_datagram_frame_size": 100}, client=DATAGRAMS) as (

@@ -25,6 +25,10 @@ created and replace qh3's in the transport parameters.
 
 Receiving. A batch of datagrams from one address goes to the core in one call.
 
+DATAGRAM frames. qh3's core queues them without limit and sends every one on
+the next transmit, ignoring the congestion window; the engine counts what it
+handed over since, so ``QUIC.datagram_queue`` bounds the queue as on aioquic.
+
 Options qh3 cannot honour are refused by :func:`check_options` when the
 options are built.
 """
@@ -103,6 +107,7 @@ def _engine_class() -> type:
             self._nc_unread: dict[int, int] = {}
             self._nc_unread_total = 0
             self._nc_held = False
+            self._nc_datagrams = 0
             self.released_events = False
             """Set when events held back for a slow reader were handed over."""
             self.stream_priorities: dict[int, int] = {}
@@ -331,9 +336,23 @@ def _engine_class() -> type:
         def end_qlog(self) -> None:
             pass  # refused in check_options
 
+        # qh3's core queues DATAGRAM frames without limit and sends all of
+        # them on the next datagrams_to_send (congestion control aside): what
+        # waits is what was handed over since then.
+
+        def send_datagram_frame(self, data: bytes) -> None:
+            super().send_datagram_frame(data)
+            self._nc_datagrams += 1
+
+        def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+            packets: list[tuple[bytes, NetworkAddress]] = super().datagrams_to_send(now)
+            self._nc_datagrams = 0
+            return packets
+
         @property
         def queued_datagrams(self) -> int:
-            return 0  # qh3 does not tell; its core bounds its own queue
+            """DATAGRAM frames waiting to be sent."""
+            return self._nc_datagrams
 
     return Qh3Engine
 
