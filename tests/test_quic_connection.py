@@ -461,10 +461,10 @@ async def test_engine_failure_fails_the_connection(certs: Certs) -> None:
         channel = client._channel
         assert isinstance(channel, nc.quic.QUICChannel)
 
-        def broken(data: bytes, addr: object, now: float) -> None:
+        def broken(batch: object, now: float) -> None:
             raise RuntimeError("engine bug")
 
-        channel.quic.receive_datagram = broken  # type: ignore[method-assign]
+        channel.quic.receive_datagrams = broken  # type: ignore[method-assign]
         stream = await server.open_stream()
         await stream.send(b"trigger", is_complete=True)
         await wait_for_state(client, nc.Failed, 10)

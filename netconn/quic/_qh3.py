@@ -2,21 +2,23 @@
 
 qh3 keeps aioquic's API over a native core. The channel drives it exactly as
 it drives aioquic (:mod:`netconn.quic._aioquic` lists the questions an engine
-answers); this module answers them from qh3's public state and adapts three
-things:
+answers); this module answers them from qh3's connection and its core. Some
+of that reaches into qh3's private methods, which is why pyproject.toml pins
+qh3 to the 2.1 series (the QUIC tests run on this engine too). It adapts:
 
 Receive credit. qh3's core grants MAX_DATA / MAX_STREAM_DATA as the Python
 side takes received data out of it, and qh3's connection takes everything out
 as each datagram is processed, so by itself it would let a peer fill an
-unread stream without limit. :class:`Qh3Engine` stops taking events out of
-the core while the application has ``QUIC.initial_max_data`` bytes or more
-received and unread; the core's fixed windows (``initial_max_data``,
-``initial_max_stream_data``) then stop the peer. The cost: while the
-application is that far behind, *every* event of the connection waits in the
-core (data on other streams, datagrams, resets, the peer's close), and an
-application that waits on one stream while leaving that much unread on
-others stalls until it reads them (aioquic's engine grants credit per
-stream instead). The windows also do not grow with a fast reader, so
+unread stream without limit. Here the core's connection window is half of
+``QUIC.initial_max_data``, and :class:`Qh3Engine` stops taking events out of
+the core once the application has the other half received and unread; the
+core's fixed windows then stop the peer, which may so send about
+``initial_max_data`` before the application reads, as on aioquic. The cost:
+while the application is that far behind, *every* event of the connection
+waits in the core (data on other streams, datagrams, resets, the peer's
+close), and an application that waits on one stream while leaving that much
+unread on others stalls until it reads them (aioquic's engine grants credit
+per stream instead). The windows also do not grow with a fast reader, so
 ``max_receive_window`` has no effect on qh3.
 
 Stream limits. qh3 announces fixed initial MAX_STREAMS (and DATAGRAM support
@@ -59,6 +61,7 @@ _REFUSED: dict[str, str] = {
 # Positions in qh3's QuicConnectionCore(...) arguments.
 _ARG_PROBE_DATAGRAM_SIZE = 9
 _ARG_MAX_DATAGRAM_FRAME_SIZE = 12
+_ARG_CONNECTION_WINDOW = 14
 _ARG_LOCAL_MAX_STREAMS_BIDI = 21
 _ARG_LOCAL_MAX_STREAMS_UNI = 22
 _CORE_ARGS = 28
@@ -91,7 +94,6 @@ def _engine_class() -> type:
         "qh3.tls"
     ).ExtensionType.QUIC_TRANSPORT_PARAMETERS
     base: Any = module.QuicConnection
-    stream_data = events.StreamDataReceived
 
     class Qh3Engine(base):  # type: ignore[misc]
         """qh3's ``QuicConnection`` with bounded receive buffering and the engine interface."""
@@ -103,14 +105,16 @@ def _engine_class() -> type:
             super().__init__(**kwargs)
             self.events = events
             self._nc_options = options
-            self._nc_budget = options.initial_max_data
+            # Half the connection window is the core's, half may wait unread
+            # in the streams: the peer may send initial_max_data before a read.
+            self._nc_budget = self._nc_window = max(options.initial_max_data // 2, 1)
+            self._nc_taker = _Taker(self)
             self._nc_unread: dict[int, int] = {}
             self._nc_unread_total = 0
             self._nc_held = False
             self._nc_datagrams = 0
             self.released_events = False
             """Set when events held back for a slow reader were handed over."""
-            self.stream_priorities: dict[int, int] = {}
 
         # Creating the core with the options' limits
 
@@ -121,6 +125,7 @@ def _engine_class() -> type:
             def core(*args: Any) -> Any:
                 assert len(args) == _CORE_ARGS, "qh3's QuicConnectionCore changed"
                 values = list(args)
+                values[_ARG_CONNECTION_WINDOW] = self._nc_window
                 values[_ARG_PROBE_DATAGRAM_SIZE] = False  # max_udp_payload_size is the size
                 values[_ARG_MAX_DATAGRAM_FRAME_SIZE] = options.max_datagram_frame_size
                 values[_ARG_LOCAL_MAX_STREAMS_BIDI] = options.initial_max_streams_bidirectional
@@ -152,6 +157,7 @@ def _engine_class() -> type:
             # client: announce what the options say instead.
             options = self._nc_options
             parameters = packet.pull_quic_transport_parameters(hazmat.Buffer(data=data))
+            parameters.initial_max_data = self._nc_window
             parameters.initial_max_streams_bidi = options.initial_max_streams_bidirectional
             parameters.initial_max_streams_uni = options.initial_max_streams_unidirectional
             parameters.max_datagram_frame_size = options.max_datagram_frame_size
@@ -175,24 +181,31 @@ def _engine_class() -> type:
         # Receive credit follows the application
 
         def _drain_core(self) -> None:
-            # Leave the events (and so the peer's credit) in the core while the
-            # application is behind; a closing connection is drained regardless.
-            if self._nc_held and self._close_event is None:
-                core = self._core
-                if core is not None and core.state == "connected":
-                    return
-            super()._drain_core()
+            core: Any = getattr(self, "_core", None)
+            if core is None:
+                super()._drain_core()
+                return
+            # Until the handshake is over, and once the connection closes,
+            # everything is taken; in between, only up to the budget.
+            limited = self._close_event is None and core.state == "connected"
+            if limited and self._nc_held:
+                return
+            taker = self._nc_taker
+            taker.core = core
+            taker.limited = limited
+            self._core = taker
+            try:
+                super()._drain_core()
+            finally:
+                if self._core is taker:
+                    self._core = core
+                taker.core = None
 
-        def next_event(self) -> Any:
-            event = super().next_event()
-            if type(event) is stream_data and event.data:
-                size = len(event.data)
-                sid = event.stream_id
-                self._nc_unread[sid] = self._nc_unread.get(sid, 0) + size
-                self._nc_unread_total += size
-                if self._nc_unread_total >= self._nc_budget:
-                    self._nc_held = True
-            return event
+        def _nc_took(self, stream_id: int, size: int) -> None:
+            self._nc_unread[stream_id] = self._nc_unread.get(stream_id, 0) + size
+            self._nc_unread_total += size
+            if self._nc_unread_total >= self._nc_budget:
+                self._nc_held = True
 
         def consumed(self, stream_id: int, size: int, now: float) -> bool:
             """The application took ``size`` bytes of ``stream_id``; True: transmit soon."""
@@ -209,7 +222,7 @@ def _engine_class() -> type:
             self._release()
 
         def _release(self) -> bool:
-            if not self._nc_held or self._nc_unread_total >= self._nc_budget // 2:
+            if not self._nc_held or self._nc_unread_total >= self._nc_budget:
                 return False
             self._nc_held = False
             if self._core is None:
@@ -355,6 +368,34 @@ def _engine_class() -> type:
             return self._nc_datagrams
 
     return Qh3Engine
+
+
+class _Taker:
+    """Stands in for qh3's core while its connection takes events out of it.
+
+    Counts the stream bytes taken (the core grants credit for them) and, when
+    limited, hands out no more events once the application's unread bytes
+    reach the budget; the rest wait in the core.
+    """
+
+    __slots__ = ("core", "engine", "limited")
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.core: Any = None
+        self.limited = False
+
+    def next_event(self) -> Any:
+        engine = self.engine
+        if self.limited and engine._nc_held:
+            return None
+        native = self.core.next_event()
+        if native is not None and native[0] == "stream_data" and native[2]:
+            engine._nc_took(native[1], len(native[2]))
+        return native
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.core, name)
 
 
 _ENGINE_CLASS: type | None = None
