@@ -13,7 +13,6 @@ import pytest
 from conftest import Certs, timeout
 
 import netconn as nc
-from netconn.stacks.quic import QUICEngine
 
 __all__ = [
     "ALPN",
@@ -32,12 +31,12 @@ ALPN = ["netconn-test"]
 
 ENGINES = ("aioquic", "qh3")
 """Every QUIC engine; the suite runs against each (qh3 must be installed: no skipping)."""
-engine: QUICEngine = "aioquic"
+engine: nc.QUICEngine = "aioquic"
 """The engine :func:`server_options` and :func:`client_options` use in the running test."""
 
 
 @pytest.fixture(params=ENGINES)
-def quic_engine(request: pytest.FixtureRequest) -> Iterator[QUICEngine]:
+def quic_engine(request: pytest.FixtureRequest) -> Iterator[nc.QUICEngine]:
     """Run the test once per engine (conftest.py registers this module's fixtures)."""
     global engine
     engine = request.param

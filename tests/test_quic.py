@@ -20,7 +20,6 @@ from quic_helpers import (
 )
 
 import netconn as nc
-from netconn.stacks.quic import QUICEngine
 
 pytestmark = pytest.mark.usefixtures("quic_engine")  # every test on each engine
 
@@ -218,7 +217,7 @@ def test_options_validate() -> None:
     assert replace(nc.QUIC(alpn=ALPN), idle_timeout=5).idle_timeout == 5
 
 
-def test_engine_option(quic_engine: QUICEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_engine_option(quic_engine: nc.QUICEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     """The default engine is aioquic; qh3 refuses what it cannot honour, by name."""
     assert nc.QUIC(alpn=ALPN).engine == "aioquic"
     assert nc.QUIC(alpn=ALPN, engine=quic_engine).engine == quic_engine

@@ -14,7 +14,6 @@ from quic_helpers import (
 )
 
 import netconn as nc
-from netconn.stacks.quic import QUICEngine
 
 ROLES = ["client", "server"]
 
@@ -90,7 +89,7 @@ async def test_cancelled_receive_loses_nothing(certs: Certs) -> None:
 
 @pytest.mark.parametrize("role", ROLES)
 async def test_slow_reader_bounds_both_ends(
-    certs: Certs, role: str, quic_engine: QUICEngine
+    certs: Certs, role: str, quic_engine: nc.QUICEngine
 ) -> None:
     """A sender far ahead of its reader: bounded queue here, bounded buffer there."""
     send_bound = 256 * 1024
@@ -136,7 +135,7 @@ async def test_slow_reader_bounds_both_ends(
         assert peak_queued <= send_bound + 256 * 1024
 
 
-async def test_slow_reader_bounds_the_connection(certs: Certs, quic_engine: QUICEngine) -> None:
+async def test_slow_reader_bounds_the_connection(certs: Certs, quic_engine: nc.QUICEngine) -> None:
     """Several streams at once to a reader that reads none: bounded in total."""
     window = 128 * 1024
     connection_window = 4 * window
@@ -243,7 +242,7 @@ async def test_open_stream_waits_for_credit(certs: Certs) -> None:
         assert client.remote_max_streams_bidirectional >= 3
 
 
-async def test_delivery_receipt(certs: Certs, quic_engine: QUICEngine) -> None:
+async def test_delivery_receipt(certs: Certs, quic_engine: nc.QUICEngine) -> None:
     async with connected_pair(certs) as (client, _server):
         stream = await client.open_stream()
         if quic_engine == "qh3":  # qh3 does not tell which bytes were acknowledged
@@ -257,7 +256,7 @@ async def test_delivery_receipt(certs: Certs, quic_engine: QUICEngine) -> None:
         assert stream.queued_bytes == 0
 
 
-async def test_priority_orders_sending(certs: Certs, quic_engine: QUICEngine) -> None:
+async def test_priority_orders_sending(certs: Certs, quic_engine: nc.QUICEngine) -> None:
     """With the congestion window shared, the high-priority stream finishes first."""
     size = 4 << 20
     async with connected_pair(certs) as (client, server):
