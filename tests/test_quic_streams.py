@@ -119,8 +119,8 @@ async def test_slow_reader_bounds_both_ends(
         assert not producer.done()
         assert sent < total
         # aioquic grants credit per stream as the application reads; qh3's engine
-        # stops taking data from its core once an eighth of the connection's
-        # window is unread, and the core's half then stops the peer.
+        # stops taking data from its core once a stream window is unread, and
+        # the core's own windows then stop the peer.
         bound = window if quic_engine == "aioquic" else receive_side["initial_max_data"]
         assert inbound.buffered_bytes <= bound
         assert stream.queued_bytes <= send_bound + 256 * 1024
@@ -157,7 +157,8 @@ async def test_slow_reader_bounds_the_connection(certs: Certs, quic_engine: nc.Q
         assert isinstance(channel, nc.quic.QUICChannel)
         buffered = sum(s.buffered_bytes for s in channel._streams.values())
         # aioquic grants the connection window as the application reads; qh3's
-        # engine takes an eighth of it out of its core, whose half stops the peer.
+        # engine takes a stream window out of its core, whose own windows stop
+        # the peer.
         assert 0 < buffered <= connection_window
         assert not any(p.done() for p in producers)
 

@@ -752,7 +752,7 @@ class QUICChannel:
         if self._finished:
             self._on_closed(self)
             return
-        if self._queued_total and self._handshake_complete:
+        if (self._queued_total or not self.quic.send_settled()) and self._handshake_complete:
             self._drained = self._loop.create_future()
             try:
                 async with asyncio.timeout(self.options.close_timeout):

@@ -11,9 +11,9 @@ side takes received data out of it, and qh3's connection takes everything out
 as each datagram is processed, so by itself it would let a peer fill an
 unread stream without limit. Here the core's connection window is half of
 ``QUIC.initial_max_data``, and :class:`Qh3Engine` stops taking events out of
-the core once the application has a quarter of that received and unread;
-the core's fixed windows then stop the peer, which may so send at most
-``5/8 * initial_max_data`` before the application reads. The cost:
+the core once the application has ``initial_max_stream_data`` (at least a
+quarter of the core's window) received and unread; the core's fixed windows
+then stop the peer. The cost:
 while the application is that far behind, *every* event of the connection
 waits in the core (data on other streams, datagrams, resets, the peer's
 close), and an application that waits on one stream while leaving that much
@@ -105,11 +105,13 @@ def _engine_class() -> type:
             super().__init__(**kwargs)
             self.events = events
             self._nc_options = options
-            # The core's connection window is half of initial_max_data; a
-            # quarter of that may wait unread in the streams (whose buffers
-            # cost about three times their contents at their peak in RSS).
+            # The core's connection window is half of initial_max_data. The
+            # streams may hold one stream window unread (a receive_exactly of
+            # that much must complete, as on aioquic), and at least a quarter
+            # of the core's: their buffers cost about three times their
+            # contents in RSS at their peak.
             self._nc_window = max(options.initial_max_data // 2, 1)
-            self._nc_budget = max(self._nc_window // 4, 1)
+            self._nc_budget = max(options.initial_max_stream_data, self._nc_window // 4, 1)
             self._nc_taker = _Taker(self)
             self._nc_unread: dict[int, int] = {}
             self._nc_unread_total = 0
