@@ -357,6 +357,8 @@ class QUICChannel:
             if self._streams.get(stream.id) is stream:
                 del self._streams[stream.id]
             self.quic.forget_stream(stream.id)
+        if gone and self.quic.released_events:
+            self._schedule_input()  # forgetting unread bytes let held events go
 
     def _consumed(self, stream: QUICStream, size: int) -> None:
         quic = self.quic

@@ -13,13 +13,12 @@ unread stream without limit. Here the core's connection window is half of
 ``QUIC.initial_max_data``, and :class:`Qh3Engine` stops taking events out of
 the core once the application has ``initial_max_stream_data`` (at least a
 quarter of the core's window) received and unread; the core's fixed windows
-then stop the peer. The cost:
-while the application is that far behind, *every* event of the connection
-waits in the core (data on other streams, datagrams, resets, the peer's
-close), and an application that waits on one stream while leaving that much
-unread on others stalls until it reads them (aioquic's engine grants credit
-per stream instead). The windows also do not grow with a fast reader, so
-``max_receive_window`` has no effect on qh3.
+then stop the peer. The cost: while the application is that far behind,
+*every* event of the connection waits in the core (data on other streams,
+datagrams, resets, the peer's close), and an application that waits on one
+stream while leaving that much unread on others stalls until it reads them
+(aioquic's engine grants credit per stream instead). The windows also do not
+grow with a fast reader, so ``max_receive_window`` has no effect on qh3.
 
 Stream limits. qh3 announces fixed initial MAX_STREAMS (and DATAGRAM support
 on every client); the options' values are handed to its core when it is
@@ -226,10 +225,12 @@ def _engine_class() -> type:
             self._release()
 
         def _release(self) -> bool:
+            """Take held events out of the core once the reader caught up; True if it did
+            (``released_events`` then tells the channel to process them)."""
             if not self._nc_held or self._nc_unread_total >= self._nc_budget:
                 return False
             self._nc_held = False
-            if self._core is None:
+            if getattr(self, "_core", None) is None:
                 return False
             self._drain_core()  # the core grants credit for what it hands over
             self.released_events = True
