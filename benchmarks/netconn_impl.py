@@ -347,5 +347,7 @@ class NetconnQUIC:
         return stack
 
     async def connect(self, env: Env, port: int, options: ConnectOptions) -> _Session:
+        if options.early_data and self._engine == "qh3":
+            raise Unsupported("netconn sends 0-RTT data only with QUIC(engine='aioquic')")
         conn = await _connect(self._client_stack(env, options), port)
         return _Session(conn, messages=False, multiplexed=True)

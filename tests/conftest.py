@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import trustme
 
+pytest_plugins = ["quic_helpers"]  # its quic_engine fixture runs QUIC tests on each engine
+
 # One time unit for every bound in the tests; raise it on a slow machine.
 TIMEOUT_SCALE = float(os.environ.get("NETCONN_TEST_TIMEOUT_SCALE", "1"))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
@@ -16,6 +16,9 @@ import netconn as nc
 
 __all__ = [
     "ALPN",
+    "ENGINES",
+    "quic_engine",
+    "refused_on_qh3",
     "Relay",
     "client_options",
     "connected_pair",
@@ -26,17 +29,47 @@ __all__ = [
 
 ALPN = ["netconn-test"]
 
+ENGINES = ("aioquic", "qh3")
+"""Every QUIC engine; the suite runs against each (qh3 must be installed: no skipping)."""
+engine: nc.QUICEngine = "aioquic"
+"""The engine :func:`server_options` and :func:`client_options` use in the running test."""
+
+
+@pytest.fixture(params=ENGINES)
+def quic_engine(request: pytest.FixtureRequest) -> Iterator[nc.QUICEngine]:
+    """Run the test once per engine (conftest.py registers this module's fixtures)."""
+    global engine
+    engine = request.param
+    try:
+        yield engine
+    finally:
+        engine = "aioquic"
+
+
 Handler = Callable[[nc.Connection[nc.QUIC]], Awaitable[None]]
+
+
+def refused_on_qh3(**options: Any) -> bool:
+    """On the qh3 engine, check that ``options`` are refused when built, naming the
+    option and the engine, and return True (the test has nothing more to run)."""
+    if engine != "qh3":
+        return False
+    name = next(iter(options))
+    with pytest.raises(ValueError, match=f"{name}=.*engine='qh3'"):
+        nc.QUIC(alpn=ALPN, engine="qh3", **options)
+    return True
 
 
 def server_options(certs: Certs, **kwargs: Any) -> nc.QUIC:
     """Server options with the test certificate, changed by ``kwargs``."""
-    return replace(nc.QUIC(alpn=ALPN, certificate=(certs.cert, certs.key)), **kwargs)
+    return replace(nc.QUIC(alpn=ALPN, certificate=(certs.cert, certs.key), engine=engine), **kwargs)
 
 
 def client_options(certs: Certs, **kwargs: Any) -> nc.QUIC:
     """Client options trusting the test CA, changed by ``kwargs``."""
-    return replace(nc.QUIC(alpn=ALPN, server_name="localhost", ca_file=certs.ca), **kwargs)
+    return replace(
+        nc.QUIC(alpn=ALPN, server_name="localhost", ca_file=certs.ca, engine=engine), **kwargs
+    )
 
 
 def endpoint(listener: nc.Listener[Any]) -> nc.Endpoint:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from conftest import Certs, timeout
@@ -19,6 +20,8 @@ from quic_helpers import (
 )
 
 import netconn as nc
+
+pytestmark = pytest.mark.usefixtures("quic_engine")  # every test on each engine
 
 
 async def echo_streams(conn: nc.Connection[nc.QUIC]) -> None:
@@ -212,6 +215,39 @@ def test_options_validate() -> None:
     with pytest.raises(ValueError, match="versions"):
         nc.QUIC(alpn=ALPN, versions=())
     assert replace(nc.QUIC(alpn=ALPN), idle_timeout=5).idle_timeout == 5
+
+
+def test_engine_option(quic_engine: nc.QUICEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default engine is aioquic; qh3 refuses what it cannot honour, by name."""
+    assert nc.QUIC(alpn=ALPN).engine == "aioquic"
+    assert nc.QUIC(alpn=ALPN, engine=quic_engine).engine == quic_engine
+    with pytest.raises(ValueError, match="engine must be 'aioquic' or 'qh3'"):
+        nc.QUIC(alpn=ALPN, engine="quiche")  # type: ignore[arg-type]
+    refused: dict[str, Any] = {
+        "congestion_control": "cubic",
+        "qlog_dir": "/tmp/q",
+        "early_data": True,
+    }
+    for name, value in refused.items():
+        options = nc.QUIC(alpn=ALPN, **{name: value})  # every option works on aioquic
+        if quic_engine == "qh3":
+            with pytest.raises(ValueError, match=f"option {name}= .*engine='qh3'"):
+                replace(options, engine="qh3")
+    # qh3 honours these: versions, cipher, keylog, resumption, Retry, stream limits.
+    nc.QUIC(
+        alpn=ALPN,
+        engine="qh3",
+        versions=("v2", "v1"),
+        chacha20_only=True,
+        keylog_file="/dev/null",
+        ticket_store=nc.MemoryTicketStore(),
+        retry=True,
+        initial_max_streams_bidirectional=7,
+    )
+    # Asking for qh3 without it installed fails when the options are built.
+    monkeypatch.setitem(__import__("sys").modules, "qh3.quic.connection", None)
+    with pytest.raises(ValueError, match=r"engine='qh3'.* needs the qh3 package"):
+        nc.QUIC(alpn=ALPN, engine="qh3")
 
 
 async def test_nothing_listening_is_refused(certs: Certs) -> None:

@@ -80,8 +80,9 @@ async def test_netconn_client_picoquic_server_hq(
     assert len({d.stream_id for d in downloads}) == len(www)
 
 
+@pytest.mark.parametrize("engine", ["aioquic", "qh3"])
 async def test_netconn_client_picoquic_server_h3(
-    tmp_path: Path, peer_certs: Certificates, www: dict[str, str]
+    tmp_path: Path, peer_certs: Certificates, www: dict[str, str], engine: nc.QUICEngine
 ) -> None:
     _require(PICOQUIC)
     async with (
@@ -90,7 +91,7 @@ async def test_netconn_client_picoquic_server_h3(
     ):
         endpoint = nc.Endpoint.host_port(server.host, server.port)
         async with (
-            nc.Connection(endpoint, _client("h3", peer_certs)) as conn,
+            nc.Connection(endpoint, _client("h3", peer_certs, engine=engine)) as conn,
             H3Client(conn) as http,
         ):
             responses = await http.fetch(list(www))
@@ -185,6 +186,8 @@ def _hashes(directory: Path, names: dict[str, str]) -> dict[str, str]:
     return found
 
 
+# On the qh3 engine only the client side: qh3 2.1.0's own server fails against
+# picoquic's client ("packet builder capacity exhausted" building its answer).
 @pytest.mark.parametrize("alpn", ["hq-interop", "h3"])
 async def test_picoquic_client_netconn_server(
     tmp_path: Path, peer_certs: Certificates, www: dict[str, str], alpn: str

@@ -1,4 +1,4 @@
-"""QUIC for netconn, on aioquic's sans-I/O engine.
+"""QUIC for netconn, on aioquic's sans-I/O engine (or qh3's, with ``QUIC(engine="qh3")``).
 
 Usage (the public names live in :mod:`netconn`)::
 
@@ -68,6 +68,8 @@ GSO writes, 4 MiB buffers), :mod:`._engine` adjusts aioquic's
 scan per packet, GSO-sized pacing bursts), :mod:`._channel` is the glue
 (events, streams, datagrams, one timer), :mod:`._client` and :mod:`._server`
 set connections up (connection-ID routing, Retry, version negotiation).
+:mod:`._aioquic` and :mod:`._qh3` answer the channel's questions of its
+engine, one for each implementation.
 """
 
 from ._channel import QUICChannel

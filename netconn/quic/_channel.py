@@ -1,17 +1,18 @@
-"""One QUIC connection: aioquic's state machine, its streams, datagrams and timer.
+"""One QUIC connection: the engine's state machine, its streams, datagrams and timer.
 
-How this works: a :class:`QUICChannel` owns one ``FlowControlledConnection``
-(aioquic's sans-I/O engine) and is fed by whoever reads the UDP socket, one
-*batch* of datagrams at a time. After each batch (or timer, or application
-call) it drains the engine's events into stream buffers, wakes the tasks that
-wait for room or data, builds every packet the engine allows in one call,
-hands them to the socket in one go, and re-arms its single timer.
+How this works: a :class:`QUICChannel` owns one sans-I/O engine (aioquic's,
+:mod:`netconn.quic._aioquic`, or qh3's, :mod:`netconn.quic._qh3`) and is fed
+by whoever reads the UDP socket, one *batch* of datagrams at a time. After
+each batch (or timer, or application call) it drains the engine's events
+into stream buffers, wakes the tasks that wait for room or data, builds
+every packet the engine allows in one call, hands them to the socket in one
+go, and re-arms its single timer.
 
 Back-pressure: a stream's ``send`` waits while the bytes it has queued and not
 yet had acknowledged exceed ``Parameters.send_buffer``, or the connection's
 total exceeds ``QUIC.connection_send_buffer``; received bytes wait in the
 stream until the application reads them, and only reading grants the peer new
-credit (see :mod:`netconn.quic._engine`).
+credit (see :mod:`netconn.quic._engine`; qh3: :mod:`netconn.quic._qh3`).
 """
 
 from __future__ import annotations
@@ -23,9 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aioquic.quic import events
-from aioquic.quic.connection import QuicConnectionState
-from aioquic.quic.packet import QuicErrorCode, QuicPacketType
-from aioquic.quic.stream import QuicStreamSender
+from aioquic.quic.packet import QuicErrorCode
 
 from ..endpoint import Address
 from ..errors import (
@@ -43,7 +42,7 @@ from ..errors import (
 from ..stacks.base import AttemptContext
 from ..stacks.tls import PeerCertificate
 from ..state import Cancelled
-from ._engine import FlowControlledConnection
+from ._aioquic import AioquicEngine
 from ._stream import DeliveryReceipt, Directionality, QUICDatagrams, QUICStream
 from ._udp import NetworkAddress
 
@@ -56,7 +55,6 @@ __all__ = ["DeliveryReceipt", "Directionality", "QUICChannel", "QUICDatagrams", 
 logger = logging.getLogger("netconn.quic")
 
 
-_CLOSING_STATES = frozenset({QuicConnectionState.CLOSING, QuicConnectionState.DRAINING})
 _SHORT_HEADER_OVERHEAD = 1 + 20 + 2 + 16  # flags, longest CID, packet number, AEAD tag
 _DATAGRAM_FRAME_OVERHEAD = 1 + 4  # frame type, length varint
 _MIN_SILENCE = 1.0  # seconds without an answer before a path counts as not viable
@@ -72,7 +70,7 @@ class QUICChannel:
     def __init__(
         self,
         options: QUIC,
-        quic: FlowControlledConnection,
+        quic: AioquicEngine,
         ctx: AttemptContext,
         *,
         send: Callable[[list[tuple[bytes, NetworkAddress]]], None],
@@ -105,6 +103,7 @@ class QUICChannel:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._transmit_handle: asyncio.Handle | None = None
+        self._input_handle: asyncio.Handle | None = None
         self._active: set[QUICStream] = set()
         self._retiring: set[QUICStream] = set()
         self._queued_total = 0
@@ -149,28 +148,24 @@ class QUICChannel:
     @property
     def can_send_early(self) -> bool:
         """Whether 0-RTT keys are ready (a resumed client may send before the handshake)."""
-        from aioquic import tls
-
-        crypto = self.quic._cryptos.get(tls.Epoch.ZERO_RTT)
-        return bool(self.is_client and crypto is not None and crypto.send.is_valid())
+        return self.is_client and self.quic.can_send_early()
 
     # Properties of the connection
 
     @property
     def remote_idle_timeout(self) -> float | None:
         """The peer's max_idle_timeout in seconds (``None``: not known or none)."""
-        value = self.quic._remote_max_idle_timeout
-        return None if value is None else float(value)
+        return self.quic.remote_idle_timeout()
 
     @property
     def remote_max_streams_bidirectional(self) -> int:
         """Bidirectional streams the peer lets us open in total, so far."""
-        return int(self.quic._remote_max_streams_bidi)
+        return self.quic.remote_max_streams(False)
 
     @property
     def remote_max_streams_unidirectional(self) -> int:
         """Unidirectional streams the peer lets us open in total, so far."""
-        return int(self.quic._remote_max_streams_uni)
+        return self.quic.remote_max_streams(True)
 
     @property
     def usable_datagram_frame_size(self) -> int:
@@ -199,35 +194,26 @@ class QUICChannel:
 
     def stats(self) -> dict[str, Any]:
         """RTT, congestion window, bytes in flight and socket counters."""
-        loss = self.quic._loss
+        rtt, congestion_window, in_flight = self.quic.recovery_stats()
         return {
-            "smoothed_rtt": loss._rtt_smoothed,
-            "congestion_window": loss.congestion_window,
-            "bytes_in_flight": loss.bytes_in_flight,
+            "smoothed_rtt": rtt,
+            "congestion_window": congestion_window,
+            "bytes_in_flight": in_flight,
             "queued_bytes": self._queued_total,
             "open_streams": len(self._streams),
             "retries_received": self.quic._retry_count,
-            "key_phase": self._key_phase(),
+            "key_phase": self.quic.key_phase(),
             "early_data_sent": self.early_data_sent,
             "early_data_resent": self.early_data_resent,
             "datagrams_dropped": self.datagrams.dropped,
             "socket": self.socket_stats(),
         }
 
-    def _key_phase(self) -> int:
-        from aioquic import tls
-
-        crypto = self.quic._cryptos.get(tls.Epoch.ONE_RTT)
-        return 0 if crypto is None else int(crypto.send.key_phase)
-
     def tls_info(self) -> dict[str, Any]:
         """Version, cipher, ALPN and resumption, for reports."""
-        tls = getattr(self.quic, "tls", None)
-        suite = getattr(tls, "key_schedule", None)
-        cipher = getattr(getattr(suite, "cipher_suite", None), "name", None)
         return {
             "version": "TLSv1.3",
-            "cipher": cipher,
+            "cipher": self.quic.cipher_name(),
             "alpn": self.negotiated_alpn,
             "session_reused": self.session_resumed,
             "early_data_accepted": self.early_data_accepted,
@@ -301,10 +287,7 @@ class QUICChannel:
         return stream
 
     def _queued(self, stream: QUICStream) -> int:
-        engine_stream = self.quic._streams.get(stream.id)
-        if engine_stream is None or engine_stream.sender._reset_error_code is not None:
-            return 0  # gone, or reset: nothing more will be sent
-        return len(engine_stream.sender._buffer)
+        return self.quic.queued(stream.id)
 
     async def _wait_send_room(self, stream: QUICStream) -> None:
         limit = self.ctx.parameters.send_buffer
@@ -336,9 +319,14 @@ class QUICChannel:
         self._queued_total += len(data)
         self._schedule_transmit()
 
+    def _check_receipts_supported(self) -> None:
+        if not self.quic.supports_receipts:
+            raise InvalidState(
+                f"delivery receipts need QUIC(engine='aioquic'), not engine={self.quic.name!r}"
+            )
+
     def _receipt(self, stream: QUICStream) -> DeliveryReceipt:
-        engine_stream = self.quic._streams.get(stream.id)
-        end = 0 if engine_stream is None else engine_stream.sender._buffer_stop
+        end = self.quic.written_offset(stream.id)
         future: asyncio.Future[None] = self._loop.create_future()
         stream._receipts.append((end, future))
         self._active.add(stream)
@@ -346,9 +334,7 @@ class QUICChannel:
         return DeliveryReceipt(future, end)
 
     def _check_receipts(self, stream: QUICStream) -> None:
-        engine_stream = self.quic._streams.get(stream.id)
-        # A stream the engine discarded had everything acknowledged.
-        acked = 1 << 62 if engine_stream is None else engine_stream.sender._buffer_start
+        acked = self.quic.acked_offset(stream.id)
         while stream._receipts and stream._receipts[0][0] <= acked:
             _, future = stream._receipts.pop(0)
             if not future.done():
@@ -356,24 +342,30 @@ class QUICChannel:
 
     def _retire(self, stream: QUICStream) -> None:
         self._retiring.add(stream)
-        if stream.id not in self.quic._streams:
+        if not self.quic.has_stream(stream.id):
             self._forget_finished()  # the engine is already done with it
 
     def _forget_finished(self) -> None:
         # A stream leaves our table once the application is done with it and
         # the engine has discarded it (everything acknowledged both ways).
-        engine_streams = self.quic._streams
-        gone = [s for s in self._retiring if s.id not in engine_streams and not s._receipts]
+        has_stream = self.quic.has_stream
+        gone = [s for s in self._retiring if not has_stream(s.id) and not s._receipts]
         for stream in gone:
             self._retiring.discard(stream)
             self._active.discard(stream)
             if self._streams.get(stream.id) is stream:
                 del self._streams[stream.id]
             self.quic.forget_stream(stream.id)
+        if gone and self.quic.released_events:
+            self._schedule_input()  # forgetting unread bytes let held events go
 
     def _consumed(self, stream: QUICStream, size: int) -> None:
-        if self.quic.consumed(stream.id, size, self._loop.time()):
-            self._schedule_transmit()
+        quic = self.quic
+        if quic.consumed(stream.id, size, self._loop.time()):
+            if quic.released_events:
+                self._schedule_input()  # events the engine held back until the reader caught up
+            else:
+                self._schedule_transmit()
 
     def _reset(self, stream: QUICStream, code: int) -> None:
         if self._finished:
@@ -391,10 +383,11 @@ class QUICChannel:
         self._schedule_transmit()
 
     def _reprioritise(self, stream: QUICStream) -> None:
-        if stream._priority:
-            self.quic.stream_priorities[stream.id] = stream._priority
-        else:
-            self.quic.stream_priorities.pop(stream.id, None)
+        try:
+            self.quic.set_priority(stream.id, stream._priority)
+        except InvalidState:
+            stream._priority = 0
+            raise
         self._schedule_transmit()
 
     # Input: datagrams and timers
@@ -404,10 +397,8 @@ class QUICChannel:
         if self._finished:
             return
         now = self._loop.time()
-        receive = self.quic.receive_datagram
         try:
-            for data, addr in batch:
-                receive(data, addr, now)
+            self.quic.receive_datagrams(batch, now)
             self._last_received = now
             self._ping_outstanding = False
             if not self._viable:
@@ -423,10 +414,9 @@ class QUICChannel:
             return
         now = self._loop.time()
         quic = self.quic
-        close_at = quic._close_at
         try:
-            if quic._close_event is None and close_at is not None and now >= close_at:
-                timeout = quic._idle_timeout()
+            timeout = quic.idle_expired(now)
+            if timeout is not None:
                 self._finish(ConnectionTimeout(f"QUIC idle timeout ({timeout:.1f} s)"))
                 quic.handle_timer(now)
                 return
@@ -468,7 +458,7 @@ class QUICChannel:
     def _viability_deadline(self) -> float:
         # No answer over three probe timeouts (at least a second) means packets
         # are not flowing, well before the idle timeout gives up.
-        return max(3 * self.quic._loss.get_probe_timeout(), _MIN_SILENCE)
+        return max(3 * self.quic.probe_timeout(), _MIN_SILENCE)
 
     def _set_viable(self, viable: bool) -> None:
         self._viable = viable
@@ -492,8 +482,26 @@ class QUICChannel:
         else:
             self.transmit()
 
+    def _schedule_input(self) -> None:
+        if self._input_handle is None and not self._finished:
+            self._input_handle = self._loop.call_soon(self._released_input)
+
+    def _released_input(self) -> None:
+        self._input_handle = None
+        if self._finished:
+            return
+        self.quic.released_events = False
+        try:
+            self._after_input()
+        except Exception as exc:
+            self._engine_failed(exc)
+
     def _process_events(self) -> None:
         quic = self.quic
+        if TYPE_CHECKING:
+            from aioquic.quic import events  # qh3's event classes have the same fields
+        else:
+            events = quic.events
         while (event := quic.next_event()) is not None:
             kind = type(event)
             if kind is events.StreamDataReceived:
@@ -529,13 +537,8 @@ class QUICChannel:
         # A CONNECTION_CLOSE (the peer's, or ours after a protocol or TLS error
         # found here) keeps the engine closing for three PTOs before it reports
         # the end; report it now.
-        close = quic._close_event
-        if (
-            close is not None
-            and not self._finished
-            and not self._closing_locally
-            and quic._state in _CLOSING_STATES
-        ):
+        close = quic.closing_event()
+        if close is not None and not self._finished and not self._closing_locally:
             self._terminated(close)
 
     def _handshake_completed(self, event: events.HandshakeCompleted) -> None:
@@ -558,10 +561,7 @@ class QUICChannel:
         hook = self.options.verify_hook
         if hook is None:
             return None
-        from cryptography.hazmat.primitives.serialization import Encoding
-
-        certificate = getattr(self.quic.tls, "_peer_certificate", None)
-        der = b"" if certificate is None else certificate.public_bytes(Encoding.DER)
+        der = self.quic.peer_certificate_der()
         info = PeerCertificate(der, self._server_name, not self.options.insecure_skip_verify)
         try:
             accepted = hook(info)
@@ -570,46 +570,16 @@ class QUICChannel:
         return None if accepted else CertificateError("rejected by the verify hook")
 
     def _resend_early_data(self, why: str) -> None:
-        """Queue again every byte sent as 0-RTT: the server never saw it.
-
-        aioquic marks 0-RTT stream data as sent and, after a Retry or a
-        rejection of early data, never sends it again. The bytes are still in
-        each stream's send buffer (unacknowledged), so they are marked pending
-        and go out in the next packets.
-        """
-        # The 0-RTT packets may later be declared lost; their stream frames must
-        # not then be queued a second time (by then the copies sent here may be
-        # acknowledged and gone from the buffer).
-        for space in self.quic._loss.spaces:
-            for packet in space.sent_packets.values():
-                if packet.packet_type == QuicPacketType.ZERO_RTT:
-                    packet.delivery_handlers = [
-                        (handler, args)
-                        for handler, args in packet.delivery_handlers
-                        if not isinstance(getattr(handler, "__self__", None), QuicStreamSender)
-                    ]
-        for stream_id in sorted(self._early_streams):
-            engine_stream = self.quic._streams.get(stream_id)
-            if engine_stream is None:
-                continue
-            sender = engine_stream.sender
-            if sender._buffer_start < sender.highest_offset:
-                sender._pending.add(sender._buffer_start, sender.highest_offset)
-                self.early_data_resent += sender.highest_offset - sender._buffer_start
-            if sender._buffer_fin is not None and not sender._acked_fin:
-                sender._pending_eof = True
-            sender.buffer_is_empty = False
+        """Queue again every byte sent as 0-RTT: the server never saw it."""
+        self.early_data_resent += self.quic.resend_early_data(sorted(self._early_streams))
         logger.debug("%r: %s, 0-RTT data queued again", self, why)
         if not self._handshake_complete:
             return
         self._early_streams.clear()
 
     def _check_path(self) -> None:
-        paths = self.quic._network_paths
-        if not paths:
-            return
-        addr = paths[0].addr
-        if addr != self._remote_sockaddr:
+        addr = self.quic.remote_address()
+        if addr is not None and addr != self._remote_sockaddr:
             self._remote_sockaddr = addr
             self.remote_address = Address.from_sockaddr(addr)
             self.ctx.on_path_change()
@@ -635,7 +605,12 @@ class QUICChannel:
             for waiter_stream in list(self._room_waiters):
                 if self._queued(waiter_stream) < limit:
                     waiter_stream._wake_sender()
-        if self._drained is not None and total == 0 and not self._drained.done():
+        if (
+            self._drained is not None
+            and total == 0
+            and not self._drained.done()
+            and self.quic.send_settled()
+        ):
             self._drained.set_result(None)
         if self._credit_waiters:
             for waiter in list(self._credit_waiters):
@@ -676,12 +651,13 @@ class QUICChannel:
 
     def _arm_timer(self, now: float) -> None:
         at = self.quic.get_timer()
-        if self.quic._loss.bytes_in_flight == 0:
+        in_flight = self.quic.bytes_in_flight()
+        if in_flight == 0:
             self._in_flight_since = None
         elif self._in_flight_since is None:
             self._in_flight_since = now
         if not self._finished:
-            if self._viable and self.quic._loss.bytes_in_flight > 0:
+            if self._viable and in_flight > 0:
                 # Silence counts from the later of the last packet heard and the
                 # moment something went unanswered (not from an idle spell).
                 waiting = max(self._last_received, self._in_flight_since or now)
@@ -756,6 +732,9 @@ class QUICChannel:
         if self._transmit_handle is not None:
             self._transmit_handle.cancel()
             self._transmit_handle = None
+        if self._input_handle is not None:
+            self._input_handle.cancel()
+            self._input_handle = None
         with contextlib.suppress(Exception):  # the CONNECTION_CLOSE, if the engine has one
             packets = self.quic.datagrams_to_send(self._loop.time())
             if packets:
@@ -769,11 +748,8 @@ class QUICChannel:
                     keylog.flush()  # the listener's, shared by its connections
         # aioquic writes a qlog trace only when the engine reaches its own end
         # of the draining period, which a finished channel no longer waits for.
-        file_logger, trace = self.quic.configuration.quic_logger, self.quic._quic_logger
-        if file_logger is not None and trace is not None:
-            with contextlib.suppress(OSError, ValueError):
-                file_logger.end_trace(trace)
-            self.quic._quic_logger = None
+        with contextlib.suppress(OSError, ValueError):
+            self.quic.end_qlog()
         self.ctx.on_lost(self.error)
         self._on_closed(self)
 
@@ -783,7 +759,7 @@ class QUICChannel:
         if self._finished:
             self._on_closed(self)
             return
-        if self._queued_total and self._handshake_complete:
+        if (self._queued_total or not self.quic.send_settled()) and self._handshake_complete:
             self._drained = self._loop.create_future()
             try:
                 async with asyncio.timeout(self.options.close_timeout):

@@ -11,8 +11,8 @@ from ..endpoint import Address
 from ..errors import ConnectionRefused, HostUnreachable, mapped
 from ..stacks.base import AttemptContext
 from ..stacks.sockets import apply_parameters, check_path
+from ._aioquic import AioquicEngine, new_aioquic_engine
 from ._channel import QUICChannel
-from ._engine import FlowControlledConnection
 from ._udp import DatagramSocket
 
 if TYPE_CHECKING:
@@ -21,19 +21,18 @@ if TYPE_CHECKING:
 __all__ = ["connect", "new_engine"]
 
 
-def new_engine(options: QUIC, **kwargs: Any) -> FlowControlledConnection:
-    """An engine with the options' stream limits and receive windows."""
-    engine = FlowControlledConnection(
-        max_stream_window=options.max_receive_window,
-        max_connection_window=2 * options.max_receive_window,
-        **kwargs,
-    )
-    for limit, value in (
-        (engine._local_max_streams_bidi, options.initial_max_streams_bidirectional),
-        (engine._local_max_streams_uni, options.initial_max_streams_unidirectional),
-    ):
-        limit.value = limit.sent = value  # announced in the transport parameters
-    return engine
+def new_engine(options: QUIC, **kwargs: Any) -> AioquicEngine:
+    """The options' engine with their stream limits and receive windows.
+
+    Every engine answers the channel's questions as :class:`AioquicEngine`
+    does (qh3's is typed as it).
+    """
+    if options.engine == "qh3":
+        from ._qh3 import new_qh3_engine
+
+        engine: AioquicEngine = new_qh3_engine(options, **kwargs)
+        return engine
+    return new_aioquic_engine(options, **kwargs)
 
 
 async def connect(options: QUIC, ctx: AttemptContext, address: Address) -> QUICChannel:

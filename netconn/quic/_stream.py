@@ -199,6 +199,8 @@ class QUICStream:
         self._check_send()
         view = memoryview(data).cast("B")
         channel = self._channel
+        if receipt:
+            channel._check_receipts_supported()
         self._sending = True
         try:
             offset, total = 0, len(view)

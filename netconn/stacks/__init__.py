@@ -3,7 +3,7 @@
 from .base import Message, MessageProtocol, MultiplexProtocol, Stack, StreamProtocol
 from .coder import JSON, Codec, Coder, JSONCodec
 from .framing import TLV, LengthPrefix
-from .quic import QUIC, MemoryTicketStore, QUICTicketStore, QUICVersion
+from .quic import QUIC, MemoryTicketStore, QUICEngine, QUICTicketStore, QUICVersion
 from .tcp import TCP
 from .tls import TLS, PeerCertificate, TLSSessionCache, TLSVersion
 from .udp import UDP
@@ -27,6 +27,7 @@ __all__ = [
     "MessageProtocol",
     "MultiplexProtocol",
     "PeerCertificate",
+    "QUICEngine",
     "QUICTicketStore",
     "QUICVersion",
     "Stack",

@@ -1,17 +1,18 @@
 """QUIC options: ``QUIC(alpn=[...], ...)``, a multiplexed, encrypted transport.
 
-The options object builds aioquic's ``QuicConfiguration``; the connection
-itself runs in :mod:`netconn.quic`, which owns the UDP socket, the streams
-and the datagrams.
+The options object builds the engine's ``QuicConfiguration`` (aioquic's, or
+qh3's with ``engine="qh3"``); the connection itself runs in
+:mod:`netconn.quic`, which owns the UDP socket, the streams and the datagrams.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from ..endpoint import Address
 from ..errors import TLSError
@@ -24,7 +25,10 @@ if TYPE_CHECKING:
     from ..listener import Listener
     from ..quic import QUICChannel
 
-__all__ = ["QUIC", "MemoryTicketStore", "QUICTicketStore", "QUICVersion"]
+__all__ = ["QUIC", "MemoryTicketStore", "QUICEngine", "QUICTicketStore", "QUICVersion"]
+
+QUICEngine = Literal["aioquic", "qh3"]
+"""The sans-I/O QUIC implementation a connection runs on."""
 
 QUICVersion = Literal["v1", "v2"]
 """QUIC version 1 (RFC 9000) or 2 (RFC 9369)."""
@@ -110,8 +114,9 @@ class QUIC(MultiplexProtocol):
     """Bytes per UDP datagram sent, at least 1200 and never above the peer's
     max_udp_payload_size; default 1350. Larger sizes cut CPU per byte where the path
     allows them (loopback carries 64 KiB); nothing probes the path MTU."""
-    congestion_control: Literal["reno", "cubic"] = "reno"
-    """Congestion controller; default NewReno."""
+    congestion_control: Literal["reno", "cubic"] | None = None
+    """Congestion controller; default: the engine's own (NewReno on aioquic; qh3 has
+    one built-in controller and refuses a choice)."""
     versions: Sequence[QUICVersion] = ("v1",)
     """Versions in preference order. A client starts with v1 if listed and moves
     to a preferred v2 by compatible version negotiation (RFC 9368)."""
@@ -137,6 +142,10 @@ class QUIC(MultiplexProtocol):
     """Datagrams held for sending, and unread received ones, per connection; default 256."""
     close_timeout: float = 5.0
     """Seconds a graceful close waits for sent data to be acknowledged; default 5."""
+    engine: QUICEngine = "aioquic"
+    """The QUIC implementation: ``"aioquic"`` (default) or ``"qh3"`` (aioquic's API on
+    a Rust core; needs the ``qh3`` package). Options qh3 cannot honour raise
+    ``ValueError`` here; see :mod:`netconn.quic._qh3`."""
 
     def __post_init__(self) -> None:
         if not self.alpn:
@@ -147,6 +156,12 @@ class QUIC(MultiplexProtocol):
             raise ValueError("max_udp_payload_size must be at least 1200")
         if self.idle_timeout <= 0:
             raise ValueError("idle_timeout must be positive")
+        if self.engine == "qh3":
+            from ..quic._qh3 import check_options
+
+            check_options(self)
+        elif self.engine != "aioquic":
+            raise ValueError(f"engine must be 'aioquic' or 'qh3', not {self.engine!r}")
 
     @property
     def version_numbers(self) -> list[int]:
@@ -156,18 +171,19 @@ class QUIC(MultiplexProtocol):
     def configuration(
         self, *, is_client: bool, server_name: str | None = None
     ) -> QuicConfiguration:
-        """Build the aioquic configuration these options describe.
+        """Build the engine's configuration these options describe (qh3's has the
+        same fields; it is typed as aioquic's).
 
         Raises :class:`~netconn.TLSError` when a certificate, key or CA file
         cannot be read or parsed.
         """
-        from aioquic.quic.configuration import QuicConfiguration
-        from aioquic.quic.logger import QuicFileLogger
-        from aioquic.tls import CipherSuite
         from cryptography import x509
         from cryptography.hazmat.primitives.serialization import Encoding
 
-        config = QuicConfiguration(
+        package = "qh3" if self.engine == "qh3" else "aioquic"
+        cipher_suite = importlib.import_module(f"{package}.tls").CipherSuite
+        configuration = importlib.import_module(f"{package}.quic.configuration")
+        config: Any = configuration.QuicConfiguration(
             alpn_protocols=list(self.alpn),
             is_client=is_client,
             idle_timeout=self.idle_timeout,
@@ -175,9 +191,10 @@ class QUIC(MultiplexProtocol):
             max_stream_data=self.initial_max_stream_data,
             max_datagram_frame_size=self.max_datagram_frame_size,
             max_datagram_size=self.max_udp_payload_size,
-            congestion_control_algorithm=self.congestion_control,
             server_name=server_name,
         )
+        if self.congestion_control is not None:
+            config.congestion_control_algorithm = self.congestion_control
         numbers = self.version_numbers
         config.supported_versions = numbers
         if is_client:
@@ -187,7 +204,7 @@ class QUIC(MultiplexProtocol):
                 _VERSION_NUMBERS["v1"] if "v1" in self.versions else numbers[0]
             )
         if self.chacha20_only:
-            config.cipher_suites = [CipherSuite.CHACHA20_POLY1305_SHA256]
+            config.cipher_suites = [cipher_suite.CHACHA20_POLY1305_SHA256]
         try:
             if self.certificate is not None:
                 config.load_cert_chain(*self.certificate)
@@ -208,11 +225,13 @@ class QUIC(MultiplexProtocol):
         if is_client and self.insecure_skip_verify:
             config.verify_mode = ssl.CERT_NONE
         if self.qlog_dir:
+            from aioquic.quic.logger import QuicFileLogger
+
             os.makedirs(self.qlog_dir, exist_ok=True)
             config.quic_logger = QuicFileLogger(self.qlog_dir)
         if self.keylog_file:
             config.secrets_log_file = open(self.keylog_file, "a")  # noqa: SIM115 - lives with the connection
-        return config
+        return cast("QuicConfiguration", config)
 
     async def open_channel(self, ctx: AttemptContext, address: Address) -> QUICChannel:
         from ..quic._client import connect
