@@ -59,6 +59,8 @@ class Debouncer:
     Lives on the running event loop; :meth:`cancel` drops a pending run.
     """
 
+    __slots__ = ("_action", "_delay", "_first", "_handle", "_max_wait")
+
     def __init__(self, delay: float, action: Callable[[], None], max_wait: float | None = None):
         self._delay = delay
         self._max_wait = max_wait if max_wait is not None else delay * 5
@@ -205,6 +207,8 @@ class NetworkWatch:
 
     Its snapshots and look-ups describe the namespace it was made in.
     """
+
+    __slots__ = ("_callback", "_source")
 
     def __init__(self, source: _EventSource, callback: Callable[[], None]) -> None:
         self._source: _EventSource | None = source
@@ -376,6 +380,8 @@ class ViabilityTracker:
     seconds; a flap shorter than that is never reported.
     """
 
+    __slots__ = ("_debounce", "_handle", "_link", "_notify", "_transport", "reported")
+
     def __init__(self, debounce: float, notify: Callable[[bool], None]) -> None:
         self._debounce = debounce
         self._notify = notify
@@ -443,6 +449,19 @@ class PathWatcher:
     interface appears or goes.
     """
 
+    __slots__ = (
+        "_debouncer",
+        "_endpoints",
+        "_on_better_path",
+        "_on_change",
+        "_on_link",
+        "_on_path",
+        "_parameters",
+        "_watch",
+        "better_path",
+        "path",
+    )
+
     def __init__(
         self,
         parameters: Parameters,
@@ -457,11 +476,11 @@ class PathWatcher:
         self._on_path = on_path
         self._on_link = on_link
         self._on_better_path = on_better_path
-        self._debouncer = Debouncer(_PATH_DEBOUNCE, self._changed)
+        self._debouncer: Debouncer | None = None  # made at the first event
         self._watch: NetworkWatch | None = None
         self._endpoints: tuple[Address, Address] | None = None
         self.path: Path | None = None
-        """The last path evaluated."""
+        """The last path evaluated (``None`` while a tracked path waits for its first use)."""
         self.better_path = False
         """Whether a preferable path was last seen."""
 
@@ -470,15 +489,38 @@ class PathWatcher:
         if self._watch is not None:
             return
         try:
-            self._watch = watch_network(self._debouncer.poke)
+            self._watch = watch_network(self._poke)
         except OSError as exc:
             logger.debug("no netlink events (%s): paths are evaluated once", exc)
 
-    def track(self, local: Address | None, remote: Address | None) -> Path:
-        """Follow the path between ``local`` and ``remote``; returns it as it is now."""
+    def _poke(self) -> None:
+        if self._debouncer is None:
+            self._debouncer = Debouncer(_PATH_DEBOUNCE, self._changed)
+        self._debouncer.poke()
+
+    def track(
+        self, local: Address | None, remote: Address | None, *, lazy: bool = False
+    ) -> Path | None:
+        """Follow the path between ``local`` and ``remote``; returns it as it is now.
+
+        With ``lazy`` nothing is evaluated yet and ``None`` is returned:
+        :meth:`evaluate` does it on first use, or the next network event does.
+        """
         self._endpoints = (local, remote) if local is not None and remote is not None else None
-        self.path = self._evaluate(local, remote)
+        self.path = None
         self.better_path = False
+        if lazy and self._endpoints is not None:
+            return None
+        return self._first(local, remote)
+
+    def evaluate(self) -> Path | None:
+        """The tracked path, evaluated now if it has not been yet."""
+        if self.path is None and self._endpoints is not None:
+            return self._first(*self._endpoints)
+        return self.path
+
+    def _first(self, local: Address | None, remote: Address | None) -> Path:
+        self.path = self._evaluate(local, remote)
         if local is not None and self.path.interface is None:
             # A fresh connection's local address is always on one of its
             # namespace's interfaces: this socket lives in another namespace
@@ -490,7 +532,8 @@ class PathWatcher:
 
     def stop(self) -> None:
         """Unsubscribe; no callback runs afterwards."""
-        self._debouncer.cancel()
+        if self._debouncer is not None:
+            self._debouncer.cancel()
         self._endpoints = None
         if self._watch is not None:
             self._watch.close()
@@ -522,6 +565,12 @@ class PathWatcher:
             return
         if self._watch is None:
             return
+        if self.path is None:
+            # Never evaluated: what it was at ready is lost, so the path now
+            # is the first one reported.
+            self._first(*self._endpoints)
+            if self._watch is None:  # another namespace: nothing to follow
+                return
         try:
             net = self._watch.snapshot()
         except OSError:
