@@ -17,6 +17,18 @@ class ReceiveBuffer:
     waiting reader loses nothing.
     """
 
+    __slots__ = (
+        "_buffer",
+        "_eof",
+        "_error",
+        "_limit",
+        "_low",
+        "_pause",
+        "_paused",
+        "_resume",
+        "_waiter",
+    )
+
     def __init__(
         self,
         limit: int,
@@ -102,8 +114,13 @@ class ReceiveBuffer:
 
     async def receive(self, at_least: int, at_most: int) -> bytes:
         """Wait for ``at_least`` bytes (fewer only at EOF), return at most ``at_most``."""
-        if len(self._buffer) < at_least and not self._eof and self._error is None:
-            await self.wait(at_least)
-        elif self._waiter is not None:
+        if self._waiter is not None:
             raise Busy("another task is already receiving on this connection")
+        # wait(), inline: one coroutine less per read.
+        while len(self._buffer) < at_least and not self._eof and self._error is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
         return self.take(at_most)

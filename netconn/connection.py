@@ -683,7 +683,9 @@ class Connection(Generic[P_co]):
         :class:`InvalidState` once the connection has failed or is cancelled
         (also when cancelled while this call waits for room).
         """
-        channel = await self._usable_channel()
+        channel = self._channel
+        if channel is None or not isinstance(self._state, Ready):
+            channel = await self._usable_channel()
         kind = self._stack.kind
         try:
             if kind == "stream":
@@ -740,9 +742,11 @@ class Connection(Generic[P_co]):
             raise ValueError(
                 f"need 0 <= at_least <= at_most and at_most >= 1, got {at_least}, {at_most}"
             )
-        channel = cast(ByteChannel, await self._usable_channel())
+        channel = self._channel
+        if channel is None or not isinstance(self._state, Ready):
+            channel = await self._usable_channel()
         try:
-            data = await channel.receive(at_least, at_most)
+            data = await cast(ByteChannel, channel).receive(at_least, at_most)
         except (OSError, ConnectionClosed) as exc:
             raise _call_error(self, exc, "receive") from _cause(exc)
         if not data and at_least:
@@ -755,7 +759,17 @@ class Connection(Generic[P_co]):
         Raises :class:`EndOfStream` (with the bytes that did arrive in
         ``partial``) if the stream ends first.
         """
-        data = await self.receive(size, size) if size else b""
+        channel = self._channel
+        if size > 0 and channel is not None and isinstance(self._state, Ready):
+            # What receive() does when ready, without a coroutine in between.
+            try:
+                data = await cast(ByteChannel, channel).receive(size, size)
+            except (OSError, ConnectionClosed) as exc:
+                raise _call_error(self, exc, "receive") from _cause(exc)
+            if not data:
+                self._check_not_cancelled()
+        else:
+            data = await self.receive(size, size) if size else b""
         if len(data) < size:
             raise EndOfStream(data, size)
         return data
@@ -768,9 +782,11 @@ class Connection(Generic[P_co]):
 
     async def receive_message(self: Connection[MessageProtocol]) -> Message:
         """The next whole message (or fragment, with ``is_complete`` false)."""
-        channel = cast(MessageChannel, await self._usable_channel())
+        channel = self._channel
+        if channel is None or not isinstance(self._state, Ready):
+            channel = await self._usable_channel()
         try:
-            return await channel.receive_message()
+            return await cast(MessageChannel, channel).receive_message()
         except (OSError, ConnectionClosed) as exc:
             raise _call_error(self, exc, "receive") from _cause(exc)
 

@@ -59,7 +59,7 @@ class Listener(Generic[P_co]):
         self._state_callbacks: list[Callable[[Listener[P_co], State], None]] = []
         self._connection_callbacks: list[Callable[[Connection[P_co]], None]] = []
         self._ready: asyncio.Queue[Connection[P_co] | None] = asyncio.Queue()
-        self._handshaking = 0
+        self._handshaking: set[Connection[P_co]] = set()  # accepted, not yet ready or ended
         self._room: asyncio.Event = asyncio.Event()
         self._room.set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -253,7 +253,7 @@ class Listener(Generic[P_co]):
 
     def has_room(self) -> bool:
         """Whether another connection may be accepted now."""
-        return self._handshaking + self._ready.qsize() < self.backlog and not self.closing
+        return len(self._handshaking) + self._ready.qsize() < self.backlog and not self.closing
 
     def _update_room(self) -> None:
         if self.has_room():
@@ -267,7 +267,7 @@ class Listener(Generic[P_co]):
 
     def attempt_context(self) -> AttemptContext:
         """A fresh context for one accepted transport."""
-        return AttemptContext(None, self.parameters, on_lost=lambda error: None)
+        return AttemptContext(None, self.parameters, on_lost=_ignore)
 
     def report_accept_error(self, exc: OSError) -> None:
         """An accept failed (e.g. out of file descriptors); accepting goes on."""
@@ -275,27 +275,31 @@ class Listener(Generic[P_co]):
 
     def accepted(self, channel: Channel, ctx: AttemptContext) -> None:
         """Turn an accepted transport channel into a connection and start it."""
-        conn = Connection(Endpoint("", 0), self._stack, self.parameters)
+        conn = Connection(_NO_ENDPOINT, self._stack, self.parameters)
         conn._take_accepted(channel, ctx)
         self._children.add(conn)
-        self._handshaking += 1
+        self._handshaking.add(conn)
         self._update_room()
-        counted = [True]
-
-        def on_state(c: Connection[P_co], state: State) -> None:
-            if isinstance(state, Ready | Failed | Cancelled) and counted[0]:
-                counted[0] = False
-                self._handshaking -= 1
-                if isinstance(state, Ready) and not self.closing:
-                    self._ready.put_nowait(c)
-                    for callback in list(self._connection_callbacks):
-                        callback(c)
-                elif isinstance(state, Failed):
-                    self.failed_handshakes += 1
-                    logger.info("inbound %r failed: %s", c, state.error)
-                self._update_room()
-            if is_terminal(state):
-                self._children.discard(c)
-
-        conn.on_state_update(on_state)
+        conn.on_state_update(self._child_state)  # one bound method, no closure per connection
         conn.start()
+
+    def _child_state(self, c: Connection[P_co], state: State) -> None:
+        if isinstance(state, (Ready, Failed, Cancelled)) and c in self._handshaking:
+            self._handshaking.discard(c)
+            if isinstance(state, Ready) and not self.closing:
+                self._ready.put_nowait(c)
+                for callback in list(self._connection_callbacks):
+                    callback(c)
+            elif isinstance(state, Failed):
+                self.failed_handshakes += 1
+                logger.info("inbound %r failed: %s", c, state.error)
+            self._update_room()
+        if is_terminal(state):
+            self._children.discard(c)
+
+
+_NO_ENDPOINT = Endpoint("", 0)
+
+
+def _ignore(error: NetconnError | None) -> None:
+    return None

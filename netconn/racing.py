@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .endpoint import Address, Endpoint
-from .errors import ConnectError, ConnectionTimeout, NetconnError, mapped
+from .errors import ConnectError, ConnectionTimeout, NetconnError, map_os_error
 from .parameters import Parameters
 from .stacks.base import AttemptContext, Channel, Stack
 
@@ -367,8 +367,12 @@ class Race:
 
     async def _attempt(self, ctx: AttemptContext, address: Address) -> Channel:
         async with asyncio.timeout(self._parameters.attempt_timeout):
-            with mapped(f"connect to {address}"):
+            try:
                 return await self._stack.open_channel(ctx, address)
+            except OSError as exc:
+                if isinstance(exc, NetconnError):
+                    raise
+                raise map_os_error(exc, f"connect to {address}") from exc
 
     async def _abandon(
         self,
