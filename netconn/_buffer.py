@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from typing import Protocol
 
 from .errors import Busy, NetconnError
 
 __all__ = ["ReceiveBuffer"]
+
+
+class FlowControlled(Protocol):
+    """The producer a :class:`ReceiveBuffer` pauses and resumes."""
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
 
 
 class ReceiveBuffer:
@@ -17,29 +24,17 @@ class ReceiveBuffer:
     waiting reader loses nothing.
     """
 
-    __slots__ = (
-        "_buffer",
-        "_eof",
-        "_error",
-        "_limit",
-        "_low",
-        "_pause",
-        "_paused",
-        "_resume",
-        "_waiter",
-    )
+    __slots__ = ("_buffer", "_eof", "_error", "_limit", "_low", "_owner", "_paused", "_waiter")
 
     def __init__(
         self,
         limit: int,
-        pause: Callable[[], None],
-        resume: Callable[[], None],
+        owner: FlowControlled,
     ) -> None:
         self._buffer = bytearray()
         self._limit = limit
         self._low = limit // 4
-        self._pause = pause
-        self._resume = resume
+        self._owner = owner  # not two bound methods per connection
         self._paused = False
         self._eof = False
         self._error: NetconnError | None = None
@@ -63,7 +58,7 @@ class ReceiveBuffer:
         self._buffer += data
         if not self._paused and len(self._buffer) > self._limit:
             self._paused = True
-            self._pause()
+            self._owner.pause_reading()
         self._wake()
 
     def feed_eof(self) -> None:
@@ -109,7 +104,7 @@ class ReceiveBuffer:
             del buffer[:at_most]
         if self._paused and len(buffer) <= self._low:
             self._paused = False
-            self._resume()
+            self._owner.resume_reading()
         return data
 
     async def receive(self, at_least: int, at_most: int) -> bytes:

@@ -370,13 +370,7 @@ class Connection(Generic[P_co]):
     # Path: the watcher lives from start() to a final state.
 
     def _start_watching(self) -> None:
-        self._watcher = PathWatcher(
-            self._parameters,
-            on_change=self._network_changed,
-            on_path=self._path_changed,
-            on_link=self._viability.set_link,
-            on_better_path=self._better_path_changed,
-        )
+        self._watcher = PathWatcher(self._parameters, self)
         self._watcher.start()
 
     def _stop_watching(self) -> None:
@@ -387,6 +381,9 @@ class Connection(Generic[P_co]):
     def _network_changed(self) -> None:
         if isinstance(self._state, Waiting) and self._restart is not None:
             self._restart.set()  # a path may have appeared: retry now
+
+    def _link_changed(self, viable: bool) -> None:
+        self._viability.set_link(viable)
 
     def _path_changed(self, path: Path) -> None:
         self._path = path

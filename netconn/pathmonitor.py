@@ -18,7 +18,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 from . import _netlink
 from .endpoint import Address
@@ -39,6 +39,7 @@ __all__ = [
     "Debouncer",
     "NetworkWatch",
     "PathMonitor",
+    "PathObserver",
     "PathWatcher",
     "ViabilityTracker",
     "watch_network",
@@ -437,45 +438,41 @@ class ViabilityTracker:
             self._handle = None
 
 
+class PathObserver(Protocol):
+    """What a :class:`PathWatcher` reports to (a connection)."""
+
+    def _network_changed(self) -> None: ...
+    def _path_changed(self, path: Path) -> None: ...
+    def _link_changed(self, viable: bool) -> None: ...
+    def _better_path_changed(self, better: bool) -> None: ...
+
+
 class PathWatcher:
     """One connection's view of the network: its path, link viability and better path.
 
     Before the connection is ready, every (debounced) change reports the
-    host's path for the parameters (as a monitor would) and calls
-    ``on_change``, so a waiting connection can retry at once. Once
-    :meth:`track` gives it the endpoints, it re-evaluates the path at every
-    change and calls ``on_path`` when the path differs, ``on_link`` with
-    whether the path is satisfied, and ``on_better_path`` when a preferable
-    interface appears or goes.
+    host's path for the parameters (as a monitor would) and calls the
+    observer's ``_network_changed``, so a waiting connection can retry at
+    once. Once :meth:`track` gives it the endpoints, it re-evaluates the path
+    at every change and calls ``_path_changed`` when the path differs,
+    ``_link_changed`` with whether the path is satisfied, and
+    ``_better_path_changed`` when a preferable interface appears or goes.
     """
 
     __slots__ = (
         "_debouncer",
         "_endpoints",
-        "_on_better_path",
-        "_on_change",
-        "_on_link",
-        "_on_path",
+        "_observer",
         "_parameters",
         "_watch",
         "better_path",
         "path",
     )
 
-    def __init__(
-        self,
-        parameters: Parameters,
-        *,
-        on_change: Callable[[], None],
-        on_path: Callable[[Path], None],
-        on_link: Callable[[bool], None],
-        on_better_path: Callable[[bool], None],
-    ) -> None:
+    def __init__(self, parameters: Parameters, observer: PathObserver) -> None:
         self._parameters = parameters
-        self._on_change = on_change
-        self._on_path = on_path
-        self._on_link = on_link
-        self._on_better_path = on_better_path
+        # One reference to whom to tell, not a bound method per event kind.
+        self._observer = observer
         self._debouncer: Debouncer | None = None  # made at the first event
         self._watch: NetworkWatch | None = None
         self._endpoints: tuple[Address, Address] | None = None
@@ -556,12 +553,12 @@ class PathWatcher:
             return
         if path != self.path:
             self.path = path
-            self._on_path(path)
+            self._observer._path_changed(path)
 
     def _changed(self) -> None:
         if self._endpoints is None:
             self.refresh()
-            self._on_change()
+            self._observer._network_changed()
             return
         if self._watch is None:
             return
@@ -578,12 +575,12 @@ class PathWatcher:
         path = connection_path(net, *self._endpoints, self._parameters)
         if path != self.path:
             self.path = path
-            self._on_path(path)
-        self._on_link(path.status is PathStatus.SATISFIED)
+            self._observer._path_changed(path)
+        self._observer._link_changed(path.status is PathStatus.SATISFIED)
         better = (
             better_interface(net, path, self._parameters, route_get=self._watch.route_get)
             is not None
         )
         if better != self.better_path:
             self.better_path = better
-            self._on_better_path(better)
+            self._observer._better_path_changed(better)

@@ -241,9 +241,7 @@ class TCPChannel(asyncio.BufferedProtocol):
     def __init__(self, parameters: Parameters, ctx: AttemptContext) -> None:
         self._ctx = ctx
         self._send_limit = parameters.send_buffer
-        self._receiving = ReceiveBuffer(
-            parameters.receive_buffer, self._pause_reading, self._resume_reading
-        )
+        self._receiving = ReceiveBuffer(parameters.receive_buffer, self)
         self._transport: asyncio.Transport | None = None
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -346,11 +344,13 @@ class TCPChannel(asyncio.BufferedProtocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _pause_reading(self) -> None:
+    def pause_reading(self) -> None:
+        """Stop reading from the socket (the receive buffer is full)."""
         if self._transport is not None and not self._transport.is_closing():
             self._transport.pause_reading()
 
-    def _resume_reading(self) -> None:
+    def resume_reading(self) -> None:
+        """Read from the socket again."""
         if self._transport is not None and not self._transport.is_closing():
             self._transport.resume_reading()
 
