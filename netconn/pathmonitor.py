@@ -16,6 +16,7 @@ import contextlib
 import errno
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Protocol, Self
@@ -93,11 +94,27 @@ class Debouncer:
         self._first = None
 
 
-def _netns_id() -> int:
+class _ThreadNamespace(threading.local):
+    """Where this thread's network namespace link is: resolving ``thread-self`` costs more."""
+
+    pid = 0
+    path = ""
+
+
+_thread_namespace = _ThreadNamespace()
+
+
+def _netns_id() -> str:
+    """This thread's network namespace (it may change under us: see ``Lab.inside``)."""
+    cached = _thread_namespace
+    pid = os.getpid()
+    if cached.pid != pid:  # first use in this thread, or a forked child
+        cached.pid = pid
+        cached.path = f"/proc/{pid}/task/{threading.get_native_id()}/ns/net"
     try:
-        return os.stat("/proc/thread-self/ns/net").st_ino
+        return os.readlink(cached.path)
     except OSError:
-        return 0
+        return ""
 
 
 class _EventSource:
@@ -108,9 +125,9 @@ class _EventSource:
     another namespace (see :meth:`netconn.lab.Lab.inside`).
     """
 
-    _sources: dict[tuple[int, int], _EventSource] = {}  # noqa: RUF012 - registry
+    _sources: dict[tuple[int, str], _EventSource] = {}  # noqa: RUF012 - registry
 
-    def __init__(self, key: tuple[int, int], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, key: tuple[int, str], loop: asyncio.AbstractEventLoop) -> None:
         self._key = key
         self._loop = loop
         self._sock = _netlink.event_socket()
@@ -119,10 +136,12 @@ class _EventSource:
         except BaseException:
             self._sock.close()
             raise
-        self._subscribers: list[Callable[[], None]] = []
+        # Insertion-ordered, and a thousand connections unsubscribe in O(1) each.
+        self._subscribers: dict[NetworkWatch, None] = {}
         self._snapshot: HostNetwork | None = None
         self._routes: dict[str, _netlink.Route | None] = {}  # look-ups since the last event
         self._linger: asyncio.TimerHandle | None = None
+        self._idle_since = 0.0
         loop.add_reader(self._sock.fileno(), self._readable)
 
     @classmethod
@@ -134,21 +153,32 @@ class _EventSource:
         source = cls._sources.get(key)
         if source is None or source._loop is not loop:
             source = cls._sources[key] = cls(key, loop)
-        if source._linger is not None:
-            source._linger.cancel()
-            source._linger = None
-        source._subscribers.append(callback)
-        return NetworkWatch(source, callback)
+        # A pending linger timer stays: it finds a subscriber and does nothing,
+        # so connections made one after another arm no timer each.
+        watch = NetworkWatch(source, callback)
+        source._subscribers[watch] = None
+        return watch
 
-    def unsubscribe(self, callback: Callable[[], None]) -> None:
-        with contextlib.suppress(ValueError):
-            self._subscribers.remove(callback)
+    def unsubscribe(self, watch: NetworkWatch) -> None:
+        self._subscribers.pop(watch, None)
         if self._subscribers:
             return
         if self._loop.is_closed():
             self._close()
-        elif self._linger is None:
-            self._linger = self._loop.call_later(_LINGER, self._close)
+            return
+        self._idle_since = self._loop.time()
+        if self._linger is None:
+            self._linger = self._loop.call_later(_LINGER, self._linger_expired)
+
+    def _linger_expired(self) -> None:
+        self._linger = None
+        if self._subscribers:
+            return
+        left = self._idle_since + _LINGER - self._loop.time()
+        if left > 0:  # in use again since the timer was set
+            self._linger = self._loop.call_later(left, self._linger_expired)
+        else:
+            self._close()
 
     def _readable(self) -> None:
         changed = False
@@ -168,9 +198,9 @@ class _EventSource:
         if changed:
             self._snapshot = None
             self._routes.clear()
-            for callback in list(self._subscribers):
+            for watch in list(self._subscribers):
                 try:
-                    callback()
+                    watch._callback()
                 except Exception as exc:  # one broken subscriber must not stop the others
                     self._loop.call_exception_handler(
                         {"message": "network change callback raised", "exception": exc}
@@ -231,7 +261,7 @@ class NetworkWatch:
         """Stop the calls; the netlink sockets close a little after the last watch. Idempotent."""
         source, self._source = self._source, None
         if source is not None:
-            source.unsubscribe(self._callback)
+            source.unsubscribe(self)
 
 
 def watch_network(callback: Callable[[], None]) -> NetworkWatch:
