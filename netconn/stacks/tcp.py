@@ -86,6 +86,8 @@ class TCP(StreamProtocol):
         loop = asyncio.get_running_loop()
         # One try for the whole attempt: a context manager per step costs more
         # than the steps themselves on a loopback connection.
+        if interface is None and self._connects_plainly(params, address):
+            return await self._open_plain(ctx, address)
         sock: socket.socket | None = None
         try:
             sock = socket.socket(address.family, socket.SOCK_STREAM)
@@ -100,6 +102,33 @@ class TCP(StreamProtocol):
         except BaseException as exc:
             if sock is not None:
                 sock.close()
+            if isinstance(exc, OSError) and not isinstance(exc, NetconnError):
+                raise map_os_error(exc, f"connect to {address}") from exc
+            raise
+        return channel
+
+    def _connects_plainly(self, params: Parameters, address: Address) -> bool:
+        """Whether nothing has to be set on the socket before it connects."""
+        return (
+            not params.required_interface
+            and params.local_endpoint is None
+            and not params.service_class.tos
+            and not self.fast_open
+            and self.maximum_segment_size is None
+            and "%" not in address.host  # a scope id would send the loop to getaddrinfo
+        )
+
+    async def _open_plain(self, ctx: AttemptContext, address: Address) -> TCPChannel:
+        # The loop makes and connects the socket itself: uvloop does it all in C.
+        channel = TCPChannel(ctx.parameters, ctx)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.create_connection(constant(channel), address.host, address.port)
+            sock = channel.socket
+            if sock is not None:
+                self.configure(sock)
+        except BaseException as exc:
+            channel.abort()
             if isinstance(exc, OSError) and not isinstance(exc, NetconnError):
                 raise map_os_error(exc, f"connect to {address}") from exc
             raise
@@ -265,9 +294,14 @@ class TCPChannel(asyncio.BufferedProtocol):
         self._transport = transport
         # The transport's own buffer is the send bound: writes pause above it.
         transport.set_write_buffer_limits(high=self._send_limit, low=self._send_limit // 4)
-        sock = transport.get_extra_info("socket")
-        self.local_address = Address.from_sockaddr(sock.getsockname())
-        self.remote_address = Address.from_sockaddr(sock.getpeername())
+        # The names the transport already asked for: no socket object, no system call.
+        local = transport.get_extra_info("sockname")
+        remote = transport.get_extra_info("peername")
+        if local is None or remote is None:
+            sock = transport.get_extra_info("socket")
+            local, remote = sock.getsockname(), sock.getpeername()
+        self.local_address = Address.from_sockaddr(local)
+        self.remote_address = Address.from_sockaddr(remote)
         self._poller = _ViabilityPoller.add(self)
 
     def _check_viability(self) -> None:
