@@ -59,7 +59,9 @@ class ReceiveBuffer:
         if not self._paused and len(self._buffer) > self._limit:
             self._paused = True
             self._owner.pause_reading()
-        self._wake()
+        waiter = self._waiter  # _wake(), inline: this runs for every read
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def feed_eof(self) -> None:
         """Record that the peer will send nothing more."""

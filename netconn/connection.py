@@ -680,13 +680,13 @@ class Connection(Generic[P_co]):
         :class:`InvalidState` once the connection has failed or is cancelled
         (also when cancelled while this call waits for room).
         """
-        channel = self._channel
+        channel: Any = self._channel
         if channel is None or not isinstance(self._state, Ready):
             channel = await self._usable_channel()
         kind = self._stack.kind
         try:
             if kind == "stream":
-                await cast(ByteChannel, channel).send(data, bool(is_complete))
+                await channel.send(data, bool(is_complete))
             elif kind == "message":
                 done = True if is_complete is None else is_complete
                 if type is None:
@@ -739,11 +739,11 @@ class Connection(Generic[P_co]):
             raise ValueError(
                 f"need 0 <= at_least <= at_most and at_most >= 1, got {at_least}, {at_most}"
             )
-        channel = self._channel
+        channel: Any = self._channel  # Any: no cast() call on every read
         if channel is None or not isinstance(self._state, Ready):
             channel = await self._usable_channel()
         try:
-            data = await cast(ByteChannel, channel).receive(at_least, at_most)
+            data = await channel.receive(at_least, at_most)
         except (OSError, ConnectionClosed) as exc:
             raise _call_error(self, exc, "receive") from _cause(exc)
         if not data and at_least:
@@ -756,11 +756,12 @@ class Connection(Generic[P_co]):
         Raises :class:`EndOfStream` (with the bytes that did arrive in
         ``partial``) if the stream ends first.
         """
-        channel = self._channel
+        channel: Any = self._channel
+        data: bytes
         if size > 0 and channel is not None and isinstance(self._state, Ready):
             # What receive() does when ready, without a coroutine in between.
             try:
-                data = await cast(ByteChannel, channel).receive(size, size)
+                data = await channel.receive(size, size)
             except (OSError, ConnectionClosed) as exc:
                 raise _call_error(self, exc, "receive") from _cause(exc)
             if not data:
@@ -779,11 +780,11 @@ class Connection(Generic[P_co]):
 
     async def receive_message(self: Connection[MessageProtocol]) -> Message:
         """The next whole message (or fragment, with ``is_complete`` false)."""
-        channel = self._channel
+        channel: Any = self._channel
         if channel is None or not isinstance(self._state, Ready):
             channel = await self._usable_channel()
         try:
-            return await cast(MessageChannel, channel).receive_message()
+            return await channel.receive_message()  # type: ignore[no-any-return]
         except (OSError, ConnectionClosed) as exc:
             raise _call_error(self, exc, "receive") from _cause(exc)
 

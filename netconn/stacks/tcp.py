@@ -8,6 +8,7 @@ import socket
 import struct
 import threading
 import weakref
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
@@ -456,8 +457,9 @@ class TCPChannel(asyncio.BufferedProtocol):
                 self._drain_waiter = None
         self._writable()
 
-    async def receive(self, at_least: int, at_most: int) -> bytes:
-        return await self._receiving.receive(at_least, at_most)
+    def receive(self, at_least: int, at_most: int) -> Coroutine[Any, Any, bytes]:
+        # The buffer's coroutine itself: no coroutine of ours around it.
+        return self._receiving.receive(at_least, at_most)
 
     async def close(self) -> None:
         transport = self._transport
