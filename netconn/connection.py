@@ -99,7 +99,9 @@ class Connection(Generic[P_co]):
 
     # Slots, and tuples of callbacks that stay the shared empty tuple until one
     # is added: a thousand idle connections should cost little more than their sockets.
+    # "__dict__" keeps other attributes possible; the dict is only made for them.
     __slots__ = (
+        "__dict__",
         "__weakref__",
         "_accepted",
         "_better_path_callbacks",
