@@ -104,16 +104,15 @@ async def test_an_ip_literal_is_established_by_one_task() -> None:
 
 async def test_the_path_is_evaluated_on_first_use(monkeypatch: Any) -> None:
     """Ready costs no path evaluation; reading ``current_path`` makes one, once."""
-    import netconn.pathmonitor as pathmonitor
+    from netconn.path import connection_path as real
 
     evaluations: list[object] = []
-    real = pathmonitor.connection_path
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         evaluations.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pathmonitor, "connection_path", counted)
+    monkeypatch.setattr("netconn.pathmonitor.connection_path", counted)
     listener = nc.Listener(nc.TCP(), host="127.0.0.1")
     async with listener:
         endpoint = nc.Endpoint.host_port("127.0.0.1", listener.port)
