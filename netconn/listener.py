@@ -59,6 +59,10 @@ class Listener(Generic[P_co]):
         self._state_callbacks: list[Callable[[Listener[P_co], State], None]] = []
         self._connection_callbacks: list[Callable[[Connection[P_co]], None]] = []
         self._ready: asyncio.Queue[Connection[P_co] | None] = asyncio.Queue()
+        # While run() runs: its task group and handler, which take ready connections directly.
+        self._direct: (
+            tuple[asyncio.TaskGroup, Callable[[Connection[P_co]], Awaitable[None]]] | None
+        ) = None
         self._handshaking: set[Connection[P_co]] = set()  # accepted, not yet ready or ended
         self._room: asyncio.Event = asyncio.Event()
         self._room.set()
@@ -210,13 +214,22 @@ class Listener(Generic[P_co]):
         """Run ``handler(connection)`` in its own task for every connection, until cancelled.
 
         When a handler returns the connection is cancelled gracefully; when it
-        raises, the connection is aborted and the error is logged.
+        raises, the connection is aborted and the error is logged. While it
+        runs, every connection goes to a handler, none to :meth:`accept`.
         """
         if isinstance(self._state, Setup):
             await self.start()
         async with asyncio.TaskGroup() as group:
-            async for conn in self:
-                group.create_task(self._handle(handler, conn))
+            # From now on a connection that becomes ready starts its handler at
+            # once (_child_state), without a trip through the queue and this task.
+            direct = (group, handler)
+            self._direct = direct
+            try:
+                async for conn in self:  # those that were already waiting, then the end
+                    group.create_task(self._handle(handler, conn))
+            finally:
+                if self._direct is direct:
+                    self._direct = None
 
     async def _handle(
         self, handler: Callable[[Connection[P_co]], Awaitable[None]], conn: Connection[P_co]
@@ -287,7 +300,11 @@ class Listener(Generic[P_co]):
         if isinstance(state, (Ready, Failed, Cancelled)) and c in self._handshaking:
             self._handshaking.discard(c)
             if isinstance(state, Ready) and not self.closing:
-                self._ready.put_nowait(c)
+                if self._direct is not None:
+                    group, handler = self._direct
+                    group.create_task(self._handle(handler, c))
+                else:
+                    self._ready.put_nowait(c)
                 for callback in list(self._connection_callbacks):
                     callback(c)
             elif isinstance(state, Failed):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from typing import Any
 
@@ -197,3 +198,39 @@ def test_udp_on_uvloop_runs_on_its_own_transport_within_the_queue_bound() -> Non
     got, back, pending, dropped = uvloop.run(main())
     assert (got, back) == (b"hi", b"back")
     assert pending == 8 and dropped == 42
+
+
+async def test_listener_run_hands_connections_straight_to_handlers() -> None:
+    """Under run(), a ready connection starts its handler without passing the queue."""
+    listener = nc.Listener(nc.TCP(), host="127.0.0.1")
+    async with listener:
+        endpoint = nc.Endpoint.host_port("127.0.0.1", listener.port)
+        early = nc.Connection(endpoint, nc.TCP())
+        await early.wait_ready(timeout(5))
+        async with asyncio.timeout(timeout(5)):
+            while listener._ready.qsize() < 1:  # noqa: ASYNC110 - a queue has no event
+                await asyncio.sleep(0.01)
+        served: list[bytes] = []
+        queued: list[int] = []
+
+        async def handler(conn: nc.Connection[nc.TCP]) -> None:
+            queued.append(listener._ready.qsize())
+            served.append(await conn.receive(1, 10))
+            await conn.send(b"ok")
+
+        task = asyncio.create_task(listener.run(handler))
+        await asyncio.sleep(0)  # run() starts
+        listener.on_new_connection(lambda conn: queued.append(listener._ready.qsize()))
+        late = nc.Connection(endpoint, nc.TCP())
+        async with asyncio.timeout(timeout(5)):
+            await late.wait_ready()
+            for conn in (early, late):
+                await conn.send(b"hi")
+                assert await conn.receive_exactly(2) == b"ok"
+        # The late one was never queued, not even while its callbacks ran.
+        assert served == [b"hi", b"hi"] and queued == [0, 0, 0]
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        for conn in (early, late):
+            await conn.cancel()
