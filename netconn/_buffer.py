@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Protocol
 
 from .errors import Busy, NetconnError
+
+Buffer = bytes | bytearray | memoryview
 
 __all__ = ["ReceiveBuffer"]
 
@@ -24,13 +27,19 @@ class ReceiveBuffer:
     waiting reader loses nothing.
     """
 
-    __slots__ = ("_buffer", "_eof", "_error", "_limit", "_low", "_owner", "_paused", "_waiter")
+    __slots__ = (
+        "_buffer",
+        "_eof",
+        "_error",
+        "_limit",
+        "_listener",
+        "_low",
+        "_owner",
+        "_paused",
+        "_waiter",
+    )
 
-    def __init__(
-        self,
-        limit: int,
-        owner: FlowControlled,
-    ) -> None:
+    def __init__(self, limit: int, owner: FlowControlled) -> None:
         self._buffer = bytearray()
         self._limit = limit
         self._low = limit // 4
@@ -39,6 +48,7 @@ class ReceiveBuffer:
         self._eof = False
         self._error: NetconnError | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._listener: Callable[[Buffer | None], bool] | None = None
 
     def __len__(self) -> int:
         return len(self._buffer)
@@ -53,13 +63,23 @@ class ReceiveBuffer:
         """Whether the peer finished sending (bytes may still be buffered)."""
         return self._eof
 
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Append received bytes; pause the producer above the limit."""
+    def feed(self, data: Buffer) -> None:
+        """Append received bytes; pause the producer above the limit.
+
+        With a listener that left bytes here (it has no room), pause at once:
+        the kernel holds the rest, not this buffer.
+        """
+        if not self._buffer and self._listener is not None and self._listener(data):
+            return  # the listener took them as they came
         self._buffer += data
-        if not self._paused and len(self._buffer) > self._limit:
+        listener = self._listener
+        if not self._paused and (listener is not None or len(self._buffer) > self._limit):
             self._paused = True
             self._owner.pause_reading()
-        waiter = self._waiter  # _wake(), inline: this runs for every read
+        # _wake(), inline: this runs for every read.
+        if listener is not None:
+            listener(None)
+        waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
@@ -74,7 +94,21 @@ class ReceiveBuffer:
             self._error = error
         self._wake()
 
+    def listen(self, listener: Callable[[Buffer | None], bool] | None) -> None:
+        """Call ``listener`` at once, from the transport's callbacks (``None``: stop).
+
+        While nothing is buffered, each read is offered as it arrives: the
+        listener returns true once it took (copied) it all, false to leave it
+        buffered. Otherwise it is called with ``None`` when bytes, the end or
+        an error are waiting, and reads them with :meth:`take`. A layer that
+        parses what arrives without a task of its own (WebSocket) saves a loop
+        turn and a copy per read this way.
+        """
+        self._listener = listener
+
     def _wake(self) -> None:
+        if self._listener is not None:
+            self._listener(None)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

@@ -396,6 +396,11 @@ class TCPChannel(asyncio.BufferedProtocol):
         return self._receiving.at_eof
 
     @property
+    def receive_buffer(self) -> ReceiveBuffer:
+        """Where received bytes wait to be read; a layer above may listen on it."""
+        return self._receiving
+
+    @property
     def socket(self) -> socket.socket | None:
         """The underlying socket, for options netconn does not wrap."""
         return None if self._transport is None else self._transport.get_extra_info("socket")
