@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Protocol
 
 from .errors import Busy, NetconnError
 
 Buffer = bytes | bytearray | memoryview
 
 __all__ = ["ReceiveBuffer"]
+
+
+class FlowControlled(Protocol):
+    """The producer a :class:`ReceiveBuffer` pauses and resumes."""
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
 
 
 class ReceiveBuffer:
@@ -19,17 +27,23 @@ class ReceiveBuffer:
     waiting reader loses nothing.
     """
 
-    def __init__(
-        self,
-        limit: int,
-        pause: Callable[[], None],
-        resume: Callable[[], None],
-    ) -> None:
+    __slots__ = (
+        "_buffer",
+        "_eof",
+        "_error",
+        "_limit",
+        "_listener",
+        "_low",
+        "_owner",
+        "_paused",
+        "_waiter",
+    )
+
+    def __init__(self, limit: int, owner: FlowControlled) -> None:
         self._buffer = bytearray()
         self._limit = limit
         self._low = limit // 4
-        self._pause = pause
-        self._resume = resume
+        self._owner = owner  # not two bound methods per connection
         self._paused = False
         self._eof = False
         self._error: NetconnError | None = None
@@ -58,10 +72,16 @@ class ReceiveBuffer:
         if not self._buffer and self._listener is not None and self._listener(data):
             return  # the listener took them as they came
         self._buffer += data
-        if not self._paused and (self._listener is not None or len(self._buffer) > self._limit):
+        listener = self._listener
+        if not self._paused and (listener is not None or len(self._buffer) > self._limit):
             self._paused = True
-            self._pause()
-        self._wake()
+            self._owner.pause_reading()
+        # _wake(), inline: this runs for every read.
+        if listener is not None:
+            listener(None)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def feed_eof(self) -> None:
         """Record that the peer will send nothing more."""
@@ -120,13 +140,18 @@ class ReceiveBuffer:
             del buffer[:at_most]
         if self._paused and len(buffer) <= self._low:
             self._paused = False
-            self._resume()
+            self._owner.resume_reading()
         return data
 
     async def receive(self, at_least: int, at_most: int) -> bytes:
         """Wait for ``at_least`` bytes (fewer only at EOF), return at most ``at_most``."""
-        if len(self._buffer) < at_least and not self._eof and self._error is None:
-            await self.wait(at_least)
-        elif self._waiter is not None:
+        if self._waiter is not None:
             raise Busy("another task is already receiving on this connection")
+        # wait(), inline: one coroutine less per read.
+        while len(self._buffer) < at_least and not self._eof and self._error is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
         return self.take(at_most)

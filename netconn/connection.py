@@ -78,6 +78,12 @@ T = TypeVar("T")
 
 Buffer = bytes | bytearray | memoryview
 _ids = itertools.count(1)
+_DEFAULT_PARAMETERS = Parameters()
+_SETUP = Setup()
+
+
+def _ignore(error: NetconnError | None) -> None:
+    return None
 
 
 class Connection(Generic[P_co]):
@@ -91,6 +97,38 @@ class Connection(Generic[P_co]):
     exit), or call :meth:`start` and watch :attr:`state`.
     """
 
+    # Slots, and tuples of callbacks that stay the shared empty tuple until one
+    # is added: a thousand idle connections should cost little more than their sockets.
+    # "__dict__" keeps other attributes possible; the dict is only made for them.
+    __slots__ = (
+        "__dict__",
+        "__weakref__",
+        "_accepted",
+        "_better_path_callbacks",
+        "_channel",
+        "_ctx",
+        "_endpoint",
+        "_inbound_claimed",
+        "_parameters",
+        "_path",
+        "_path_callbacks",
+        "_pending_application_error",
+        "_pending_keepalive",
+        "_race",
+        "_report",
+        "_restart",
+        "_skip_first",
+        "_stack",
+        "_state",
+        "_state_callbacks",
+        "_state_waiters",
+        "_task",
+        "_viability",
+        "_viability_callbacks",
+        "_watcher",
+        "id",
+    )
+
     def __init__(
         self,
         endpoint: Endpoint,
@@ -99,13 +137,13 @@ class Connection(Generic[P_co]):
     ) -> None:
         self._endpoint: Endpoint | None = endpoint
         self._stack = stack
-        self._parameters = parameters if parameters is not None else Parameters()
-        self._state: State = Setup()
-        self._state_callbacks: list[Callable[[Connection[P_co], State], None]] = []
-        self._path_callbacks: list[Callable[[Connection[P_co], Path], None]] = []
-        self._viability_callbacks: list[Callable[[Connection[P_co], bool], None]] = []
-        self._better_path_callbacks: list[Callable[[Connection[P_co], bool], None]] = []
-        self._state_waiters: list[asyncio.Future[None]] = []
+        self._parameters = parameters if parameters is not None else _DEFAULT_PARAMETERS
+        self._state: State = _SETUP
+        self._state_callbacks: tuple[Callable[[Connection[P_co], State], None], ...] = ()
+        self._path_callbacks: tuple[Callable[[Connection[P_co], Path], None], ...] = ()
+        self._viability_callbacks: tuple[Callable[[Connection[P_co], bool], None], ...] = ()
+        self._better_path_callbacks: tuple[Callable[[Connection[P_co], bool], None], ...] = ()
+        self._state_waiters: list[asyncio.Future[None]] | None = None
         self._channel: Channel | None = None
         self._ctx: AttemptContext | None = None
         self._task: asyncio.Task[None] | None = None
@@ -113,8 +151,7 @@ class Connection(Generic[P_co]):
         self._accepted: Channel | None = None
         self._path: Path | None = None
         self._viability = ViabilityTracker(
-            self._parameters.viability_debounce,
-            lambda viable: self._notify(self._viability_callbacks, viable),
+            self._parameters.viability_debounce, self._viable_changed
         )
         self._watcher: PathWatcher | None = None
         self._race: Race | None = None
@@ -130,10 +167,18 @@ class Connection(Generic[P_co]):
         """Make this a server-side connection on an accepted transport channel."""
         self._endpoint = None
         self._accepted = channel
+        self._adopt(ctx)
+
+    def _adopt(self, ctx: AttemptContext) -> None:
+        """Route ``ctx``'s transport events to this connection.
+
+        Only the winning attempt's context (or an accepted one) gets the
+        hooks: a loser's channel reports into its context's no-op defaults.
+        """
         self._ctx = ctx
-        ctx.on_lost = lambda error: self._lost(ctx, error)
-        ctx.on_viability = lambda viable: self._set_viable(ctx, viable)
-        ctx.on_path_change = lambda: self._peer_moved(ctx)
+        ctx.on_lost = self._lost
+        ctx.on_viability = self._set_viable
+        ctx.on_path_change = self._peer_moved
 
     def __repr__(self) -> str:
         where = self._endpoint if self._endpoint is not None else self.remote_endpoint
@@ -164,6 +209,9 @@ class Connection(Generic[P_co]):
     @property
     def current_path(self) -> Path | None:
         """The path in use once ready: interface, local and remote endpoints."""
+        if self._path is None and self._watcher is not None and isinstance(self._state, Ready):
+            # Evaluated on first use: most connections never ask.
+            self._path = self._watcher.evaluate()
         return self._path
 
     @property
@@ -231,26 +279,35 @@ class Connection(Generic[P_co]):
 
     def on_state_update(self, callback: Callable[[Connection[P_co], State], None]) -> Self:
         """Call ``callback(connection, state)`` on the event loop at every state change."""
-        self._state_callbacks.append(callback)
+        self._state_callbacks += (callback,)
         return self
 
     def on_path_update(self, callback: Callable[[Connection[P_co], Path], None]) -> Self:
         """Call ``callback(connection, path)`` when the path is known or changes."""
-        self._path_callbacks.append(callback)
+        self._path_callbacks += (callback,)
         return self
 
     def on_viability_update(self, callback: Callable[[Connection[P_co], bool], None]) -> Self:
         """Call ``callback(connection, viable)`` when packets stop or start flowing."""
-        self._viability_callbacks.append(callback)
+        self._viability_callbacks += (callback,)
         return self
 
     def on_better_path_update(self, callback: Callable[[Connection[P_co], bool], None]) -> Self:
         """Call ``callback(connection, available)`` when a preferred path appears or goes."""
-        self._better_path_callbacks.append(callback)
+        self._better_path_callbacks += (callback,)
         return self
 
-    def _notify(self, callbacks: list[Callable[[Connection[P_co], Any], None]], value: Any) -> None:
-        for callback in list(callbacks):
+    def _viable_changed(self, viable: bool) -> None:
+        self._notify(self._viability_callbacks, viable)
+
+    def _better_path_changed(self, better: bool) -> None:
+        self._notify(self._better_path_callbacks, better)
+
+    def _notify(
+        self, callbacks: tuple[Callable[[Connection[P_co], Any], None], ...], value: Any
+    ) -> None:
+        # A tuple: callbacks added while these run wait for the next event.
+        for callback in callbacks:
             try:
                 callback(self, value)
             except Exception as exc:  # a broken callback must not break the connection
@@ -269,30 +326,34 @@ class Connection(Generic[P_co]):
             self._stop_watching()
         elif isinstance(new, Waiting) and self._watcher is not None:
             self._watcher.refresh()
-        if not isinstance(new, Preparing):  # nothing wait_ready() acts on: no wake-up
-            waiters, self._state_waiters = self._state_waiters, []
+        waiters = self._state_waiters
+        if waiters and not isinstance(new, Preparing):  # nothing wait_ready() acts on
+            self._state_waiters = None
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
-        self._notify(self._state_callbacks, new)
+        if self._state_callbacks:
+            self._notify(self._state_callbacks, new)
 
     async def _state_changed(self) -> None:
         waiter = asyncio.get_running_loop().create_future()
+        if self._state_waiters is None:
+            self._state_waiters = []
         self._state_waiters.append(waiter)
         try:
             await waiter
         finally:
-            if waiter in self._state_waiters:
+            if self._state_waiters is not None and waiter in self._state_waiters:
                 self._state_waiters.remove(waiter)
 
-    def _set_viable(self, ctx: AttemptContext, viable: bool) -> None:
-        if ctx is not self._ctx or is_terminal(self._state):
+    def _set_viable(self, viable: bool) -> None:
+        if is_terminal(self._state):
             return
         self._viability.set_transport(viable)
 
-    def _peer_moved(self, ctx: AttemptContext) -> None:
+    def _peer_moved(self) -> None:
         # The transport saw the peer's address change (QUIC connection migration, NAT rebinding).
-        if ctx is not self._ctx or self._channel is None or is_terminal(self._state):
+        if self._channel is None or is_terminal(self._state):
             return
         local, remote = self._channel.local_address, self._channel.remote_address
         if self._watcher is not None:
@@ -301,8 +362,8 @@ class Connection(Generic[P_co]):
             self._path = Path(local=local, remote=remote)
         self._notify(self._path_callbacks, self._path)
 
-    def _lost(self, ctx: AttemptContext, error: NetconnError | None) -> None:
-        if ctx is not self._ctx or is_terminal(self._state):
+    def _lost(self, error: NetconnError | None) -> None:
+        if is_terminal(self._state):
             return
         if error is not None and isinstance(self._state, Ready):
             self._viability.stop(final=False)
@@ -311,13 +372,7 @@ class Connection(Generic[P_co]):
     # Path: the watcher lives from start() to a final state.
 
     def _start_watching(self) -> None:
-        self._watcher = PathWatcher(
-            self._parameters,
-            on_change=self._network_changed,
-            on_path=self._path_changed,
-            on_link=self._viability.set_link,
-            on_better_path=lambda better: self._notify(self._better_path_callbacks, better),
-        )
+        self._watcher = PathWatcher(self._parameters, self)
         self._watcher.start()
 
     def _stop_watching(self) -> None:
@@ -328,6 +383,9 @@ class Connection(Generic[P_co]):
     def _network_changed(self) -> None:
         if isinstance(self._state, Waiting) and self._restart is not None:
             self._restart.set()  # a path may have appeared: retry now
+
+    def _link_changed(self, viable: bool) -> None:
+        self._viability.set_link(viable)
 
     def _path_changed(self, path: Path) -> None:
         self._path = path
@@ -531,26 +589,24 @@ class Connection(Generic[P_co]):
             return
         assert self._endpoint is not None
 
-        def make_context() -> AttemptContext:
-            ctx = AttemptContext(self._endpoint, self._parameters, on_lost=lambda e: None)
-            ctx.on_lost = lambda error: self._lost(ctx, error)
-            ctx.on_viability = lambda viable: self._set_viable(ctx, viable)
-            ctx.on_path_change = lambda: self._peer_moved(ctx)
-            return ctx
-
         self._race = Race(
             self._stack,
             self._endpoint,
             self._parameters,
             self._report,
-            make_context,
+            self._new_context,
             started=started,
             skip_first=self._skip_first,
         )
         try:
-            self._channel, self._ctx, _attempt = await self._race.run()
+            self._channel, ctx, _attempt = await self._race.run()
         finally:
             self._race = None
+        self._adopt(ctx)
+
+    def _new_context(self) -> AttemptContext:
+        # No hooks yet: the race's winner gets them (_adopt), its losers never do.
+        return AttemptContext(self._endpoint, self._parameters, on_lost=_ignore)
 
     def _became_ready(self) -> None:
         assert self._channel is not None
@@ -559,10 +615,12 @@ class Connection(Generic[P_co]):
             return  # a state callback cancelled the connection
         local, remote = self._channel.local_address, self._channel.remote_address
         if self._watcher is not None:
-            self._path = self._watcher.track(local, remote)
+            # The path is evaluated now only for someone who listens; else on first use.
+            self._path = self._watcher.track(local, remote, lazy=not self._path_callbacks)
         else:
             self._path = Path(local=local, remote=remote)
-        self._notify(self._path_callbacks, self._path)
+        if self._path is not None:
+            self._notify(self._path_callbacks, self._path)
         self._viability.become_viable_now()
 
     async def _ready_channel(self) -> Channel:
@@ -624,11 +682,13 @@ class Connection(Generic[P_co]):
         :class:`InvalidState` once the connection has failed or is cancelled
         (also when cancelled while this call waits for room).
         """
-        channel = await self._usable_channel()
+        channel: Any = self._channel
+        if channel is None or not isinstance(self._state, Ready):
+            channel = await self._usable_channel()
         kind = self._stack.kind
         try:
             if kind == "stream":
-                await cast(ByteChannel, channel).send(data, bool(is_complete))
+                await channel.send(data, bool(is_complete))
             elif kind == "message":
                 done = True if is_complete is None else is_complete
                 if type is None:
@@ -681,7 +741,9 @@ class Connection(Generic[P_co]):
             raise ValueError(
                 f"need 0 <= at_least <= at_most and at_most >= 1, got {at_least}, {at_most}"
             )
-        channel = cast(ByteChannel, await self._usable_channel())
+        channel: Any = self._channel  # Any: no cast() call on every read
+        if channel is None or not isinstance(self._state, Ready):
+            channel = await self._usable_channel()
         try:
             data = await channel.receive(at_least, at_most)
         except (OSError, ConnectionClosed) as exc:
@@ -696,7 +758,18 @@ class Connection(Generic[P_co]):
         Raises :class:`EndOfStream` (with the bytes that did arrive in
         ``partial``) if the stream ends first.
         """
-        data = await self.receive(size, size) if size else b""
+        channel: Any = self._channel
+        data: bytes
+        if size > 0 and channel is not None and isinstance(self._state, Ready):
+            # What receive() does when ready, without a coroutine in between.
+            try:
+                data = await channel.receive(size, size)
+            except (OSError, ConnectionClosed) as exc:
+                raise _call_error(self, exc, "receive") from _cause(exc)
+            if not data:
+                self._check_not_cancelled()
+        else:
+            data = await self.receive(size, size) if size else b""
         if len(data) < size:
             raise EndOfStream(data, size)
         return data
@@ -709,9 +782,11 @@ class Connection(Generic[P_co]):
 
     async def receive_message(self: Connection[MessageProtocol]) -> Message:
         """The next whole message (or fragment, with ``is_complete`` false)."""
-        channel = cast(MessageChannel, await self._usable_channel())
+        channel: Any = self._channel
+        if channel is None or not isinstance(self._state, Ready):
+            channel = await self._usable_channel()
         try:
-            return await channel.receive_message()
+            return await channel.receive_message()  # type: ignore[no-any-return]
         except (OSError, ConnectionClosed) as exc:
             raise _call_error(self, exc, "receive") from _cause(exc)
 

@@ -59,7 +59,11 @@ class Listener(Generic[P_co]):
         self._state_callbacks: list[Callable[[Listener[P_co], State], None]] = []
         self._connection_callbacks: list[Callable[[Connection[P_co]], None]] = []
         self._ready: asyncio.Queue[Connection[P_co] | None] = asyncio.Queue()
-        self._handshaking = 0
+        # While run() runs: its task group and handler, which take ready connections directly.
+        self._direct: (
+            tuple[asyncio.TaskGroup, Callable[[Connection[P_co]], Awaitable[None]]] | None
+        ) = None
+        self._handshaking: set[Connection[P_co]] = set()  # accepted, not yet ready or ended
         self._room: asyncio.Event = asyncio.Event()
         self._room.set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -210,13 +214,22 @@ class Listener(Generic[P_co]):
         """Run ``handler(connection)`` in its own task for every connection, until cancelled.
 
         When a handler returns the connection is cancelled gracefully; when it
-        raises, the connection is aborted and the error is logged.
+        raises, the connection is aborted and the error is logged. While it
+        runs, every connection goes to a handler, none to :meth:`accept`.
         """
         if isinstance(self._state, Setup):
             await self.start()
         async with asyncio.TaskGroup() as group:
-            async for conn in self:
-                group.create_task(self._handle(handler, conn))
+            # From now on a connection that becomes ready starts its handler at
+            # once (_child_state), without a trip through the queue and this task.
+            direct = (group, handler)
+            self._direct = direct
+            try:
+                async for conn in self:  # those that were already waiting, then the end
+                    group.create_task(self._handle(handler, conn))
+            finally:
+                if self._direct is direct:
+                    self._direct = None
 
     async def _handle(
         self, handler: Callable[[Connection[P_co]], Awaitable[None]], conn: Connection[P_co]
@@ -253,7 +266,7 @@ class Listener(Generic[P_co]):
 
     def has_room(self) -> bool:
         """Whether another connection may be accepted now."""
-        return self._handshaking + self._ready.qsize() < self.backlog and not self.closing
+        return len(self._handshaking) + self._ready.qsize() < self.backlog and not self.closing
 
     def _update_room(self) -> None:
         if self.has_room():
@@ -267,7 +280,7 @@ class Listener(Generic[P_co]):
 
     def attempt_context(self) -> AttemptContext:
         """A fresh context for one accepted transport."""
-        return AttemptContext(None, self.parameters, on_lost=lambda error: None)
+        return AttemptContext(None, self.parameters, on_lost=_ignore)
 
     def report_accept_error(self, exc: OSError) -> None:
         """An accept failed (e.g. out of file descriptors); accepting goes on."""
@@ -275,27 +288,35 @@ class Listener(Generic[P_co]):
 
     def accepted(self, channel: Channel, ctx: AttemptContext) -> None:
         """Turn an accepted transport channel into a connection and start it."""
-        conn = Connection(Endpoint("", 0), self._stack, self.parameters)
+        conn = Connection(_NO_ENDPOINT, self._stack, self.parameters)
         conn._take_accepted(channel, ctx)
         self._children.add(conn)
-        self._handshaking += 1
+        self._handshaking.add(conn)
         self._update_room()
-        counted = [True]
-
-        def on_state(c: Connection[P_co], state: State) -> None:
-            if isinstance(state, Ready | Failed | Cancelled) and counted[0]:
-                counted[0] = False
-                self._handshaking -= 1
-                if isinstance(state, Ready) and not self.closing:
-                    self._ready.put_nowait(c)
-                    for callback in list(self._connection_callbacks):
-                        callback(c)
-                elif isinstance(state, Failed):
-                    self.failed_handshakes += 1
-                    logger.info("inbound %r failed: %s", c, state.error)
-                self._update_room()
-            if is_terminal(state):
-                self._children.discard(c)
-
-        conn.on_state_update(on_state)
+        conn.on_state_update(self._child_state)  # one bound method, no closure per connection
         conn.start()
+
+    def _child_state(self, c: Connection[P_co], state: State) -> None:
+        if isinstance(state, (Ready, Failed, Cancelled)) and c in self._handshaking:
+            self._handshaking.discard(c)
+            if isinstance(state, Ready) and not self.closing:
+                if self._direct is not None:
+                    group, handler = self._direct
+                    group.create_task(self._handle(handler, c))
+                else:
+                    self._ready.put_nowait(c)
+                for callback in list(self._connection_callbacks):
+                    callback(c)
+            elif isinstance(state, Failed):
+                self.failed_handshakes += 1
+                logger.info("inbound %r failed: %s", c, state.error)
+            self._update_room()
+        if is_terminal(state):
+            self._children.discard(c)
+
+
+_NO_ENDPOINT = Endpoint("", 0)
+
+
+def _ignore(error: NetconnError | None) -> None:
+    return None

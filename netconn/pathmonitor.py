@@ -16,9 +16,10 @@ import contextlib
 import errno
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 from . import _netlink
 from .endpoint import Address
@@ -39,6 +40,7 @@ __all__ = [
     "Debouncer",
     "NetworkWatch",
     "PathMonitor",
+    "PathObserver",
     "PathWatcher",
     "ViabilityTracker",
     "watch_network",
@@ -58,6 +60,8 @@ class Debouncer:
 
     Lives on the running event loop; :meth:`cancel` drops a pending run.
     """
+
+    __slots__ = ("_action", "_delay", "_first", "_handle", "_max_wait")
 
     def __init__(self, delay: float, action: Callable[[], None], max_wait: float | None = None):
         self._delay = delay
@@ -90,11 +94,27 @@ class Debouncer:
         self._first = None
 
 
-def _netns_id() -> int:
+class _ThreadNamespace(threading.local):
+    """Where this thread's network namespace link is: resolving ``thread-self`` costs more."""
+
+    pid = 0
+    path = ""
+
+
+_thread_namespace = _ThreadNamespace()
+
+
+def _netns_id() -> str:
+    """This thread's network namespace (it may change under us: see ``Lab.inside``)."""
+    cached = _thread_namespace
+    pid = os.getpid()
+    if cached.pid != pid:  # first use in this thread, or a forked child
+        cached.pid = pid
+        cached.path = f"/proc/{pid}/task/{threading.get_native_id()}/ns/net"
     try:
-        return os.stat("/proc/thread-self/ns/net").st_ino
+        return os.readlink(cached.path)
     except OSError:
-        return 0
+        return ""
 
 
 class _EventSource:
@@ -105,9 +125,9 @@ class _EventSource:
     another namespace (see :meth:`netconn.lab.Lab.inside`).
     """
 
-    _sources: dict[tuple[int, int], _EventSource] = {}  # noqa: RUF012 - registry
+    _sources: dict[tuple[int, str], _EventSource] = {}  # noqa: RUF012 - registry
 
-    def __init__(self, key: tuple[int, int], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, key: tuple[int, str], loop: asyncio.AbstractEventLoop) -> None:
         self._key = key
         self._loop = loop
         self._sock = _netlink.event_socket()
@@ -116,10 +136,12 @@ class _EventSource:
         except BaseException:
             self._sock.close()
             raise
-        self._subscribers: list[Callable[[], None]] = []
+        # Insertion-ordered, and a thousand connections unsubscribe in O(1) each.
+        self._subscribers: dict[NetworkWatch, None] = {}
         self._snapshot: HostNetwork | None = None
         self._routes: dict[str, _netlink.Route | None] = {}  # look-ups since the last event
         self._linger: asyncio.TimerHandle | None = None
+        self._idle_since = 0.0
         loop.add_reader(self._sock.fileno(), self._readable)
 
     @classmethod
@@ -131,21 +153,32 @@ class _EventSource:
         source = cls._sources.get(key)
         if source is None or source._loop is not loop:
             source = cls._sources[key] = cls(key, loop)
-        if source._linger is not None:
-            source._linger.cancel()
-            source._linger = None
-        source._subscribers.append(callback)
-        return NetworkWatch(source, callback)
+        # A pending linger timer stays: it finds a subscriber and does nothing,
+        # so connections made one after another arm no timer each.
+        watch = NetworkWatch(source, callback)
+        source._subscribers[watch] = None
+        return watch
 
-    def unsubscribe(self, callback: Callable[[], None]) -> None:
-        with contextlib.suppress(ValueError):
-            self._subscribers.remove(callback)
+    def unsubscribe(self, watch: NetworkWatch) -> None:
+        self._subscribers.pop(watch, None)
         if self._subscribers:
             return
         if self._loop.is_closed():
             self._close()
-        elif self._linger is None:
-            self._linger = self._loop.call_later(_LINGER, self._close)
+            return
+        self._idle_since = self._loop.time()
+        if self._linger is None:
+            self._linger = self._loop.call_later(_LINGER, self._linger_expired)
+
+    def _linger_expired(self) -> None:
+        self._linger = None
+        if self._subscribers:
+            return
+        left = self._idle_since + _LINGER - self._loop.time()
+        if left > 0:  # in use again since the timer was set
+            self._linger = self._loop.call_later(left, self._linger_expired)
+        else:
+            self._close()
 
     def _readable(self) -> None:
         changed = False
@@ -165,9 +198,9 @@ class _EventSource:
         if changed:
             self._snapshot = None
             self._routes.clear()
-            for callback in list(self._subscribers):
+            for watch in list(self._subscribers):
                 try:
-                    callback()
+                    watch._callback()
                 except Exception as exc:  # one broken subscriber must not stop the others
                     self._loop.call_exception_handler(
                         {"message": "network change callback raised", "exception": exc}
@@ -206,6 +239,8 @@ class NetworkWatch:
     Its snapshots and look-ups describe the namespace it was made in.
     """
 
+    __slots__ = ("_callback", "_source")
+
     def __init__(self, source: _EventSource, callback: Callable[[], None]) -> None:
         self._source: _EventSource | None = source
         self._callback = callback
@@ -226,7 +261,7 @@ class NetworkWatch:
         """Stop the calls; the netlink sockets close a little after the last watch. Idempotent."""
         source, self._source = self._source, None
         if source is not None:
-            source.unsubscribe(self._callback)
+            source.unsubscribe(self)
 
 
 def watch_network(callback: Callable[[], None]) -> NetworkWatch:
@@ -376,6 +411,8 @@ class ViabilityTracker:
     seconds; a flap shorter than that is never reported.
     """
 
+    __slots__ = ("_debounce", "_handle", "_link", "_notify", "_transport", "reported")
+
     def __init__(self, debounce: float, notify: Callable[[bool], None]) -> None:
         self._debounce = debounce
         self._notify = notify
@@ -431,37 +468,46 @@ class ViabilityTracker:
             self._handle = None
 
 
+class PathObserver(Protocol):
+    """What a :class:`PathWatcher` reports to (a connection)."""
+
+    def _network_changed(self) -> None: ...
+    def _path_changed(self, path: Path) -> None: ...
+    def _link_changed(self, viable: bool) -> None: ...
+    def _better_path_changed(self, better: bool) -> None: ...
+
+
 class PathWatcher:
     """One connection's view of the network: its path, link viability and better path.
 
     Before the connection is ready, every (debounced) change reports the
-    host's path for the parameters (as a monitor would) and calls
-    ``on_change``, so a waiting connection can retry at once. Once
-    :meth:`track` gives it the endpoints, it re-evaluates the path at every
-    change and calls ``on_path`` when the path differs, ``on_link`` with
-    whether the path is satisfied, and ``on_better_path`` when a preferable
-    interface appears or goes.
+    host's path for the parameters (as a monitor would) and calls the
+    observer's ``_network_changed``, so a waiting connection can retry at
+    once. Once :meth:`track` gives it the endpoints, it re-evaluates the path
+    at every change and calls ``_path_changed`` when the path differs,
+    ``_link_changed`` with whether the path is satisfied, and
+    ``_better_path_changed`` when a preferable interface appears or goes.
     """
 
-    def __init__(
-        self,
-        parameters: Parameters,
-        *,
-        on_change: Callable[[], None],
-        on_path: Callable[[Path], None],
-        on_link: Callable[[bool], None],
-        on_better_path: Callable[[bool], None],
-    ) -> None:
+    __slots__ = (
+        "_debouncer",
+        "_endpoints",
+        "_observer",
+        "_parameters",
+        "_watch",
+        "better_path",
+        "path",
+    )
+
+    def __init__(self, parameters: Parameters, observer: PathObserver) -> None:
         self._parameters = parameters
-        self._on_change = on_change
-        self._on_path = on_path
-        self._on_link = on_link
-        self._on_better_path = on_better_path
-        self._debouncer = Debouncer(_PATH_DEBOUNCE, self._changed)
+        # One reference to whom to tell, not a bound method per event kind.
+        self._observer = observer
+        self._debouncer: Debouncer | None = None  # made at the first event
         self._watch: NetworkWatch | None = None
         self._endpoints: tuple[Address, Address] | None = None
         self.path: Path | None = None
-        """The last path evaluated."""
+        """The last path evaluated (``None`` while a tracked path waits for its first use)."""
         self.better_path = False
         """Whether a preferable path was last seen."""
 
@@ -470,15 +516,38 @@ class PathWatcher:
         if self._watch is not None:
             return
         try:
-            self._watch = watch_network(self._debouncer.poke)
+            self._watch = watch_network(self._poke)
         except OSError as exc:
             logger.debug("no netlink events (%s): paths are evaluated once", exc)
 
-    def track(self, local: Address | None, remote: Address | None) -> Path:
-        """Follow the path between ``local`` and ``remote``; returns it as it is now."""
+    def _poke(self) -> None:
+        if self._debouncer is None:
+            self._debouncer = Debouncer(_PATH_DEBOUNCE, self._changed)
+        self._debouncer.poke()
+
+    def track(
+        self, local: Address | None, remote: Address | None, *, lazy: bool = False
+    ) -> Path | None:
+        """Follow the path between ``local`` and ``remote``; returns it as it is now.
+
+        With ``lazy`` nothing is evaluated yet and ``None`` is returned:
+        :meth:`evaluate` does it on first use, or the next network event does.
+        """
         self._endpoints = (local, remote) if local is not None and remote is not None else None
-        self.path = self._evaluate(local, remote)
+        self.path = None
         self.better_path = False
+        if lazy and self._endpoints is not None:
+            return None
+        return self._first(local, remote)
+
+    def evaluate(self) -> Path | None:
+        """The tracked path, evaluated now if it has not been yet."""
+        if self.path is None and self._endpoints is not None:
+            return self._first(*self._endpoints)
+        return self.path
+
+    def _first(self, local: Address | None, remote: Address | None) -> Path:
+        self.path = self._evaluate(local, remote)
         if local is not None and self.path.interface is None:
             # A fresh connection's local address is always on one of its
             # namespace's interfaces: this socket lives in another namespace
@@ -490,7 +559,8 @@ class PathWatcher:
 
     def stop(self) -> None:
         """Unsubscribe; no callback runs afterwards."""
-        self._debouncer.cancel()
+        if self._debouncer is not None:
+            self._debouncer.cancel()
         self._endpoints = None
         if self._watch is not None:
             self._watch.close()
@@ -513,15 +583,21 @@ class PathWatcher:
             return
         if path != self.path:
             self.path = path
-            self._on_path(path)
+            self._observer._path_changed(path)
 
     def _changed(self) -> None:
         if self._endpoints is None:
             self.refresh()
-            self._on_change()
+            self._observer._network_changed()
             return
         if self._watch is None:
             return
+        if self.path is None:
+            # Never evaluated: what it was at ready is lost, so the path now
+            # is the first one reported.
+            self._first(*self._endpoints)
+            if self._watch is None:  # another namespace: nothing to follow
+                return
         try:
             net = self._watch.snapshot()
         except OSError:
@@ -529,12 +605,12 @@ class PathWatcher:
         path = connection_path(net, *self._endpoints, self._parameters)
         if path != self.path:
             self.path = path
-            self._on_path(path)
-        self._on_link(path.status is PathStatus.SATISFIED)
+            self._observer._path_changed(path)
+        self._observer._link_changed(path.status is PathStatus.SATISFIED)
         better = (
             better_interface(net, path, self._parameters, route_get=self._watch.route_get)
             is not None
         )
         if better != self.better_path:
             self.better_path = better
-            self._on_better_path(better)
+            self._observer._better_path_changed(better)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .endpoint import Address, Endpoint
-from .errors import ConnectError, ConnectionTimeout, NetconnError, mapped
+from .errors import ConnectError, ConnectionTimeout, NetconnError, map_os_error
 from .parameters import Parameters
 from .stacks.base import AttemptContext, Channel, Stack
 
@@ -173,6 +173,9 @@ class Race:
         self._skipped = False
         # Woken by skip(): a plain future, made only while the race sleeps.
         self._skip_waiter: asyncio.Future[None] | None = None
+        # The task running the only attempt in place (see _only), while it does.
+        self._inline: asyncio.Task[Any] | None = None
+        self._inline_skipped = False
 
     def skip(self) -> None:
         """Give up on the attempts in flight and try the next address now."""
@@ -180,6 +183,9 @@ class Race:
         waiter = self._skip_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        if self._inline is not None and not self._inline_skipped:
+            self._inline_skipped = True
+            self._inline.cancel()
 
     def _now(self) -> float:
         return asyncio.get_running_loop().time() - self._started
@@ -195,6 +201,8 @@ class Race:
         queue = _Queue()
         resolution_started = self._now()
         resolvers = self._start_resolution()
+        if not resolvers and not self._skip_first:
+            return await self._only(Address(self._endpoint.host, self._endpoint.port))
         if not resolvers:
             # An IP literal needs no query: its one address is known now.
             queue.add([Address(self._endpoint.host, self._endpoint.port)])
@@ -289,6 +297,42 @@ class Race:
                 pending.cancel()
             await asyncio.gather(*resolvers, return_exceptions=True)
 
+    async def _only(self, address: Address) -> tuple[Channel, AttemptContext, Attempt]:
+        """An IP literal: its one attempt runs in the calling task, without a race.
+
+        Same report, errors and :meth:`skip` as a race of one address; it only
+        spares a task and the event-loop turns that waking the race costs.
+        """
+        self._report.resolved = [address]
+        self._report.resolution_duration = 0.0
+        ctx = self._make_context()
+        attempt = Attempt(address, self._now())
+        self._report.attempts.append(attempt)
+        task = asyncio.current_task()
+        assert task is not None
+        self._inline = task
+        try:
+            channel = await self._attempt(ctx, address)
+        except asyncio.CancelledError as exc:
+            attempt.duration = self._now() - attempt.started_after
+            attempt.outcome = "cancelled"
+            if not self._inline_skipped or task.uncancel() > 0:
+                raise  # cancelled from outside (too)
+            attempt.error = ConnectError("skipped by try_next_endpoint()")
+            raise ConnectError("no more addresses to try") from exc
+        except Exception as exc:
+            attempt.duration = self._now() - attempt.started_after
+            attempt.outcome = "failed"
+            attempt.error = error = _as_error(exc, address)
+            if error is exc:
+                raise
+            raise error from exc
+        finally:
+            self._inline = None
+        attempt.duration = self._now() - attempt.started_after
+        attempt.outcome = "ready"
+        return channel, ctx, attempt
+
     async def _sleep(self, tasks: list[asyncio.Task[Any]], timeout: float | None) -> None:
         """Until one of ``tasks`` finishes, ``timeout`` seconds pass or :meth:`skip` is called."""
         if self._skipped:
@@ -323,8 +367,12 @@ class Race:
 
     async def _attempt(self, ctx: AttemptContext, address: Address) -> Channel:
         async with asyncio.timeout(self._parameters.attempt_timeout):
-            with mapped(f"connect to {address}"):
+            try:
                 return await self._stack.open_channel(ctx, address)
+            except OSError as exc:
+                if isinstance(exc, NetconnError):
+                    raise
+                raise map_os_error(exc, f"connect to {address}") from exc
 
     async def _abandon(
         self,
@@ -358,6 +406,10 @@ def _error_of(task: asyncio.Task[Channel], address: Address) -> NetconnError | N
     exc = task.exception()
     if exc is None:
         return None
+    return _as_error(exc, address)
+
+
+def _as_error(exc: BaseException, address: Address) -> NetconnError:
     if isinstance(exc, NetconnError):
         return exc
     if isinstance(exc, TimeoutError):

@@ -194,6 +194,47 @@ async def test_try_next_endpoint_while_preparing_skips_the_attempt_in_flight() -
     conn.force_cancel()
 
 
+async def test_an_ip_literal_attempt_is_reported_like_a_race_of_one() -> None:
+    stack = Scripted({"192.0.2.1": (0.0, "refused")})
+    conn = nc.Connection(nc.Endpoint.host_port("192.0.2.1", 443), stack, fast())
+    with pytest.raises(nc.ConnectionRefused):
+        await conn.wait_ready(timeout(5))
+    report = conn.establishment_report
+    assert [str(a) for a in report.resolved] == ["192.0.2.1:443"]
+    (attempt,) = report.attempts
+    assert attempt.outcome == "failed" and isinstance(attempt.error, nc.ConnectionRefused)
+    assert isinstance(conn.state, nc.Waiting)
+    conn.force_cancel()
+
+
+async def test_try_next_endpoint_skips_the_only_attempt_to_an_ip_literal() -> None:
+    stack = Scripted({})  # hangs
+    conn = nc.Connection(nc.Endpoint.host_port("192.0.2.1", 443), stack, fast())
+    conn.start()
+    await until(lambda: len(conn.establishment_report.attempts) >= 1)
+    conn.try_next_endpoint()
+    # As a race of one address: nothing is left to try.
+    await until(lambda: isinstance(conn.state, nc.Failed))
+    assert "no more addresses" in str(conn.state)
+    (attempt,) = conn.establishment_report.attempts
+    assert attempt.outcome == "cancelled" and "try_next_endpoint" in str(attempt.error)
+    assert stack.log.cancelled == ["192.0.2.1"]
+    conn.force_cancel()
+
+
+async def test_cancelling_the_only_attempt_to_an_ip_literal() -> None:
+    stack = Scripted({})  # hangs
+    conn = nc.Connection(nc.Endpoint.host_port("192.0.2.1", 443), stack, fast())
+    conn.start()
+    await until(lambda: len(conn.establishment_report.attempts) >= 1)
+    conn.try_next_endpoint()  # a skip and a cancel at once: the cancel wins
+    await conn.cancel()
+    await until(lambda: conn.establishment_report.attempts[0].outcome != "running")
+    assert conn.establishment_report.attempts[0].outcome == "cancelled"
+    assert isinstance(conn.state, nc.Cancelled)
+    assert stack.log.cancelled == ["192.0.2.1"]
+
+
 async def test_try_next_endpoint_while_waiting_starts_further_down() -> None:
     stack = Scripted({h: (0.0, "refused") for h in ["fd00::1", "192.0.2.1"]})
     conn = nc.Connection(named("fd00::1", "192.0.2.1"), stack, fast())

@@ -8,6 +8,7 @@ import socket
 import struct
 import threading
 import weakref
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
@@ -84,22 +85,53 @@ class TCP(StreamProtocol):
         params = ctx.parameters
         interface = check_path(address, params, will_bind=True)
         loop = asyncio.get_running_loop()
-        with mapped(f"connect to {address}"):
-            sock = socket.socket(address.family, socket.SOCK_STREAM)
+        # One try for the whole attempt: a context manager per step costs more
+        # than the steps themselves on a loopback connection.
+        if interface is None and self._connects_plainly(params, address):
+            return await self._open_plain(ctx, address)
+        sock: socket.socket | None = None
         try:
-            with mapped(f"connect to {address}"):
-                sock.setblocking(False)
-                apply_parameters(
-                    sock, params, address.family, interface.name if interface else None
-                )
+            sock = socket.socket(address.family, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            apply_parameters(sock, params, address.family, interface.name if interface else None)
+            self.configure(sock)
+            if self.fast_open:
+                sock.setsockopt(socket.IPPROTO_TCP, _TCP_FASTOPEN_CONNECT, 1)
+            await loop.sock_connect(sock, address.sockaddr)
+            channel = TCPChannel(params, ctx)
+            await loop.create_connection(constant(channel), sock=sock)
+        except BaseException as exc:
+            if sock is not None:
+                sock.close()
+            if isinstance(exc, OSError) and not isinstance(exc, NetconnError):
+                raise map_os_error(exc, f"connect to {address}") from exc
+            raise
+        return channel
+
+    def _connects_plainly(self, params: Parameters, address: Address) -> bool:
+        """Whether nothing has to be set on the socket before it connects."""
+        return (
+            not params.required_interface
+            and params.local_endpoint is None
+            and not params.service_class.tos
+            and not self.fast_open
+            and self.maximum_segment_size is None
+            and "%" not in address.host  # a scope id would send the loop to getaddrinfo
+        )
+
+    async def _open_plain(self, ctx: AttemptContext, address: Address) -> TCPChannel:
+        # The loop makes and connects the socket itself: uvloop does it all in C.
+        channel = TCPChannel(ctx.parameters, ctx)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.create_connection(constant(channel), address.host, address.port)
+            sock = channel.socket
+            if sock is not None:
                 self.configure(sock)
-                if self.fast_open:
-                    sock.setsockopt(socket.IPPROTO_TCP, _TCP_FASTOPEN_CONNECT, 1)
-                await loop.sock_connect(sock, address.sockaddr)
-                channel = TCPChannel(params, ctx)
-                await loop.create_connection(lambda: channel, sock=sock)
-        except BaseException:
-            sock.close()
+        except BaseException as exc:
+            channel.abort()
+            if isinstance(exc, OSError) and not isinstance(exc, NetconnError):
+                raise map_os_error(exc, f"connect to {address}") from exc
             raise
         return channel
 
@@ -217,16 +249,35 @@ _scratch = _Scratch()
 class TCPChannel(asyncio.BufferedProtocol):
     """A running TCP connection: a bounded receive buffer and a bounded send path."""
 
+    __slots__ = (
+        "_close_waiters",
+        "_closing",
+        "_ctx",
+        "_drain_waiter",
+        "_error",
+        "_is_lost",
+        "_poller",
+        "_receiving",
+        "_send_limit",
+        "_sending",
+        "_transport",
+        "_viable",
+        "_write_closed",
+        "_write_paused",
+        "local_address",
+        "remote_address",
+    )
+
     def __init__(self, parameters: Parameters, ctx: AttemptContext) -> None:
         self._ctx = ctx
         self._send_limit = parameters.send_buffer
-        self._receiving = ReceiveBuffer(
-            parameters.receive_buffer, self._pause_reading, self._resume_reading
-        )
+        self._receiving = ReceiveBuffer(parameters.receive_buffer, self)
         self._transport: asyncio.Transport | None = None
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
-        self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._is_lost = False
+        # One future per close() waiting for connection_lost, made only then.
+        self._close_waiters: list[asyncio.Future[bool]] | None = None
         self._error: NetconnError | None = None
         self._write_closed = False
         self._closing = False
@@ -244,9 +295,14 @@ class TCPChannel(asyncio.BufferedProtocol):
         self._transport = transport
         # The transport's own buffer is the send bound: writes pause above it.
         transport.set_write_buffer_limits(high=self._send_limit, low=self._send_limit // 4)
-        sock = transport.get_extra_info("socket")
-        self.local_address = Address.from_sockaddr(sock.getsockname())
-        self.remote_address = Address.from_sockaddr(sock.getpeername())
+        # The names the transport already asked for: no socket object, no system call.
+        local = transport.get_extra_info("sockname")
+        remote = transport.get_extra_info("peername")
+        if local is None or remote is None:
+            sock = transport.get_extra_info("socket")
+            local, remote = sock.getsockname(), sock.getpeername()
+        self.local_address = Address.from_sockaddr(local)
+        self.remote_address = Address.from_sockaddr(remote)
         self._poller = _ViabilityPoller.add(self)
 
     def _check_viability(self) -> None:
@@ -255,7 +311,7 @@ class TCPChannel(asyncio.BufferedProtocol):
         Viable again once an ack resets the kernel's counters.
         """
         sock = self.socket
-        if sock is None or self._lost.done():
+        if sock is None or self._is_lost:
             self._stop_polling()
             return
         try:
@@ -304,8 +360,11 @@ class TCPChannel(asyncio.BufferedProtocol):
         else:
             self._receiving.feed_eof()
         self._wake_drain()
-        if not self._lost.done():
-            self._lost.set_result(None)
+        self._is_lost = True
+        waiters, self._close_waiters = self._close_waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(False)
         self._ctx.on_lost(error)
 
     def pause_writing(self) -> None:
@@ -320,11 +379,13 @@ class TCPChannel(asyncio.BufferedProtocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _pause_reading(self) -> None:
+    def pause_reading(self) -> None:
+        """Stop reading from the socket (the receive buffer is full)."""
         if self._transport is not None and not self._transport.is_closing():
             self._transport.pause_reading()
 
-    def _resume_reading(self) -> None:
+    def resume_reading(self) -> None:
+        """Read from the socket again."""
         if self._transport is not None and not self._transport.is_closing():
             self._transport.resume_reading()
 
@@ -392,10 +453,7 @@ class TCPChannel(asyncio.BufferedProtocol):
 
     async def _drain(self) -> None:
         while (
-            self._write_paused
-            and self._error is None
-            and not self._lost.done()
-            and not self._closing
+            self._write_paused and self._error is None and not self._is_lost and not self._closing
         ):
             self._drain_waiter = asyncio.get_running_loop().create_future()
             try:
@@ -404,8 +462,9 @@ class TCPChannel(asyncio.BufferedProtocol):
                 self._drain_waiter = None
         self._writable()
 
-    async def receive(self, at_least: int, at_most: int) -> bytes:
-        return await self._receiving.receive(at_least, at_most)
+    def receive(self, at_least: int, at_most: int) -> Coroutine[Any, Any, bytes]:
+        # The buffer's coroutine itself: no coroutine of ours around it.
+        return self._receiving.receive(at_least, at_most)
 
     async def close(self) -> None:
         transport = self._transport
@@ -415,10 +474,23 @@ class TCPChannel(asyncio.BufferedProtocol):
         self._wake_drain()  # a send waiting for room fails now; what it wrote is flushed
         if not transport.is_closing():
             transport.close()  # flushes the write buffer, then FIN
+        if self._is_lost:
+            return
+        # A future of our own and a plain timer: cancelling this call leaves
+        # other closers waiting, and costs no shield or timeout context.
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        if self._close_waiters is None:
+            self._close_waiters = []
+        self._close_waiters.append(waiter)
+        timer = loop.call_later(_CLOSE_TIMEOUT, _expire, waiter)
         try:
-            async with asyncio.timeout(_CLOSE_TIMEOUT):
-                await asyncio.shield(self._lost)
-        except TimeoutError:
+            timed_out = await waiter
+        finally:
+            timer.cancel()
+            if self._close_waiters is not None and waiter in self._close_waiters:
+                self._close_waiters.remove(waiter)
+        if timed_out:
             transport.abort()
 
     def abort(self) -> None:
@@ -432,6 +504,11 @@ class TCPChannel(asyncio.BufferedProtocol):
             with contextlib.suppress(OSError, ValueError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
         transport.abort()
+
+
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(True)
 
 
 def _map(exc: BaseException) -> NetconnError:
