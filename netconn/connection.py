@@ -426,8 +426,9 @@ class Connection(Generic[P_co]):
         if allow_waiting is None:
             allow_waiting = self._parameters.wait_for_connectivity
         self.start()
+        deadline = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with deadline:
                 while True:
                     match self._state:
                         case Ready():
@@ -440,6 +441,8 @@ class Connection(Generic[P_co]):
                             raise InvalidState("the connection was cancelled", self._state)
                     await self._state_changed()
         except TimeoutError:
+            if not deadline.expired():
+                raise  # the state's own error, itself a timeout (an attempt's deadline)
             last = self._state.error if isinstance(self._state, Waiting) else None
             raise ConnectionTimeout(f"not ready after {timeout} s (state: {self._state})") from last
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 
 import pytest
 from conftest import Certs, timeout
@@ -138,6 +139,27 @@ async def test_wait_ready_timeout_keeps_the_connection() -> None:
     finally:
         await conn.cancel()
     assert isinstance(conn.state, nc.Cancelled)
+
+
+async def test_wait_ready_raises_an_attempt_timeout_as_it_is() -> None:
+    """An attempt's own deadline is the Waiting error, not wait_ready's timeout."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a QUIC server that never answers
+    silent.bind(("127.0.0.1", 0))
+    host, port = silent.getsockname()
+    params = nc.Parameters(attempt_timeout=0.3)
+    conn = nc.Connection(nc.Endpoint.host_port(host, port), nc.QUIC(alpn=["x"]), params)
+    try:
+        with pytest.raises(nc.ConnectionTimeout) as caught:
+            await conn.wait_ready()
+        assert "not ready after" not in str(caught.value)
+        match conn.state:
+            case nc.Waiting(error=error):
+                assert caught.value is error
+            case other:
+                raise AssertionError(other)
+    finally:
+        await conn.cancel()
+        silent.close()
 
 
 async def test_cancel_while_waiting_stops_retrying() -> None:
