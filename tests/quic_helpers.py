@@ -1,9 +1,8 @@
-"""Helpers shared by the QUIC tests: options, listeners, connected pairs, a UDP relay."""
+"""Helpers shared by the QUIC tests: options, listeners, connected pairs, relays."""
 
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -13,13 +12,16 @@ import pytest
 from conftest import Certs, timeout
 
 import netconn as nc
+from netconn.lab.relay import UDPRelay
 
 __all__ = [
     "ALPN",
     "ENGINES",
     "quic_engine",
     "refused_on_qh3",
-    "Relay",
+    "blackhole",
+    "relay",
+    "relay_to",
     "client_options",
     "connected_pair",
     "endpoint",
@@ -98,14 +100,14 @@ async def connected_pair(
     server: dict[str, Any] | None = None,
     client: dict[str, Any] | None = None,
     parameters: nc.Parameters | None = None,
-    via: Relay | None = None,
+    via: UDPRelay | None = None,
 ) -> AsyncIterator[tuple[nc.Connection[nc.QUIC], nc.Connection[nc.QUIC]]]:
     """A ready (client, server) pair of connections over loopback (through ``via``)."""
     options = server_options(certs, **(server or {}))
     async with nc.Listener(options, host="127.0.0.1", parameters=parameters) as listener:
         target = endpoint(listener)
         if via is not None:
-            target = await via.start(listener.port)
+            target = await relay_to(via, listener.port)
         conn = nc.Connection(target, client_options(certs, **(client or {})), parameters)
         async with conn:
             accepted = await asyncio.wait_for(listener.accept(), timeout(10))
@@ -121,85 +123,20 @@ def roles(
     return (client, server) if role == "client" else (server, client)
 
 
-class Relay:
-    """A UDP relay on loopback between one client and one server.
+def relay(*, server_delay: float = 0.0) -> UDPRelay:
+    """A loopback relay for :func:`relay_to`, holding each server datagram ``server_delay`` s."""
+    made = UDPRelay(("127.0.0.1", 0))
+    made.to_client.delay = server_delay
+    return made
 
-    ``blackhole`` drops everything both ways; ``rebind()`` makes the relay
-    talk to the server from a new port, as a NAT rebinding would.
-    """
 
-    def __init__(self, *, server_delay: float = 0.0) -> None:
-        self.server_delay = server_delay
-        """Seconds every packet from the server is held back."""
-        self.blackhole = False
-        self._front: socket.socket | None = None
-        self._back: socket.socket | None = None
-        self._client: Any = None
-        self._server: tuple[str, int] = ("127.0.0.1", 0)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.rebinds = 0
+async def relay_to(via: UDPRelay, server_port: int) -> nc.Endpoint:
+    """Start ``via`` towards ``server_port``; return the endpoint clients should use."""
+    via.upstream = ("127.0.0.1", server_port)
+    await via.start()
+    return nc.Endpoint.host_port(*via.address)
 
-    async def start(self, server_port: int) -> nc.Endpoint:
-        """Relay to ``server_port``; return the endpoint clients should use."""
-        self._loop = asyncio.get_running_loop()
-        self._server = ("127.0.0.1", server_port)
-        front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        front.bind(("127.0.0.1", 0))
-        front.setblocking(False)
-        self._front = front
-        self._loop.add_reader(front.fileno(), self._from_client)
-        self._open_back()
-        return nc.Endpoint.host_port("127.0.0.1", front.getsockname()[1])
 
-    def _open_back(self) -> None:
-        assert self._loop is not None
-        back = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        back.bind(("127.0.0.1", 0))
-        back.setblocking(False)
-        self._back = back
-        self._loop.add_reader(back.fileno(), self._from_server, back)
-
-    def rebind(self) -> None:
-        """Talk to the server from a new source port from now on."""
-        assert self._loop is not None and self._back is not None
-        old = self._back
-        self._loop.remove_reader(old.fileno())
-        old.close()
-        self._open_back()
-        self.rebinds += 1
-
-    def _from_client(self) -> None:
-        assert self._front is not None and self._back is not None
-        while True:
-            try:
-                data, addr = self._front.recvfrom(65535)
-            except BlockingIOError:
-                return
-            self._client = addr
-            if not self.blackhole:
-                self._back.sendto(data, self._server)
-
-    def _from_server(self, back: socket.socket) -> None:
-        assert self._front is not None
-        while True:
-            try:
-                data, _ = back.recvfrom(65535)
-            except (BlockingIOError, OSError):
-                return
-            if not self.blackhole and self._client is not None:
-                if self.server_delay:
-                    assert self._loop is not None
-                    self._loop.call_later(self.server_delay, self._to_client, data)
-                else:
-                    self._front.sendto(data, self._client)
-
-    def _to_client(self, data: bytes) -> None:
-        if self._front is not None and self._front.fileno() >= 0:
-            self._front.sendto(data, self._client)
-
-    def close(self) -> None:
-        assert self._loop is not None
-        for sock in (self._front, self._back):
-            if sock is not None:
-                self._loop.remove_reader(sock.fileno())
-                sock.close()
+def blackhole(via: UDPRelay, on: bool) -> None:
+    """Drop everything both ways through ``via`` (or stop dropping)."""
+    via.to_upstream.blackhole = via.to_client.blackhole = on

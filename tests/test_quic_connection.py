@@ -9,11 +9,13 @@ import hashlib
 import pytest
 from conftest import Certs, timeout
 from quic_helpers import (
-    Relay,
+    blackhole,
     client_options,
     connected_pair,
     endpoint,
     refused_on_qh3,
+    relay,
+    relay_to,
     roles,
     server_options,
     serving,
@@ -208,9 +210,9 @@ async def test_resumption_and_early_data_accepted(certs: Certs) -> None:
     store = nc.MemoryTicketStore()
     # On loopback the server's answer could otherwise complete the handshake
     # before the client has even reported ready and sent.
-    relay = Relay(server_delay=0.05)
+    via = relay(server_delay=0.05)
     async with serving(server_options(certs), echo_streams) as listener:
-        target = await relay.start(listener.port)
+        target = await relay_to(via, listener.port)
         await fetch_ticket(certs, listener, store, target)
         options = client_options(certs, ticket_store=store, early_data=True)
         async with nc.Connection(target, options) as conn:
@@ -221,7 +223,7 @@ async def test_resumption_and_early_data_accepted(certs: Certs) -> None:
             assert conn.early_data_accepted is True
             stats = conn.quic_stats()
             assert stats["early_data_sent"] and stats["early_data_resent"] == 0
-    relay.close()
+    via.close()
 
 
 async def test_resumption_without_early_data(certs: Certs) -> None:
@@ -241,9 +243,9 @@ async def test_early_data_survives_retry(certs: Certs) -> None:
     if refused_on_qh3(early_data=True):
         return
     store = nc.MemoryTicketStore()
-    relay = Relay(server_delay=0.05)  # the 0-RTT data leaves before the Retry arrives
+    via = relay(server_delay=0.05)  # the 0-RTT data leaves before the Retry arrives
     async with serving(server_options(certs, retry=True), echo_streams) as listener:
-        target = await relay.start(listener.port)
+        target = await relay_to(via, listener.port)
         await fetch_ticket(certs, listener, store, target)
         options = client_options(certs, ticket_store=store, early_data=True)
         conn = nc.Connection(target, options)
@@ -253,7 +255,7 @@ async def test_early_data_survives_retry(certs: Certs) -> None:
             stats = conn.quic_stats()
             assert stats["retries_received"] == 1
             assert stats["early_data_sent"] and stats["early_data_resent"] > 0
-        relay.close()
+        via.close()
 
 
 async def test_early_data_survives_rejection(certs: Certs) -> None:
@@ -261,10 +263,10 @@ async def test_early_data_survives_rejection(certs: Certs) -> None:
     if refused_on_qh3(early_data=True):
         return
     store = nc.MemoryTicketStore()
-    relay = Relay(server_delay=0.05)  # the 0-RTT data leaves before the rejection arrives
+    via = relay(server_delay=0.05)  # the 0-RTT data leaves before the rejection arrives
     async with serving(server_options(certs), echo_streams) as first:
         port = first.port
-        target = await relay.start(port)
+        target = await relay_to(via, port)
         await fetch_ticket(certs, first, store, target)
     second = nc.Listener(server_options(certs), host="127.0.0.1", port=port)
     async with second:
@@ -279,7 +281,7 @@ async def test_early_data_survives_rejection(certs: Certs) -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    relay.close()
+    via.close()
 
 
 async def test_retry(certs: Certs) -> None:
@@ -370,9 +372,9 @@ async def test_keylog_and_qlog(certs: Certs, tmp_path: object) -> None:
 
 
 async def test_viability_lost_and_regained(certs: Certs) -> None:
-    relay = Relay()
+    via = relay()
     try:
-        async with connected_pair(certs, client={"keepalive_interval": 0.2}, via=relay) as (
+        async with connected_pair(certs, client={"keepalive_interval": 0.2}, via=via) as (
             client,
             _,
         ):
@@ -385,24 +387,24 @@ async def test_viability_lost_and_regained(certs: Certs) -> None:
 
             client.on_viability_update(on_viability)
             assert client.is_viable and client.keepalive == 0.2
-            relay.blackhole = True
+            blackhole(via, True)
             await asyncio.wait_for(changed.wait(), timeout(10))
             assert changes == [False] and not client.is_viable
             assert isinstance(client.state, nc.Ready)  # long before the 30 s idle timeout
             changed.clear()
-            relay.blackhole = False
+            blackhole(via, False)
             await asyncio.wait_for(changed.wait(), timeout(10))
             assert changes == [False, True] and client.is_viable
             client.keepalive = None
             assert client.keepalive is None
     finally:
-        relay.close()
+        via.close()
 
 
 async def test_server_follows_nat_rebinding(certs: Certs) -> None:
-    relay = Relay()
+    via = relay()
     try:
-        async with connected_pair(certs, via=relay) as (client, server):
+        async with connected_pair(certs, via=via) as (client, server):
             paths: list[nc.Path] = []
             server.on_path_update(lambda conn, path: paths.append(path))
             before = server.remote_endpoint
@@ -410,7 +412,7 @@ async def test_server_follows_nat_rebinding(certs: Certs) -> None:
             await stream.send(b"before ")
             inbound = await anext(server.inbound_streams())
             assert await inbound.receive(7, 7) == b"before "
-            relay.rebind()
+            via.rebind()
             await stream.send(b"after", is_complete=True)
             assert await asyncio.wait_for(inbound.receive(5, 5), timeout(10)) == b"after"
             await inbound.send(b"reply", is_complete=True)
@@ -420,7 +422,7 @@ async def test_server_follows_nat_rebinding(certs: Certs) -> None:
             assert paths and paths[-1].remote == after
             assert isinstance(server.state, nc.Ready) and isinstance(client.state, nc.Ready)
     finally:
-        relay.close()
+        via.close()
 
 
 async def test_viability_holds_after_an_idle_spell(certs: Certs) -> None:
