@@ -18,6 +18,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed as WSConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
+from websockets.utils import accept_key
 
 import netconn as nc
 
@@ -52,6 +53,20 @@ async def netconn_server(
 
 def endpoint(port: int) -> nc.Endpoint:
     return nc.Endpoint.host_port(LOCAL, port)
+
+
+async def accept_upgrade(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answer a WebSocket opening handshake by hand (for raw servers that misbehave after it)."""
+    request = await reader.readuntil(b"\r\n\r\n")
+    key = next(
+        line.split(b":", 1)[1].strip()
+        for line in request.split(b"\r\n")
+        if line.lower().startswith(b"sec-websocket-key")
+    )
+    writer.write(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept_key(key.decode()).encode() + b"\r\n\r\n"
+    )
 
 
 async def test_messages_keep_boundaries_and_opcodes() -> None:
@@ -401,18 +416,7 @@ async def test_invalid_frame_to_waiting_client_raises_protocol_error() -> None:
     received: list[bytes] = []
 
     async def raw_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        request = await reader.readuntil(b"\r\n\r\n")
-        key = next(
-            line.split(b":", 1)[1].strip()
-            for line in request.split(b"\r\n")
-            if line.lower().startswith(b"sec-websocket-key")
-        )
-        from websockets.utils import accept_key
-
-        writer.write(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + accept_key(key.decode()).encode() + b"\r\n\r\n"
-        )
+        await accept_upgrade(reader, writer)
         await ready.wait()
         writer.write(b"\x82\x81\x00\x00\x00\x00x")
         header = await reader.readexactly(2)  # the client's close frame
@@ -439,18 +443,7 @@ async def test_invalid_frame_to_waiting_client_raises_protocol_error() -> None:
 async def test_ping_timeout_marks_not_viable_then_fails() -> None:
     # A peer that completes the handshake and then never answers (never reads).
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        request = await reader.readuntil(b"\r\n\r\n")
-        key = next(
-            line.split(b":", 1)[1].strip()
-            for line in request.split(b"\r\n")
-            if line.lower().startswith(b"sec-websocket-key")
-        )
-        from websockets.utils import accept_key
-
-        writer.write(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + accept_key(key.decode()).encode() + b"\r\n\r\n"
-        )
+        await accept_upgrade(reader, writer)
         await done.wait()
         writer.close()
 
@@ -616,18 +609,7 @@ async def test_a_message_reaches_a_waiting_receive_in_one_loop_turn() -> None:
     frames: asyncio.Queue[bytes] = asyncio.Queue()
 
     async def raw_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        request = await reader.readuntil(b"\r\n\r\n")
-        key = next(
-            line.split(b":", 1)[1].strip()
-            for line in request.split(b"\r\n")
-            if line.lower().startswith(b"sec-websocket-key")
-        )
-        from websockets.utils import accept_key
-
-        writer.write(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + accept_key(key.decode()).encode() + b"\r\n\r\n"
-        )
+        await accept_upgrade(reader, writer)
         while frame := await frames.get():
             writer.write(frame)  # loopback: in the client's socket when this returns
         writer.close()
