@@ -8,6 +8,7 @@ Adding a stack to the demo is one :class:`DemoCase` in :data:`CASES`.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import struct
 import sys
 import time
@@ -82,6 +83,15 @@ CASES: list[DemoCase] = [
         "quic-stream",
     ),
 ]
+if importlib.util.find_spec("qh3") is not None:  # an optional engine: shown when installed
+    CASES.append(
+        DemoCase(
+            "QUIC stream, qh3 engine",
+            lambda c: QUIC(alpn=["demo"], certificate=(c.cert, c.key), engine="qh3"),
+            lambda c: QUIC(alpn=["demo"], ca_file=c.ca, engine="qh3"),
+            "quic-stream",
+        )
+    )
 
 
 @dataclass

@@ -124,6 +124,7 @@ async def test_demo_runs_every_stack() -> None:
     status = await run_demo(megabytes=1, out=out)
     text = out.getvalue()
     assert status == 0, text
+    assert "QUIC stream, qh3 engine" in [c.name for c in CASES]  # qh3 is installed for the tests
     for case in CASES:
         assert f"== {case.name} ==" in text
     assert "FAILED" not in text
