@@ -134,7 +134,9 @@ class ReceiveBuffer:
             raise self._error
         if len(buffer) <= at_most:
             data = bytes(buffer)
-            buffer.clear()
+            # A new bytearray rather than clear(): shrinking a large one in place
+            # is a realloc (mremap) that the next read grows again, page by page.
+            self._buffer = buffer = bytearray()
         else:
             data = bytes(memoryview(buffer)[:at_most])
             del buffer[:at_most]
