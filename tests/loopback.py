@@ -6,10 +6,11 @@ import asyncio
 import hashlib
 import random
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Literal, TypeAlias, TypeVar
+from typing import Any, Literal, TypeAlias, TypeVar
 
+import pytest
 from conftest import Certs, timeout
 
 import netconn as nc
@@ -73,6 +74,20 @@ async def stream_pair(
                 accepted.force_cancel()
         finally:
             conn.force_cancel()
+
+
+@asynccontextmanager
+async def running(
+    listener: nc.Listener[Any], handler: Callable[[nc.Connection[Any]], Awaitable[None]]
+) -> AsyncIterator[None]:
+    """``listener.run(handler)`` in a task for the block; cancelled (and must end so) after."""
+    task = asyncio.create_task(listener.run(handler))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
 
 
 def oriented(pair: StreamPair, role: str) -> StreamPair:

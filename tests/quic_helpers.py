@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from conftest import Certs, timeout
+from loopback import running
 
 import netconn as nc
 from netconn.lab.relay import UDPRelay
@@ -83,14 +84,11 @@ async def serving(
     options: nc.QUIC, handler: Handler, parameters: nc.Parameters | None = None
 ) -> AsyncIterator[nc.Listener[nc.QUIC]]:
     """A listener on 127.0.0.1 running ``handler`` for every connection."""
-    async with nc.Listener(options, host="127.0.0.1", parameters=parameters) as listener:
-        task = asyncio.create_task(listener.run(handler))
-        try:
-            yield listener
-        finally:
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+    async with (
+        nc.Listener(options, host="127.0.0.1", parameters=parameters) as listener,
+        running(listener, handler),
+    ):
+        yield listener
 
 
 @asynccontextmanager

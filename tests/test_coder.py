@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import pytest
 from conftest import timeout
+from loopback import running
 
 import netconn as nc
 
@@ -70,13 +71,8 @@ async def echo_server(stack: nc.Stack) -> AsyncIterator[int]:
                     return
                 await conn.send(message.content)
 
-        task = asyncio.create_task(listener.run(handler))
-        try:
+        async with running(listener, handler):
             yield listener.port
-        finally:
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
 
 
 def message_stacks() -> list[nc.MessageProtocol]:

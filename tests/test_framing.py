@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import Certs, timeout
+from loopback import running
 
 import netconn as nc
 from netconn.stacks.base import Message
@@ -38,14 +39,8 @@ async def echo(conn: nc.Connection[Any]) -> None:
 async def server(
     stack: nc.Stack, handler: Callable[[nc.Connection[Any]], Awaitable[None]] = echo
 ) -> AsyncIterator[nc.Listener[Any]]:
-    async with nc.Listener(stack, host=LOCAL) as listener:
-        task = asyncio.create_task(listener.run(handler))
-        try:
-            yield listener
-        finally:
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+    async with nc.Listener(stack, host=LOCAL) as listener, running(listener, handler):
+        yield listener
 
 
 @asynccontextmanager

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import Certs, timeout
+from loopback import running
 from websockets.asyncio.client import connect as ws_connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed as WSConnectionClosed
@@ -41,14 +42,11 @@ async def echo(conn: nc.Connection[nc.WebSocket]) -> None:
 async def netconn_server(
     stack: nc.WebSocket, handler: Handler = echo, parameters: nc.Parameters | None = None
 ) -> AsyncIterator[nc.Listener[nc.WebSocket]]:
-    async with nc.Listener(stack, host=LOCAL, parameters=parameters) as listener:
-        task = asyncio.create_task(listener.run(handler))
-        try:
-            yield listener
-        finally:
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+    async with (
+        nc.Listener(stack, host=LOCAL, parameters=parameters) as listener,
+        running(listener, handler),
+    ):
+        yield listener
 
 
 def endpoint(port: int) -> nc.Endpoint:
