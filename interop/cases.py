@@ -60,7 +60,7 @@ _MB = 1024 * 1024
 _LOSSY_IDLE_TIMEOUT = 30.0
 # rebind-addr moves the client to these in turn (all of 127.0.0.0/8 is loopback).
 _OTHER_LOOPBACK = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
-# The Interop Runner's loss never drops more than 3 datagrams in a row one way.
+# The Interop Runner's loss and corruption never hit more than 3 datagrams in a row one way.
 _MAX_LOST_IN_A_ROW = 3
 
 CASES: tuple[Case, ...] = (
@@ -95,9 +95,9 @@ CASES: tuple[Case, ...] = (
     ),
     Case(
         "handshakecorruption",
-        "5 handshakes with 30% of datagrams corrupted",
+        "5 handshakes with 30% of datagrams corrupted (at most 3 in a row)",
         (1 * _KB,),
-        impairment=Impairment(corrupt=0.30),
+        impairment=Impairment(corrupt=0.30, max_corrupted_in_a_row=_MAX_LOST_IN_A_ROW),
         connections=5,
         idle_timeout=_LOSSY_IDLE_TIMEOUT,
         time_factor=3.0,

@@ -163,6 +163,18 @@ async def test_loss_never_drops_more_than_allowed_in_a_row() -> None:
         assert max(b - a for a, b in itertools.pairwise(got)) == 4  # 3 lost, then one
 
 
+async def test_corruption_never_hits_more_than_allowed_in_a_row() -> None:
+    async with setup() as (relay, server, client):
+        relay.to_upstream.corrupt = 0.9
+        relay.to_upstream.max_corrupted_in_a_row = 3
+        send_numbered(client, 200)
+        await until(lambda: len(server.received) == 200)
+        # Loopback keeps the order, so the i-th datagram received is the i-th sent.
+        intact = [i for i, (data, _) in enumerate(server.received) if data == i.to_bytes(2, "big")]
+        assert relay.stats_to_upstream.corrupted > 100  # 90% would corrupt ~180
+        assert max(b - a for a, b in itertools.pairwise([-1, *intact])) <= 4
+
+
 async def test_schedule_drops_numbered_client_datagrams_and_the_trace_stops_when_told() -> None:
     trace = Trace(until=lambda data: data == b"end")
     async with setup(Schedule(drop_from_client=frozenset({2})), trace) as (relay, _, client):

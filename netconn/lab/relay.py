@@ -54,6 +54,8 @@ class Impairment:
     """Seconds a reordered datagram waits on top of its delay; default 10 ms."""
     corrupt: float = 0.0
     """Probability of changing one byte among the first 50; default 0."""
+    max_corrupted_in_a_row: int | None = None
+    """Never corrupt more than this many datagrams in a row; default no limit."""
     blackhole: bool = False
     """Drop everything; default off."""
 
@@ -165,6 +167,7 @@ class UDPRelay:
         self._source: str | None = None
         self._held = {"up": 0, "down": 0}
         self._lost_in_a_row = {"up": 0, "down": 0}
+        self._corrupted_in_a_row = {"up": 0, "down": 0}
         self._timers: set[asyncio.TimerHandle] = set()
         self._from_clients = 0
         self._accepted_up = 0
@@ -307,11 +310,20 @@ class UDPRelay:
         rule = self.to_upstream if direction == "up" else self.to_client
         stats = self.stats_to_upstream if direction == "up" else self.stats_to_client
         rng = self._random
-        if rule.corrupt and data and rng.random() < rule.corrupt:
+        cap = rule.max_corrupted_in_a_row
+        if (
+            rule.corrupt
+            and data
+            and rng.random() < rule.corrupt
+            and (cap is None or self._corrupted_in_a_row[direction] < cap)
+        ):
             position = rng.randrange(min(50, len(data)))
             changed = data[position] ^ rng.randrange(1, 256)
             data = data[:position] + bytes([changed]) + data[position + 1 :]
             stats.corrupted += 1
+            self._corrupted_in_a_row[direction] += 1
+        else:
+            self._corrupted_in_a_row[direction] = 0
         wait = rule.delay + (rng.uniform(0, rule.jitter) if rule.jitter else 0.0)
         if rule.reorder and rng.random() < rule.reorder:
             wait += rule.reorder_delay
