@@ -143,3 +143,68 @@ def test_pacing_bursts_cover_the_timer_granularity() -> None:
     # Never more than half the congestion window at once.
     pacer.update_rate(100 * size, rtt)
     assert pacer.bucket_max <= 50 * size / (100 * size / rtt) + 1e-9
+
+
+def _count_frame_attempts(conn: nc.Connection[nc.QUIC]) -> list[int]:
+    """Count aioquic's STREAM frame attempts (one per stream offered a packet) on ``conn``."""
+    engine: Any = conn._quic_channel().quic
+    calls = [0]
+    write = engine._write_stream_frame
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return write(*args, **kwargs)
+
+    engine._write_stream_frame = counted
+    return calls
+
+
+async def _send_on_streams(
+    client: nc.Connection[nc.QUIC], server: nc.Connection[nc.QUIC], count: int, size: int
+) -> int:
+    """Send ``size`` bytes on each of ``count`` streams at once; return the client's packets."""
+
+    async def sink() -> None:
+        async with asyncio.TaskGroup() as group:
+            async for stream in server.inbound_streams():
+                group.create_task(_drain(stream))
+
+    async def _drain(stream: nc.QUICStream) -> None:
+        total = 0
+        while data := await stream.receive(1, 1 << 20):
+            total += len(data)
+        await stream.send(total.to_bytes(8, "big"), is_complete=True)
+
+    async def one(stream: nc.QUICStream) -> None:
+        await stream.send(bytes(size), is_complete=True)
+        assert int.from_bytes(await stream.receive_exactly(8), "big") == size
+
+    task = asyncio.create_task(sink())
+    try:
+        streams = [await client.open_stream() for _ in range(count)]
+        before = client.quic_stats()["socket"]["datagrams_sent"]
+        async with asyncio.timeout(timeout(60)), asyncio.TaskGroup() as group:
+            for stream in streams:
+                group.create_task(one(stream))
+        return int(client.quic_stats()["socket"]["datagrams_sent"] - before)
+    finally:
+        task.cancel()
+
+
+async def test_busy_streams_cost_few_frame_attempts_per_packet(certs: Certs) -> None:
+    """aioquic offers every packet to every stream in its queue; netconn shows it
+    only as many as fill a round, so 50 bulk streams cost about one attempt per
+    packet, not 16 (or 50)."""
+    async with connected_pair(certs) as (client, server):
+        attempts = _count_frame_attempts(client)
+        packets = await _send_on_streams(client, server, count=50, size=64 * 1024)
+    assert packets > 2_000  # 3.2 MB
+    assert attempts[0] <= 2 * packets, (attempts, packets)
+
+
+async def test_small_messages_on_many_streams_share_packets(certs: Certs) -> None:
+    """Rounds of a few streams each must not put every small message in a packet of its own."""
+    async with connected_pair(certs) as (client, server):
+        packets = await _send_on_streams(client, server, count=100, size=100)
+    # 100 frames of about 110 bytes fit in 9 full packets; ACKs of the replies add a few.
+    assert packets <= 25, packets

@@ -60,7 +60,8 @@ class _StreamTable(dict[int, QuicStream]):
 _SPARE_CRYPTO_BUFFER = 64  # TLS writes nothing after the handshake; see above
 _SMALLEST_DATAGRAM = 1200  # RFC 9000 section 14: every path carries this much
 _MIN_TUNING_PERIOD = 0.05  # seconds: see _should_grow
-_QUEUE_WINDOW = 16  # streams aioquic's packet loop is shown at a time
+_QUEUE_WINDOW = 16  # most streams aioquic's packet loop is shown at a time
+_WINDOW_BYTES = 32 * 1024  # sendable bytes that make a window big enough
 _GSO_BURST = 64  # packets one segmented sendmsg carries
 _TIMER_SLACK = 0.002  # seconds: twice the shortest wait of an asyncio timer (epoll)
 
@@ -72,6 +73,27 @@ _NO_KEYS = CryptoPair()
 # aioquic builds a frozenset of allowed epochs per frame type per connection;
 # equal sets are shared instead.
 _EPOCH_SETS: dict[frozenset[tls.Epoch], frozenset[tls.Epoch]] = {}
+
+
+def _window_size(streams: list[QuicStream]) -> int:
+    """How many streams, from the front, aioquic's packet loop is shown in one round.
+
+    Each round ends its last packet part full, so a window holds at least
+    :data:`_WINDOW_BYTES` that flow control lets go (small messages share
+    packets); but each stream in it costs a frame attempt per packet, so it
+    stops there, and at :data:`_QUEUE_WINDOW` streams. With bulk streams that
+    is one stream per round.
+    """
+    sendable = 0
+    size = 0
+    for stream in streams[:_QUEUE_WINDOW]:
+        size += 1
+        sender = stream.sender
+        end = min(sender._buffer_stop, stream.max_stream_data_remote)
+        sendable += max(0, end - sender.next_offset)
+        if sendable >= _WINDOW_BYTES:
+            break
+    return size
 
 
 class _BurstPacer(QuicPacketPacer):
@@ -321,9 +343,10 @@ class FlowControlledConnection(QuicConnection):
 
         For every packet it builds, aioquic walks its whole stream queue, so
         with N busy streams a full packet costs N frame attempts. Showing it
-        :data:`_QUEUE_WINDOW` streams per round keeps that bounded; rounds go
-        on until every stream was offered once, or the congestion window or
-        the pacer stops sending. Served streams still rotate to the back.
+        a few streams per round keeps that bounded (see :func:`_window_size`);
+        rounds go on until every stream was offered once, or the congestion
+        window or the pacer stops sending. Served streams still rotate to the
+        back.
         """
         self._nc_now = now
         if self._nc_ack_with_data:
@@ -333,19 +356,20 @@ class FlowControlledConnection(QuicConnection):
         priorities = self.stream_priorities
         if priorities:
             queue.sort(key=lambda stream: -priorities.get(stream.stream_id, 0))  # type: ignore[arg-type]
-        elif len(queue) <= _QUEUE_WINDOW:
+        elif len(queue) <= 1 or _window_size(queue) == len(queue):
             return super().datagrams_to_send(now)
         packets: list[tuple[bytes, Any]] = []
         rest = queue
         served: list[QuicStream] = []
         while True:
-            size = min(_QUEUE_WINDOW, len(rest))
+            limit = _window_size(rest)
+            size = limit
             if priorities and rest:
                 # A window never mixes priorities: lower ones only get what
                 # the higher ones leave of the congestion window.
                 top = priorities.get(rest[0].stream_id, 0)  # type: ignore[arg-type]
                 size = 1
-                while size < min(_QUEUE_WINDOW, len(rest)) and (
+                while size < limit and (
                     priorities.get(rest[size].stream_id, 0) == top  # type: ignore[arg-type]
                 ):
                     size += 1
