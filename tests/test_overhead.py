@@ -234,3 +234,75 @@ async def test_listener_run_hands_connections_straight_to_handlers() -> None:
             await task
         for conn in (early, late):
             await conn.cancel()
+
+
+class _Producer:
+    def __init__(self) -> None:
+        self.paused = False
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+def test_a_receive_of_a_whole_read_is_that_read_not_a_copy() -> None:
+    """Bulk receiving copies each byte once (into the read's bytes), not again on the way out."""
+    from netconn._buffer import ReceiveBuffer
+
+    buffer = ReceiveBuffer(1 << 20, _Producer())
+    first, second = bytes(200_000), b"x" * 100_000
+    buffer.feed(first)
+    buffer.feed(second)
+    assert buffer.take(1 << 18) is first  # not joined with the next read: no copy
+    assert buffer.take(1 << 18) is second
+    # A read of a transport's own buffer (a memoryview) is copied once, into bytes.
+    scratch = bytearray(b"y" * 70_000)
+    buffer.feed(memoryview(scratch))
+    scratch[:] = bytes(70_000)  # the transport reuses its buffer
+    assert buffer.take(1 << 18) == b"y" * 70_000
+
+
+def test_tiny_reads_share_one_object_in_the_receive_buffer() -> None:
+    """Bytes trickling in one at a time do not cost a Python object each."""
+    from netconn._buffer import ReceiveBuffer
+
+    buffer = ReceiveBuffer(1 << 20, _Producer())
+    for i in range(20_000):
+        buffer.feed(bytes([i % 256]))
+    assert len(buffer) == 20_000
+    assert len(buffer._chunks) <= 20_000 // 4096 + 1
+    assert buffer.take(1 << 20, 1 << 20) == bytes(i % 256 for i in range(20_000))
+
+
+def test_the_receive_buffer_returns_what_was_fed_in_order() -> None:
+    """Reads of every size, taken in pieces of every size, come back as one stream."""
+    import random
+
+    from netconn._buffer import ReceiveBuffer
+
+    rng = random.Random(7)
+    producer = _Producer()
+    buffer = ReceiveBuffer(64 * 1024, producer)
+    fed = bytearray()
+    got = bytearray()
+    for _ in range(3000):
+        if rng.random() < 0.5:
+            size = rng.choice((1, 7, 100, 4095, 4096, 5000, 70_000))
+            data = rng.randbytes(size)
+            fed += data
+            buffer.feed(data if rng.random() < 0.5 else memoryview(bytearray(data)))
+        else:
+            at_most = rng.choice((1, 3, 8, 1000, 4096, 100_000))
+            at_least = rng.randint(1, at_most)
+            before = len(buffer)
+            data = buffer.take(at_most, at_least)
+            assert len(data) <= at_most
+            assert len(data) >= min(at_least, before)
+            got += data
+        assert len(buffer) == len(fed) - len(got)
+        assert not producer.paused or len(buffer) > buffer._low
+        assert producer.paused or len(buffer) <= buffer._limit
+    got += buffer.take(1 << 30, 1 << 30)
+    assert got == fed and len(buffer) == 0
