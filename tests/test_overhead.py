@@ -306,3 +306,44 @@ def test_the_receive_buffer_returns_what_was_fed_in_order() -> None:
         assert producer.paused or len(buffer) <= buffer._limit
     got += buffer.take(1 << 30, 1 << 30)
     assert got == fed and len(buffer) == 0
+
+
+def test_a_large_websocket_frame_is_not_joined_into_a_new_buffer() -> None:
+    """Framing a 256 KiB message allocates no frame-sized buffer beyond the client's masking.
+
+    The library's serializer copies every payload into a new frame-sized
+    buffer, one fresh allocation per message (page faults on a bulk sender).
+    """
+    import tracemalloc
+
+    from websockets.frames import Frame, Opcode
+    from websockets.protocol import Protocol, Side
+    from websockets.uri import parse_uri
+
+    from netconn.stacks.websocket import _ClientProtocol, _ServerProtocol
+
+    payload = bytes(range(256)) * 1024
+    client = _ClientProtocol(parse_uri("ws://localhost/"))
+    server = _ServerProtocol()
+    for protocol in (client, server):
+        protocol.state = protocol.state.OPEN  # framing only: no handshake
+    peaks = []
+    for protocol in (client, server):
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            protocol.send_binary(payload)
+            pieces = protocol.data_to_send()
+            peaks.append(tracemalloc.get_traced_memory()[1] - base)
+        finally:
+            tracemalloc.stop()
+        # What went out is one valid frame with the payload.
+        peer = Protocol(Side.SERVER if protocol is client else Side.CLIENT)
+        for piece in pieces:
+            peer.receive_data(bytes(piece))
+        (frame,) = peer.events_received()
+        assert isinstance(frame, Frame)
+        assert frame.opcode is Opcode.BINARY and frame.fin and frame.data == payload
+    client_peak, server_peak = peaks
+    assert client_peak < 1.2 * len(payload), client_peak  # the masked copy only
+    assert server_peak < 0.1 * len(payload), server_peak  # the payload goes out as it is

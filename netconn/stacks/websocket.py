@@ -30,6 +30,8 @@ import contextlib
 import http
 import logging
 import os
+import secrets
+import struct
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +55,11 @@ from websockets.protocol import State as WSState
 from websockets.server import ServerProtocol
 from websockets.typing import Origin, Subprotocol
 from websockets.uri import WebSocketURI
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # the library built without its C extension
+    from websockets.utils import apply_mask
 
 from .._buffer import ReceiveBuffer
 from ..endpoint import Address
@@ -82,6 +89,10 @@ __all__ = [
 logger = logging.getLogger("netconn.websocket")
 
 _READ_CHUNK = 256 * 1024  # one read's worth is what may land past the receive bound
+_APART = 64 * 1024  # payloads from this size leave apart from their frame header
+_LEAD = 4096  # payload bytes that go with the header, so it is no TCP segment of its own
+_LENGTH_16 = struct.Struct("!BBH")
+_LENGTH_64 = struct.Struct("!BBQ")
 _OK_CLOSE_CODES = frozenset({1000, 1001})
 _ERROR_STATUSES = frozenset(int(s) for s in http.HTTPStatus if s >= 400)
 
@@ -232,11 +243,51 @@ class _ClientProtocol(ClientProtocol):
         _forget_unfinished_message(self, frame)
         super().recv_frame(frame)
 
+    def send_frame(self, frame: Frame) -> None:
+        if not _send_apart(self, frame, mask=True):
+            super().send_frame(frame)
+
 
 class _ServerProtocol(ServerProtocol):
     def recv_frame(self, frame: Frame) -> None:
         _forget_unfinished_message(self, frame)
         super().recv_frame(frame)
+
+    def send_frame(self, frame: Frame) -> None:
+        if not _send_apart(self, frame, mask=False):
+            super().send_frame(frame)
+
+
+def _send_apart(protocol: Protocol, frame: Frame, *, mask: bool) -> bool:
+    """Queue a large frame as its header and its payload, not joined into a third buffer.
+
+    The library's serializer copies the payload (masked or not) into a new
+    frame-sized buffer: for a large frame that is a fresh allocation, and
+    page faults, per message. Here an unmasked payload goes out as it is and
+    a masked one is the library's masking output. Frames an extension
+    rewrites (compression), small ones and mutable buffers go the library's way.
+    """
+    data = frame.data
+    if type(data) is not bytes or len(data) < _APART or protocol.extensions:
+        return False
+    frame.check()
+    if protocol.debug:
+        protocol.logger.debug("> %s", frame)
+    length = len(data)
+    head = (0x80 if frame.fin else 0) | frame.opcode
+    masked = 0x80 if mask else 0
+    if length < 65536:
+        header = _LENGTH_16.pack(head, masked | 126, length)
+    else:
+        header = _LENGTH_64.pack(head, masked | 127, length)
+    if mask:
+        key = secrets.token_bytes(4)
+        header += key
+        data = apply_mask(data, key)
+    writes = cast(list[bytes | memoryview], protocol.writes)
+    writes.append(header + data[:_LEAD])
+    writes.append(memoryview(data)[_LEAD:])
+    return True
 
 
 def _forget_unfinished_message(protocol: Protocol, frame: Frame) -> None:
