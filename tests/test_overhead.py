@@ -347,3 +347,91 @@ def test_a_large_websocket_frame_is_not_joined_into_a_new_buffer() -> None:
     client_peak, server_peak = peaks
     assert client_peak < 1.2 * len(payload), client_peak  # the masked copy only
     assert server_peak < 0.1 * len(payload), server_peak  # the payload goes out as it is
+
+
+def test_the_websocket_parser_keeps_one_buffer_for_large_frames() -> None:
+    """Frames larger than a read do not shrink and regrow the parser's buffer each time.
+
+    The library's reader cuts each frame off the front of its bytearray; a
+    bulk receiver then reallocates (and faults in) that buffer per frame.
+    """
+    from websockets.frames import Frame
+    from websockets.protocol import Protocol, Side
+
+    from netconn.stacks.websocket import _ServerProtocol
+
+    sender = Protocol(Side.CLIENT)
+    payloads = [bytes([i]) * (256 * 1024) for i in range(30)]
+    stream = bytearray()
+    for payload in payloads:
+        sender.send_binary(payload)
+        for piece in sender.data_to_send():
+            stream += piece
+    receiver = _ServerProtocol(max_size=None)
+    receiver.state = receiver.state.OPEN
+    _restart_parser(receiver)
+    blocks: set[tuple[int, int]] = set()
+    got: list[bytes] = []
+    read = 190_000  # not a multiple of the frame size: frames straddle reads
+    for offset in range(0, len(stream), read):
+        view: Any = memoryview(stream)[offset : offset + read]  # as the TCP channel reads
+        receiver.receive_data(view)
+        got += [bytes(e.data) for e in receiver.events_received() if isinstance(e, Frame)]
+        if offset >= 4 * read:
+            blocks.add((id(receiver.reader.buffer), len(receiver.reader.buffer)))
+    assert got == payloads
+    assert len(blocks) == 1, blocks  # one block, one size, after the first frames
+    # A run of small reads after large ones gives the block up.
+    for _ in range(20):
+        sender.send_binary(b"small")
+        receiver.receive_data(sender.data_to_send()[0])
+    assert len(receiver.reader.buffer) < 64 * 1024
+
+
+def _restart_parser(protocol: Any) -> None:
+    # Protocol objects made for a handshake parse HTTP first; go straight to frames.
+    protocol.parser = protocol.parse()
+    next(protocol.parser)
+
+
+def _consume(reader: Any, lines: int, sizes: list[int]) -> Any:
+    out = []
+    for _ in range(lines):
+        out.append((yield from reader.read_line(1 << 20)))
+    for size in sizes:
+        out.append((yield from reader.read_exact(size)))
+    out.append((yield from reader.read_to_eof(1 << 20)))
+    return out
+
+
+def test_the_websocket_parser_reads_lines_and_bytes_as_they_were_fed() -> None:
+    """The handshake's reads (lines, exact sizes, to the end) over the parser's own buffer."""
+    import random
+
+    from netconn.stacks.websocket import _Reader
+
+    rng = random.Random(3)
+    for _ in range(200):
+        reader = _Reader()
+        parts = [rng.randbytes(rng.choice((1, 10, 300, 70_000))) for _ in range(6)]
+        lines = [p.replace(b"\n", b"") + b"\n" for p in parts[:3]]
+        exact = parts[3:5]
+        rest = parts[5]
+        stream = b"".join(lines + exact + [rest])
+
+        parser = _consume(reader, len(lines), [len(chunk) for chunk in exact])
+        next(parser)
+        result = None
+        offset = 0
+        while result is None:
+            size = rng.choice((1, 5, 1000, 100_000))
+            if offset < len(stream):
+                reader.feed_data(memoryview(stream)[offset : offset + size])
+                offset += size
+            else:
+                reader.feed_eof()
+            try:
+                next(parser)
+            except StopIteration as stop:
+                result = stop.value
+        assert result == lines + exact + [rest]

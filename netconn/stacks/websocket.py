@@ -33,7 +33,7 @@ import os
 import secrets
 import struct
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -53,6 +53,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import Protocol
 from websockets.protocol import State as WSState
 from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
 from websockets.typing import Origin, Subprotocol
 from websockets.uri import WebSocketURI
 
@@ -90,6 +91,8 @@ logger = logging.getLogger("netconn.websocket")
 
 _READ_CHUNK = 256 * 1024  # one read's worth is what may land past the receive bound
 _APART = 64 * 1024  # payloads from this size leave apart from their frame header
+_KEEP = 64 * 1024  # a parser buffer up to this size is kept between small reads
+_SMALL_READS = 16  # a larger one is given up after this many small reads in a row
 _LEAD = 4096  # payload bytes that go with the header, so it is no TCP segment of its own
 _LENGTH_16 = struct.Struct("!BBH")
 _LENGTH_64 = struct.Struct("!BBQ")
@@ -238,7 +241,118 @@ class WebSocket(MessageProtocol):
         return channel
 
 
+class _Reader(StreamReader):
+    """The library's byte reader (the parser's input), on one block that keeps its size.
+
+    The library's own reader cuts what it read off the front of its
+    bytearray: after each large frame the block shrinks to a new small one
+    and then grows back, and on a bulk receiver the regrown memory comes as
+    fresh pages (page faults) and copies. Here unread bytes are
+    ``buffer[_start:_end]``; they move to the front only when the block has
+    no room left at its end. A large block is given up after a run of small
+    reads, so a connection that once received a large message does not
+    keep it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._start = 0
+        self._end = 0
+        self._small = 0  # small reads in a row into a large empty block
+
+    def _take(self, n: int) -> bytes:
+        start = self._start
+        data = bytes(memoryview(self.buffer)[start : start + n])
+        self._start = start + n
+        return data
+
+    # bytes, not bytearray: the library only reads them, and a payload then
+    # becomes a message without another copy.
+    def read_line(  # type: ignore[override]
+        self, m: int, too_long_exc_type: type[Exception] = RuntimeError
+    ) -> Generator[None, None, bytes]:
+        while True:
+            newline = self.buffer.find(b"\n", self._start, self._end)
+            length = newline + 1 - self._start if newline >= 0 else self._end - self._start
+            if length > m:
+                raise too_long_exc_type(f"read {length} bytes, expected no more than {m} bytes")
+            if newline >= 0:
+                return self._take(length)
+            if self.eof:
+                raise EOFError(f"stream ends after {length} bytes, before end of line")
+            yield
+
+    def read_exact(self, n: int) -> Generator[None, None, bytes]:  # type: ignore[override]
+        while self._end - self._start < n:
+            if self.eof:
+                raise EOFError(
+                    f"stream ends after {self._end - self._start} bytes, expected {n} bytes"
+                )
+            yield
+        return self._take(n)
+
+    def read_to_eof(  # type: ignore[override]
+        self, m: int, too_long_exc_type: type[Exception] = RuntimeError
+    ) -> Generator[None, None, bytes]:
+        while not self.eof:
+            if self._end - self._start > m:
+                raise too_long_exc_type(
+                    f"read {self._end - self._start} bytes, expected no more than {m} bytes"
+                )
+            yield
+        return self._take(self._end - self._start)
+
+    def at_eof(self) -> Generator[None, None, bool]:
+        while self._end == self._start:
+            if self.eof:
+                return True
+            yield
+        return False
+
+    def feed_data(self, data: bytes | bytearray | memoryview) -> None:
+        if self.eof:
+            raise EOFError("stream ended")
+        size = len(data)
+        buffer = self.buffer
+        start, end = self._start, self._end
+        if start == end:
+            start = end = 0
+            if len(buffer) > _KEEP and size * 8 < len(buffer):
+                self._small += 1
+                if self._small > _SMALL_READS:
+                    self.buffer = buffer = bytearray()
+            else:
+                self._small = 0
+        if end + size > len(buffer):
+            unread = end - start
+            if start:
+                with memoryview(buffer) as view:
+                    view[:unread] = view[start:end]
+                start, end = 0, unread
+            if end + size > len(buffer):
+                # With room to spare: frames straddle reads at varying offsets.
+                buffer += bytes((end + size) * 5 // 4 - len(buffer))
+        with memoryview(buffer) as view:
+            view[end : end + size] = data
+        self._start, self._end = start, end + size
+
+    def discard(self) -> None:
+        self._start = self._end = 0
+
+
+def _use_reader(protocol: Protocol) -> None:
+    # The parser starts in the library's constructor, on its own reader:
+    # restart it on ours before any byte arrived.
+    protocol.reader = _Reader()
+    protocol.parser = protocol.parse()
+    next(protocol.parser)
+
+
 class _ClientProtocol(ClientProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _use_reader(self)
+
     def recv_frame(self, frame: Frame) -> None:
         _forget_unfinished_message(self, frame)
         super().recv_frame(frame)
@@ -249,6 +363,10 @@ class _ClientProtocol(ClientProtocol):
 
 
 class _ServerProtocol(ServerProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _use_reader(self)
+
     def recv_frame(self, frame: Frame) -> None:
         _forget_unfinished_message(self, frame)
         super().recv_frame(frame)
