@@ -108,6 +108,12 @@ class ReceiveBuffer:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def pause(self) -> None:
+        """Pause the producer now (a layer above holds enough); the next :meth:`take` resumes it."""
+        if not self._paused:
+            self._paused = True
+            self._owner.pause_reading()
+
     def feed_eof(self) -> None:
         """Record that the peer will send nothing more."""
         self._eof = True
@@ -159,6 +165,9 @@ class ReceiveBuffer:
         if not self._size:
             if self._error is not None:
                 raise self._error
+            if self._paused:
+                self._paused = False
+                self._owner.resume_reading()
             return b""
         chunks = self._chunks
         head = self._head

@@ -435,3 +435,42 @@ def test_the_websocket_parser_reads_lines_and_bytes_as_they_were_fed() -> None:
             except StopIteration as stop:
                 result = stop.value
         assert result == lines + exact + [rest]
+
+
+def test_a_websocket_receiver_parses_ahead_one_read_on_uvloop() -> None:
+    """Messages nobody read yet stop the parsing at one read's worth, not at the whole
+    receive buffer: uvloop reads many times per loop turn, and each parsed message is a
+    fresh payload-sized allocation until the application takes it."""
+
+    async def main() -> tuple[int, int, int]:
+        channels: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def idle(conn: nc.Connection[nc.WebSocket]) -> None:
+            channels.put_nowait(conn._channel)
+            await asyncio.sleep(timeout(30))
+
+        stack = nc.WebSocket(compression=False, ping_interval=None, close_timeout=0.2)
+        listener = nc.Listener(stack, host="127.0.0.1")
+        message = bytes(64 * 1024)
+        async with listener:
+            task = asyncio.create_task(listener.run(idle))
+            endpoint = nc.Endpoint.host_port("127.0.0.1", listener.port)
+            async with nc.Connection(endpoint, stack) as conn:
+                channel = await channels.get()
+                sent = 0
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        while sent < 8 << 20:
+                            await conn.send(message)
+                            sent += len(message)
+                await asyncio.sleep(0.05)
+                held = channel.buffered_bytes, channel.inner.buffered_bytes[1]
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        return held[0], held[1], sent
+
+    held, in_tcp, sent = uvloop.run(main())
+    assert sent >= 2 << 20  # enough to fill a 1 MiB receive buffer
+    assert held <= 256 * 1024 + 256 * 1024, held  # one read's worth, and one read
+    assert in_tcp == 0  # the transport stopped before another read came in

@@ -10,11 +10,12 @@ Reading goes on while the application is busy (so pings are answered and
 pongs seen). Over TCP, frames are parsed in the transport's callback as the
 bytes arrive, straight from the read (no task, no loop turn, no copy in
 between); over TLS a background task reads the inner channel. Reading stops
-while the unread messages hold ``Parameters.receive_buffer`` bytes or more, so
-the receive side holds at most that, plus what one read (at most 256 KiB)
-decodes to, plus one partly received message (at most ``max_message_size``).
-``websockets`` buffers nothing itself on the way out: ``send`` returns once the
-inner channel took the frame under its own send bound.
+while the unread messages hold ``Parameters.receive_buffer`` bytes or 256 KiB,
+whichever is less, so the receive side holds at most that, plus what one read
+(at most 256 KiB) decodes to, plus one partly received message (at most
+``max_message_size``). ``websockets`` buffers nothing itself on the way out:
+``send`` returns once the inner channel took the frame under its own send
+bound; a large frame goes out as its header and its payload, not joined.
 
 What we add on top of the library: reassembly of fragments into messages,
 fail-fast UTF-8 validation of text messages (RFC 6455 §8.1: the library leaves
@@ -479,7 +480,10 @@ class WebSocketChannel(Layered[ByteChannel]):
         self._client = protocol if isinstance(protocol, ClientProtocol) else None
         self._server = protocol if isinstance(protocol, ServerProtocol) else None
         self._ctx = ctx
-        self._receive_limit = ctx.parameters.receive_buffer
+        # Parsing stops once one read's worth of messages waits: on a loop that
+        # reads many times per turn (uvloop) more would be parsed before the
+        # application takes any, each a fresh payload-sized allocation.
+        self._receive_limit = min(ctx.parameters.receive_buffer, _READ_CHUNK)
         self._write_lock = asyncio.Lock()
         self._sending = False
         self._fragmenting: bool | None = None  # None: no message open; else "is text"
@@ -855,6 +859,8 @@ class WebSocketChannel(Layered[ByteChannel]):
         self._queued += len(message.content)
         if self._queued >= self._receive_limit:
             self._paused = True
+            if self._buffer is not None:
+                self._buffer.pause()  # the next read stays in the kernel, not copied here
         self._wake()
 
     def _wake(self) -> None:
