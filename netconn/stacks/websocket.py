@@ -93,6 +93,7 @@ logger = logging.getLogger("netconn.websocket")
 _READ_CHUNK = 256 * 1024  # one read's worth is what may land past the receive bound
 _APART = 64 * 1024  # payloads from this size leave apart from their frame header
 _KEEP = 64 * 1024  # a parser buffer up to this size is kept between small reads
+_SMALL_BLOCK = 4096  # a drained parser buffer below this size is given up at once
 _SMALL_READS = 16  # a larger one is given up after this many small reads in a row
 _LEAD = 4096  # payload bytes that go with the header, so it is no TCP segment of its own
 _LENGTH_16 = struct.Struct("!BBH")
@@ -248,23 +249,38 @@ class _Reader(StreamReader):
     The library's own reader cuts what it read off the front of its
     bytearray: after each large frame the block shrinks to a new small one
     and then grows back, and on a bulk receiver the regrown memory comes as
-    fresh pages (page faults) and copies. Here unread bytes are
-    ``buffer[_start:_end]``; they move to the front only when the block has
-    no room left at its end. A large block is given up after a run of small
+    fresh pages (page faults) and copies. Here the block is a ring: unread
+    bytes start at ``_start`` and may wrap around its end, so nothing moves
+    until it has to grow. A large block is given up after a run of small
     reads, so a connection that once received a large message does not
     keep it.
     """
 
+    __slots__ = ("_small", "_start", "_unread")
+
     def __init__(self) -> None:
         super().__init__()
         self._start = 0
-        self._end = 0
+        self._unread = 0
         self._small = 0  # small reads in a row into a large empty block
 
-    def _take(self, n: int) -> bytes:
+    def _peek(self, n: int) -> bytes:
         start = self._start
-        data = bytes(memoryview(self.buffer)[start : start + n])
-        self._start = start + n
+        with memoryview(self.buffer) as view:
+            first = min(n, len(view) - start)
+            if first == n:
+                return bytes(view[start : start + n])
+            return b"".join((view[start:], view[: n - first]))
+
+    def _take(self, n: int) -> bytes:
+        data = self._peek(n)
+        self._unread -= n
+        if self._unread:
+            self._start = (self._start + n) % len(self.buffer)
+        else:
+            self._start = 0
+            if len(self.buffer) < _SMALL_BLOCK:
+                self.buffer = bytearray()  # an idle connection keeps none
         return data
 
     # bytes, not bytearray: the library only reads them, and a payload then
@@ -273,8 +289,9 @@ class _Reader(StreamReader):
         self, m: int, too_long_exc_type: type[Exception] = RuntimeError
     ) -> Generator[None, None, bytes]:
         while True:
-            newline = self.buffer.find(b"\n", self._start, self._end)
-            length = newline + 1 - self._start if newline >= 0 else self._end - self._start
+            # Handshake lines only: a copy of what is buffered is cheap here.
+            newline = self._peek(self._unread).find(b"\n")
+            length = newline + 1 if newline >= 0 else self._unread
             if length > m:
                 raise too_long_exc_type(f"read {length} bytes, expected no more than {m} bytes")
             if newline >= 0:
@@ -284,11 +301,9 @@ class _Reader(StreamReader):
             yield
 
     def read_exact(self, n: int) -> Generator[None, None, bytes]:  # type: ignore[override]
-        while self._end - self._start < n:
+        while self._unread < n:
             if self.eof:
-                raise EOFError(
-                    f"stream ends after {self._end - self._start} bytes, expected {n} bytes"
-                )
+                raise EOFError(f"stream ends after {self._unread} bytes, expected {n} bytes")
             yield
         return self._take(n)
 
@@ -296,15 +311,15 @@ class _Reader(StreamReader):
         self, m: int, too_long_exc_type: type[Exception] = RuntimeError
     ) -> Generator[None, None, bytes]:
         while not self.eof:
-            if self._end - self._start > m:
+            if self._unread > m:
                 raise too_long_exc_type(
-                    f"read {self._end - self._start} bytes, expected no more than {m} bytes"
+                    f"read {self._unread} bytes, expected no more than {m} bytes"
                 )
             yield
-        return self._take(self._end - self._start)
+        return self._take(self._unread)
 
     def at_eof(self) -> Generator[None, None, bool]:
-        while self._end == self._start:
+        while not self._unread:
             if self.eof:
                 return True
             yield
@@ -314,31 +329,31 @@ class _Reader(StreamReader):
         if self.eof:
             raise EOFError("stream ended")
         size = len(data)
-        buffer = self.buffer
-        start, end = self._start, self._end
-        if start == end:
-            start = end = 0
-            if len(buffer) > _KEEP and size * 8 < len(buffer):
+        unread = self._unread
+        if not unread:
+            if len(self.buffer) > _KEEP and size * 8 < len(self.buffer):
                 self._small += 1
                 if self._small > _SMALL_READS:
-                    self.buffer = buffer = bytearray()
+                    self.buffer = bytearray()
             else:
                 self._small = 0
-        if end + size > len(buffer):
-            unread = end - start
-            if start:
-                with memoryview(buffer) as view:
-                    view[:unread] = view[start:end]
-                start, end = 0, unread
-            if end + size > len(buffer):
-                # With room to spare: frames straddle reads at varying offsets.
-                buffer += bytes((end + size) * 5 // 4 - len(buffer))
-        with memoryview(buffer) as view:
-            view[end : end + size] = data
-        self._start, self._end = start, end + size
+        if unread + size > len(self.buffer):
+            # Grow, with room to spare: frames straddle reads at varying offsets.
+            block = bytearray((unread + size) * 5 // 4)
+            block[:unread] = self._peek(unread)
+            self.buffer = block
+            self._start = 0
+        buffer = self.buffer
+        end = (self._start + unread) % len(buffer)
+        first = min(size, len(buffer) - end)
+        with memoryview(buffer) as view, memoryview(data) as piece:
+            view[end : end + first] = piece[:first]
+            if first < size:
+                view[: size - first] = piece[first:]
+        self._unread = unread + size
 
     def discard(self) -> None:
-        self._start = self._end = 0
+        self._start = self._unread = 0
 
 
 def _use_reader(protocol: Protocol) -> None:
