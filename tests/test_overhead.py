@@ -487,3 +487,36 @@ def test_a_tcp_read_lands_in_a_buffer_of_at_most_128_kib() -> None:
 
     for sizehint in (-1, 65536, 1 << 20):
         assert len(TCPChannel.get_buffer(cast(Any, None), sizehint)) <= 128 * 1024
+
+
+async def test_a_websocket_sender_holds_at_most_256_kib_unsent() -> None:
+    """A WebSocket over TCP waits once 256 KiB of frames wait to be written, not 1 MiB.
+
+    On uvloop the transport writes from the frames themselves: each one
+    waiting is a payload-sized allocation that, freed in bulk, comes back as
+    fresh pages for the next messages.
+    """
+    channels: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def idle(conn: nc.Connection[nc.WebSocket]) -> None:
+        channels.put_nowait(conn._channel)
+        await asyncio.sleep(timeout(30))
+
+    stack = nc.WebSocket(compression=False, ping_interval=None, close_timeout=0.2)
+    listener = nc.Listener(stack, host="127.0.0.1")
+    message = bytes(64 * 1024)
+    async with listener:
+        task = asyncio.create_task(listener.run(idle))
+        endpoint = nc.Endpoint.host_port("127.0.0.1", listener.port)
+        async with nc.Connection(endpoint, stack) as conn:
+            await channels.get()
+            peak = 0
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    for _ in range(1000):
+                        await conn.send(message)
+                        peak = max(peak, cast(Any, conn._channel).inner.buffered_bytes[0])
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert 0 < peak <= 256 * 1024 + len(message) + 16, peak

@@ -395,6 +395,14 @@ class TCPChannel(asyncio.BufferedProtocol):
 
     # ByteChannel
 
+    def limit_sending(self, limit: int) -> None:
+        """Hold at most ``limit`` bytes for sending (less than ``Parameters.send_buffer``)."""
+        self._send_limit = min(self._send_limit, limit)
+        if self._transport is not None:
+            self._transport.set_write_buffer_limits(
+                high=self._send_limit, low=self._send_limit // 4
+            )
+
     @property
     def receive_complete(self) -> bool:
         return self._receiving.at_eof

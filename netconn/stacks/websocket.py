@@ -15,7 +15,8 @@ whichever is less, so the receive side holds at most that, plus what one read
 (at most 256 KiB) decodes to, plus one partly received message (at most
 ``max_message_size``). ``websockets`` buffers nothing itself on the way out:
 ``send`` returns once the inner channel took the frame under its own send
-bound; a large frame goes out as its header and its payload, not joined.
+bound (over TCP ``Parameters.send_buffer`` or 256 KiB, whichever is less); a
+large frame goes out as its header and its payload, not joined.
 
 What we add on top of the library: reassembly of fragments into messages,
 fail-fast UTF-8 validation of text messages (RFC 6455 §8.1: the library leaves
@@ -667,6 +668,9 @@ class WebSocketChannel(Layered[ByteChannel]):
             # Frames are parsed in the transport's callback, as they arrive: a
             # message reaches a waiting receive_message in one loop turn.
             self._buffer = inner.receive_buffer
+            # uvloop writes frames from the objects themselves: with up to a
+            # megabyte of them waiting, each large message is fresh memory.
+            inner.limit_sending(_READ_CHUNK)
             events, self._pending_events = self._pending_events, ()
             self._handle(events)
             self._buffer.listen(self._readable)
