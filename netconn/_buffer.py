@@ -20,27 +20,39 @@ class FlowControlled(Protocol):
     def resume_reading(self) -> None: ...
 
 
+_SMALL = 4096  # reads below this join a bytearray: no object per tiny read
+
+
 class ReceiveBuffer:
     """Bytes received and not yet read, with pause/resume hooks at a high and a low mark.
 
-    Data leaves the buffer only when :meth:`take` returns, so cancelling a
-    waiting reader loses nothing.
+    Each read is kept as it came, one ``bytes`` object (small reads share a
+    ``bytearray``): a receive that takes a whole read gets that object, not
+    a copy of it. Data leaves the buffer only when :meth:`take` returns, so
+    cancelling a waiting reader loses nothing.
     """
 
     __slots__ = (
-        "_buffer",
+        "_chunks",
         "_eof",
         "_error",
+        "_head",
         "_limit",
         "_listener",
         "_low",
+        "_offset",
         "_owner",
         "_paused",
+        "_size",
         "_waiter",
     )
 
     def __init__(self, limit: int, owner: FlowControlled) -> None:
-        self._buffer = bytearray()
+        # Unread reads are _chunks[_head:], the first of them from _offset on.
+        self._chunks: list[bytes | bytearray] = []
+        self._head = 0
+        self._offset = 0
+        self._size = 0
         self._limit = limit
         self._low = limit // 4
         self._owner = owner  # not two bound methods per connection
@@ -51,12 +63,12 @@ class ReceiveBuffer:
         self._listener: Callable[[Buffer | None], bool] | None = None
 
     def __len__(self) -> int:
-        return len(self._buffer)
+        return self._size
 
     @property
     def at_eof(self) -> bool:
         """Whether the peer finished sending and every byte was read."""
-        return self._eof and not self._buffer
+        return self._eof and not self._size
 
     @property
     def eof_received(self) -> bool:
@@ -66,14 +78,27 @@ class ReceiveBuffer:
     def feed(self, data: Buffer) -> None:
         """Append received bytes; pause the producer above the limit.
 
+        ``data`` is copied unless it is ``bytes`` (a transport's own read).
         With a listener that left bytes here (it has no room), pause at once:
         the kernel holds the rest, not this buffer.
         """
-        if not self._buffer and self._listener is not None and self._listener(data):
+        if not self._size and self._listener is not None and self._listener(data):
             return  # the listener took them as they came
-        self._buffer += data
+        size = len(data)
+        if not size:
+            return
+        chunks = self._chunks
+        if size >= _SMALL:
+            chunks.append(bytes(data))
+        else:
+            last = chunks[-1] if len(chunks) > self._head else None
+            if type(last) is bytearray and len(last) < _SMALL:
+                last += data
+            else:
+                chunks.append(bytearray(data))
+        self._size += size
         listener = self._listener
-        if not self._paused and (listener is not None or len(self._buffer) > self._limit):
+        if not self._paused and (listener is not None or self._size > self._limit):
             self._paused = True
             self._owner.pause_reading()
         # _wake(), inline: this runs for every read.
@@ -82,6 +107,12 @@ class ReceiveBuffer:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def pause(self) -> None:
+        """Pause the producer now (a layer above holds enough); the next :meth:`take` resumes it."""
+        if not self._paused:
+            self._paused = True
+            self._owner.pause_reading()
 
     def feed_eof(self) -> None:
         """Record that the peer will send nothing more."""
@@ -117,30 +148,66 @@ class ReceiveBuffer:
         """Wait until ``at_least`` bytes are buffered, or EOF or an error arrived."""
         if self._waiter is not None:
             raise Busy("another task is already receiving on this connection")
-        while len(self._buffer) < at_least and not self._eof and self._error is None:
+        while self._size < at_least and not self._eof and self._error is None:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
 
-    def take(self, at_most: int) -> bytes:
+    def take(self, at_most: int, at_least: int = 1) -> bytes:
         """Remove and return up to ``at_most`` buffered bytes (no waiting).
 
+        Stops at the end of a read once it has ``at_least`` bytes (or all
+        there are): a whole read comes back as it is, without a copy.
         Raises the stored error when nothing is left to read.
         """
-        buffer = self._buffer
-        if not buffer and self._error is not None:
-            raise self._error
-        if len(buffer) <= at_most:
-            data = bytes(buffer)
-            # A new bytearray rather than clear(): shrinking a large one in place
-            # is a realloc (mremap) that the next read grows again, page by page.
-            self._buffer = buffer = bytearray()
+        if not self._size:
+            if self._error is not None:
+                raise self._error
+            if self._paused:
+                self._paused = False
+                self._owner.resume_reading()
+            return b""
+        chunks = self._chunks
+        head = self._head
+        first = chunks[head]
+        offset = self._offset
+        available = len(first) - offset
+        if available >= at_least or available >= at_most or head + 1 == len(chunks):
+            if available <= at_most:
+                data = bytes(first) if not offset else bytes(memoryview(first)[offset:])
+                head += 1
+                offset = 0
+            else:
+                data = bytes(memoryview(first)[offset : offset + at_most])
+                offset += at_most
         else:
-            data = bytes(memoryview(buffer)[:at_most])
-            del buffer[:at_most]
-        if self._paused and len(buffer) <= self._low:
+            # Several reads make up the request: one copy into one object.
+            parts: list[Buffer] = []
+            need = at_most
+            while need and head < len(chunks):
+                piece = memoryview(chunks[head])[offset:]
+                if len(piece) > need:
+                    parts.append(piece[:need])
+                    offset += need
+                    need = 0
+                else:
+                    parts.append(piece)
+                    need -= len(piece)
+                    head += 1
+                    offset = 0
+            data = b"".join(parts)
+        self._size -= len(data)
+        if head == len(chunks):
+            chunks.clear()
+            head = 0
+        elif head > 32 and head * 2 > len(chunks):
+            del chunks[:head]  # read ones go, in batches
+            head = 0
+        self._head = head
+        self._offset = offset
+        if self._paused and self._size <= self._low:
             self._paused = False
             self._owner.resume_reading()
         return data
@@ -150,10 +217,10 @@ class ReceiveBuffer:
         if self._waiter is not None:
             raise Busy("another task is already receiving on this connection")
         # wait(), inline: one coroutine less per read.
-        while len(self._buffer) < at_least and not self._eof and self._error is None:
+        while self._size < at_least and not self._eof and self._error is None:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
-        return self.take(at_most)
+        return self.take(at_most, at_least)

@@ -639,7 +639,9 @@ async def test_an_idle_websocket_layer_allocates_little() -> None:
 
     No reader task over TCP, no instance dict (slots), no queue, ping table or
     fragment list until one is needed: about 1.5 KiB a side (3.7 KiB
-    with an instance dict, an Event and a deque per connection).
+    with an instance dict, an Event and a deque per connection), plus the
+    protocol core's parser and byte reader, made here in place of the
+    library's own (about 0.5 KiB a side, the size of the ones they replace).
     """
     import gc
     import tracemalloc
@@ -672,7 +674,7 @@ async def test_an_idle_websocket_layer_allocates_little() -> None:
             only = [tracemalloc.Filter(True, "*/netconn/stacks/websocket.py")]
             stats = after.filter_traces(only).compare_to(before.filter_traces(only), "lineno")
             per_pair = sum(s.size_diff for s in stats) / count
-            assert per_pair < 4096, [str(s) for s in stats[:8]]
+            assert per_pair < 4608, [str(s) for s in stats[:8]]
         finally:
             for conn in conns:
                 await conn.cancel()

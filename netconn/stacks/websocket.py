@@ -10,11 +10,13 @@ Reading goes on while the application is busy (so pings are answered and
 pongs seen). Over TCP, frames are parsed in the transport's callback as the
 bytes arrive, straight from the read (no task, no loop turn, no copy in
 between); over TLS a background task reads the inner channel. Reading stops
-while the unread messages hold ``Parameters.receive_buffer`` bytes or more, so
-the receive side holds at most that, plus what one read (at most 256 KiB)
-decodes to, plus one partly received message (at most ``max_message_size``).
-``websockets`` buffers nothing itself on the way out: ``send`` returns once the
-inner channel took the frame under its own send bound.
+while the unread messages hold ``Parameters.receive_buffer`` bytes or 256 KiB,
+whichever is less, so the receive side holds at most that, plus what one read
+(at most 256 KiB) decodes to, plus one partly received message (at most
+``max_message_size``). ``websockets`` buffers nothing itself on the way out:
+``send`` returns once the inner channel took the frame under its own send
+bound (over TCP ``Parameters.send_buffer`` or 256 KiB, whichever is less); a
+large frame goes out as its header and its payload, not joined.
 
 What we add on top of the library: reassembly of fragments into messages,
 fail-fast UTF-8 validation of text messages (RFC 6455 §8.1: the library leaves
@@ -30,8 +32,10 @@ import contextlib
 import http
 import logging
 import os
+import secrets
+import struct
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -51,8 +55,14 @@ from websockets.http11 import Request, Response
 from websockets.protocol import Protocol
 from websockets.protocol import State as WSState
 from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
 from websockets.typing import Origin, Subprotocol
 from websockets.uri import WebSocketURI
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # the library built without its C extension
+    from websockets.utils import apply_mask
 
 from .._buffer import ReceiveBuffer
 from ..endpoint import Address
@@ -82,6 +92,13 @@ __all__ = [
 logger = logging.getLogger("netconn.websocket")
 
 _READ_CHUNK = 256 * 1024  # one read's worth is what may land past the receive bound
+_APART = 64 * 1024  # payloads from this size leave apart from their frame header
+_KEEP = 64 * 1024  # a parser buffer up to this size is kept between small reads
+_SMALL_BLOCK = 4096  # a drained parser buffer below this size is given up at once
+_SMALL_READS = 16  # a larger one is given up after this many small reads in a row
+_LEAD = 4096  # payload bytes that go with the header, so it is no TCP segment of its own
+_LENGTH_16 = struct.Struct("!BBH")
+_LENGTH_64 = struct.Struct("!BBQ")
 _OK_CLOSE_CODES = frozenset({1000, 1001})
 _ERROR_STATUSES = frozenset(int(s) for s in http.HTTPStatus if s >= 400)
 
@@ -227,16 +244,185 @@ class WebSocket(MessageProtocol):
         return channel
 
 
+class _Reader(StreamReader):
+    """The library's byte reader (the parser's input), on one block that keeps its size.
+
+    The library's own reader cuts what it read off the front of its
+    bytearray: after each large frame the block shrinks to a new small one
+    and then grows back, and on a bulk receiver the regrown memory comes as
+    fresh pages (page faults) and copies. Here the block is a ring: unread
+    bytes start at ``_start`` and may wrap around its end, so nothing moves
+    until it has to grow. A large block is given up after a run of small
+    reads, so a connection that once received a large message does not
+    keep it.
+    """
+
+    __slots__ = ("_small", "_start", "_unread")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._start = 0
+        self._unread = 0
+        self._small = 0  # small reads in a row into a large empty block
+
+    def _peek(self, n: int) -> bytes:
+        start = self._start
+        with memoryview(self.buffer) as view:
+            first = min(n, len(view) - start)
+            if first == n:
+                return bytes(view[start : start + n])
+            return b"".join((view[start:], view[: n - first]))
+
+    def _take(self, n: int) -> bytes:
+        data = self._peek(n)
+        self._unread -= n
+        if self._unread:
+            self._start = (self._start + n) % len(self.buffer)
+        else:
+            self._start = 0
+            if len(self.buffer) < _SMALL_BLOCK:
+                self.buffer = bytearray()  # an idle connection keeps none
+        return data
+
+    # bytes, not bytearray: the library only reads them, and a payload then
+    # becomes a message without another copy.
+    def read_line(  # type: ignore[override]
+        self, m: int, too_long_exc_type: type[Exception] = RuntimeError
+    ) -> Generator[None, None, bytes]:
+        while True:
+            # Handshake lines only: a copy of what is buffered is cheap here.
+            newline = self._peek(self._unread).find(b"\n")
+            length = newline + 1 if newline >= 0 else self._unread
+            if length > m:
+                raise too_long_exc_type(f"read {length} bytes, expected no more than {m} bytes")
+            if newline >= 0:
+                return self._take(length)
+            if self.eof:
+                raise EOFError(f"stream ends after {length} bytes, before end of line")
+            yield
+
+    def read_exact(self, n: int) -> Generator[None, None, bytes]:  # type: ignore[override]
+        while self._unread < n:
+            if self.eof:
+                raise EOFError(f"stream ends after {self._unread} bytes, expected {n} bytes")
+            yield
+        return self._take(n)
+
+    def read_to_eof(  # type: ignore[override]
+        self, m: int, too_long_exc_type: type[Exception] = RuntimeError
+    ) -> Generator[None, None, bytes]:
+        while not self.eof:
+            if self._unread > m:
+                raise too_long_exc_type(
+                    f"read {self._unread} bytes, expected no more than {m} bytes"
+                )
+            yield
+        return self._take(self._unread)
+
+    def at_eof(self) -> Generator[None, None, bool]:
+        while not self._unread:
+            if self.eof:
+                return True
+            yield
+        return False
+
+    def feed_data(self, data: bytes | bytearray | memoryview) -> None:
+        if self.eof:
+            raise EOFError("stream ended")
+        size = len(data)
+        unread = self._unread
+        if not unread:
+            if len(self.buffer) > _KEEP and size * 8 < len(self.buffer):
+                self._small += 1
+                if self._small > _SMALL_READS:
+                    self.buffer = bytearray()
+            else:
+                self._small = 0
+        if unread + size > len(self.buffer):
+            # Grow, with room to spare: frames straddle reads at varying offsets.
+            block = bytearray((unread + size) * 5 // 4)
+            block[:unread] = self._peek(unread)
+            self.buffer = block
+            self._start = 0
+        buffer = self.buffer
+        end = (self._start + unread) % len(buffer)
+        first = min(size, len(buffer) - end)
+        with memoryview(buffer) as view, memoryview(data) as piece:
+            view[end : end + first] = piece[:first]
+            if first < size:
+                view[: size - first] = piece[first:]
+        self._unread = unread + size
+
+    def discard(self) -> None:
+        self._start = self._unread = 0
+
+
+def _use_reader(protocol: Protocol) -> None:
+    # The parser starts in the library's constructor, on its own reader:
+    # restart it on ours before any byte arrived.
+    protocol.reader = _Reader()
+    protocol.parser = protocol.parse()
+    next(protocol.parser)
+
+
 class _ClientProtocol(ClientProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _use_reader(self)
+
     def recv_frame(self, frame: Frame) -> None:
         _forget_unfinished_message(self, frame)
         super().recv_frame(frame)
+
+    def send_frame(self, frame: Frame) -> None:
+        if not _send_apart(self, frame, mask=True):
+            super().send_frame(frame)
 
 
 class _ServerProtocol(ServerProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _use_reader(self)
+
     def recv_frame(self, frame: Frame) -> None:
         _forget_unfinished_message(self, frame)
         super().recv_frame(frame)
+
+    def send_frame(self, frame: Frame) -> None:
+        if not _send_apart(self, frame, mask=False):
+            super().send_frame(frame)
+
+
+def _send_apart(protocol: Protocol, frame: Frame, *, mask: bool) -> bool:
+    """Queue a large frame as its header and its payload, not joined into a third buffer.
+
+    The library's serializer copies the payload (masked or not) into a new
+    frame-sized buffer: for a large frame that is a fresh allocation, and
+    page faults, per message. Here an unmasked payload goes out as it is and
+    a masked one is the library's masking output. Frames an extension
+    rewrites (compression), small ones and mutable buffers go the library's way.
+    """
+    data = frame.data
+    if type(data) is not bytes or len(data) < _APART or protocol.extensions:
+        return False
+    frame.check()
+    if protocol.debug:
+        protocol.logger.debug("> %s", frame)
+    length = len(data)
+    head = (0x80 if frame.fin else 0) | frame.opcode
+    masked = 0x80 if mask else 0
+    if length < 65536:
+        header = _LENGTH_16.pack(head, masked | 126, length)
+    else:
+        header = _LENGTH_64.pack(head, masked | 127, length)
+    if mask:
+        key = secrets.token_bytes(4)
+        header += key
+        data = apply_mask(data, key)
+    writes = cast(list[bytes | memoryview], protocol.writes)
+    writes.append(header + data[:_LEAD])
+    writes.append(memoryview(data)[_LEAD:])
+    return True
 
 
 def _forget_unfinished_message(protocol: Protocol, frame: Frame) -> None:
@@ -310,7 +496,10 @@ class WebSocketChannel(Layered[ByteChannel]):
         self._client = protocol if isinstance(protocol, ClientProtocol) else None
         self._server = protocol if isinstance(protocol, ServerProtocol) else None
         self._ctx = ctx
-        self._receive_limit = ctx.parameters.receive_buffer
+        # Parsing stops once one read's worth of messages waits: on a loop that
+        # reads many times per turn (uvloop) more would be parsed before the
+        # application takes any, each a fresh payload-sized allocation.
+        self._receive_limit = min(ctx.parameters.receive_buffer, _READ_CHUNK)
         self._write_lock = asyncio.Lock()
         self._sending = False
         self._fragmenting: bool | None = None  # None: no message open; else "is text"
@@ -479,6 +668,9 @@ class WebSocketChannel(Layered[ByteChannel]):
             # Frames are parsed in the transport's callback, as they arrive: a
             # message reaches a waiting receive_message in one loop turn.
             self._buffer = inner.receive_buffer
+            # uvloop writes frames from the objects themselves: with up to a
+            # megabyte of them waiting, each large message is fresh memory.
+            inner.limit_sending(_READ_CHUNK)
             events, self._pending_events = self._pending_events, ()
             self._handle(events)
             self._buffer.listen(self._readable)
@@ -686,6 +878,8 @@ class WebSocketChannel(Layered[ByteChannel]):
         self._queued += len(message.content)
         if self._queued >= self._receive_limit:
             self._paused = True
+            if self._buffer is not None:
+                self._buffer.pause()  # the next read stays in the kernel, not copied here
         self._wake()
 
     def _wake(self) -> None:
