@@ -109,6 +109,7 @@ class Connection(Generic[P_co]):
         "_ctx",
         "_endpoint",
         "_inbound_claimed",
+        "_loop",
         "_parameters",
         "_path",
         "_path_callbacks",
@@ -147,6 +148,9 @@ class Connection(Generic[P_co]):
         self._channel: Channel | None = None
         self._ctx: AttemptContext | None = None
         self._task: asyncio.Task[None] | None = None
+        # The loop start() ran on: asking asyncio for it again costs a getpid()
+        # system call per ask on Python 3.11.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._restart: asyncio.Event | None = None
         self._accepted: Channel | None = None
         self._path: Path | None = None
@@ -321,7 +325,8 @@ class Connection(Generic[P_co]):
         old = self._state
         check_transition(old, new)
         self._state = new
-        logger.debug("connection #%d: %s -> %s", self.id, old, new)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("connection #%d: %s -> %s", self.id, old, new)
         if is_terminal(new):
             self._stop_watching()
         elif isinstance(new, Waiting) and self._watcher is not None:
@@ -335,8 +340,7 @@ class Connection(Generic[P_co]):
         if self._state_callbacks:
             self._notify(self._state_callbacks, new)
 
-    async def _state_changed(self) -> None:
-        waiter = asyncio.get_running_loop().create_future()
+    async def _state_changed(self, waiter: asyncio.Future[None]) -> None:
         if self._state_waiters is None:
             self._state_waiters = []
         self._state_waiters.append(waiter)
@@ -400,6 +404,7 @@ class Connection(Generic[P_co]):
         """
         if not isinstance(self._state, Setup) or self._task is not None:
             return self
+        self._loop = loop = asyncio.get_running_loop()
         self._start_watching()
         if self._accepted is not None and type(self._stack).accept_channel is Stack.accept_channel:
             # Nothing to negotiate above the accepted transport (TCP, UDP): ready
@@ -409,8 +414,13 @@ class Connection(Generic[P_co]):
                 self._channel, self._accepted = self._accepted, None
                 self._became_ready()
             return self
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=repr(self))
+        # The name says which connection without formatting its repr on every start.
+        self._task = loop.create_task(self._run(), name=f"netconn connection #{self.id}")
         return self
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        return asyncio.get_running_loop() if loop is None else loop
 
     async def wait_ready(
         self, timeout: float | None = None, *, allow_waiting: bool | None = None
@@ -426,25 +436,36 @@ class Connection(Generic[P_co]):
         if allow_waiting is None:
             allow_waiting = self._parameters.wait_for_connectivity
         self.start()
-        deadline = asyncio.timeout(timeout)
+        loop = self._running_loop()
+        # A plain timer, armed only once there is something to wait for:
+        # cheaper than an asyncio.timeout() context on every call.
+        deadline: _Deadline | None = None
         try:
-            async with deadline:
-                while True:
-                    match self._state:
-                        case Ready():
-                            return self
-                        case Failed(error=error):
-                            raise error
-                        case Waiting(error=error) if not allow_waiting:
-                            raise error
-                        case Cancelled():
-                            raise InvalidState("the connection was cancelled", self._state)
-                    await self._state_changed()
-        except TimeoutError:
-            if not deadline.expired():
-                raise  # the state's own error, itself a timeout (an attempt's deadline)
-            last = self._state.error if isinstance(self._state, Waiting) else None
-            raise ConnectionTimeout(f"not ready after {timeout} s (state: {self._state})") from last
+            while True:
+                match self._state:
+                    case Ready():
+                        return self
+                    case Failed(error=error):
+                        raise error
+                    case Waiting(error=error) if not allow_waiting:
+                        raise error
+                    case Cancelled():
+                        raise InvalidState("the connection was cancelled", self._state)
+                if deadline is not None and deadline.expired:
+                    last = self._state.error if isinstance(self._state, Waiting) else None
+                    raise ConnectionTimeout(
+                        f"not ready after {timeout} s (state: {self._state})"
+                    ) from last
+                waiter = loop.create_future()
+                if timeout is not None and deadline is None:
+                    deadline = _Deadline()
+                    deadline.handle = loop.call_later(timeout, deadline.expire)
+                if deadline is not None:
+                    deadline.waiter = waiter
+                await self._state_changed(waiter)
+        finally:
+            if deadline is not None and deadline.handle is not None:
+                deadline.handle.cancel()
 
     def try_next_endpoint(self) -> None:
         """Move on to the next resolved address now.
@@ -545,7 +566,8 @@ class Connection(Generic[P_co]):
     async def _run(self) -> None:
         first, cap = self._parameters.retry_delays
         delay = first
-        started = asyncio.get_running_loop().time()
+        loop = self._running_loop()
+        started = loop.time()
         while True:
             self._transition(Preparing())
             try:
@@ -563,7 +585,7 @@ class Connection(Generic[P_co]):
                     continue
                 self._transition(Failed(error))
                 return
-            self._report.duration = asyncio.get_running_loop().time() - started
+            self._report.duration = loop.time() - started
             self._task = None  # nothing left to stop; a finished task is memory kept for nothing
             self._became_ready()
             return
@@ -600,6 +622,7 @@ class Connection(Generic[P_co]):
             self._new_context,
             started=started,
             skip_first=self._skip_first,
+            loop=self._loop,
         )
         try:
             self._channel, ctx, _attempt = await self._race.run()
@@ -1028,6 +1051,22 @@ class Connection(Generic[P_co]):
     def quic_stats(self: Connection[QUIC]) -> dict[str, Any]:
         """RTT, congestion window, bytes in flight and bytes queued."""
         return self._quic_channel().stats()
+
+
+class _Deadline:
+    """One ``wait_ready`` timeout: its timer, and the future it wakes when it expires."""
+
+    __slots__ = ("expired", "handle", "waiter")
+
+    def __init__(self) -> None:
+        self.handle: asyncio.TimerHandle | None = None
+        self.expired = False
+        self.waiter: asyncio.Future[None] | None = None
+
+    def expire(self) -> None:
+        self.expired = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
 
 
 @contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 from dataclasses import dataclass
@@ -11,6 +12,17 @@ from typing import Literal
 from .errors import DNSError
 
 __all__ = ["Address", "Endpoint"]
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_ip_literal(host: str) -> bool:
+    # Cached: parsing with ipaddress costs tens of microseconds, and a client
+    # connects to the same few hosts again and again.
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +82,7 @@ class Endpoint:
     @property
     def is_literal(self) -> bool:
         """Whether the host is an IP address rather than a name."""
-        try:
-            ipaddress.ip_address(self.host.split("%", 1)[0])
-        except ValueError:
-            return False
-        return True
+        return _is_ip_literal(self.host)
 
     async def resolve(
         self, *, kind: Literal["stream", "datagram"] = "stream", family: int = 0

@@ -264,9 +264,13 @@ class Listener(Generic[P_co]):
         # Kept apart from the sockets: a closed socket has no name to ask for.
         self._bound = [Address.from_sockaddr(s.getsockname()) for s in sockets]
 
-    def has_room(self) -> bool:
-        """Whether another connection may be accepted now."""
-        return len(self._handshaking) + self._ready.qsize() < self.backlog and not self.closing
+    def has_room(self, pending: int = 0) -> bool:
+        """Whether another connection may be accepted now.
+
+        ``pending``: connections the stack accepted but has not handed over yet.
+        """
+        waiting = len(self._handshaking) + self._ready.qsize() + pending
+        return waiting < self.backlog and not self.closing
 
     def _update_room(self) -> None:
         if self.has_room():

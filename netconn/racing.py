@@ -162,7 +162,10 @@ class Race:
         *,
         started: float,
         skip_first: int = 0,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
+        # Kept: asking asyncio for the loop costs a getpid() on Python 3.11.
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
         self._stack = stack
         self._endpoint = endpoint
         self._parameters = parameters
@@ -188,7 +191,7 @@ class Race:
             self._inline.cancel()
 
     def _now(self) -> float:
-        return asyncio.get_running_loop().time() - self._started
+        return self._loop.time() - self._started
 
     async def run(self) -> tuple[Channel, AttemptContext, Attempt]:
         """Resolve, race, and return the winning channel, its context and its attempt.
@@ -252,7 +255,7 @@ class Race:
                     ctx = self._make_context()
                     attempt = Attempt(address, now)
                     self._report.attempts.append(attempt)
-                    started = asyncio.get_running_loop().create_task(self._attempt(ctx, address))
+                    started = self._loop.create_task(self._attempt(ctx, address))
                     running[started] = (attempt, ctx)
                     next_start = now + self._parameters.connection_attempt_delay
                     continue
@@ -308,7 +311,7 @@ class Race:
         ctx = self._make_context()
         attempt = Attempt(address, self._now())
         self._report.attempts.append(attempt)
-        task = asyncio.current_task()
+        task = asyncio.current_task(self._loop)
         assert task is not None
         self._inline = task
         try:
@@ -337,7 +340,7 @@ class Race:
         """Until one of ``tasks`` finishes, ``timeout`` seconds pass or :meth:`skip` is called."""
         if self._skipped:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         waiter = self._skip_waiter = loop.create_future()
         wake = functools.partial(_wake, waiter)
         timer = None if timeout is None else loop.call_later(timeout, wake)
@@ -354,7 +357,7 @@ class Race:
 
     def _start_resolution(self) -> dict[asyncio.Task[list[Address]], int]:
         """AAAA and A queries in parallel (none for an IP literal)."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         kind = self._stack.bottom.resolve_kind
         if self._endpoint.is_literal:
             if type(self._endpoint).resolve is Endpoint.resolve:
@@ -366,13 +369,25 @@ class Race:
         }
 
     async def _attempt(self, ctx: AttemptContext, address: Address) -> Channel:
-        async with asyncio.timeout(self._parameters.attempt_timeout):
-            try:
-                return await self._stack.open_channel(ctx, address)
-            except OSError as exc:
-                if isinstance(exc, NetconnError):
-                    raise
-                raise map_os_error(exc, f"connect to {address}") from exc
+        # What asyncio.timeout() does, on a plain timer: that context looks the
+        # loop and the task up again and costs several calls more per attempt.
+        loop = self._loop
+        task = asyncio.current_task(loop)
+        assert task is not None
+        expiry = _Expiry(task)
+        timer = loop.call_later(self._parameters.attempt_timeout, expiry.fire)
+        try:
+            return await self._stack.open_channel(ctx, address)
+        except OSError as exc:
+            if isinstance(exc, NetconnError):
+                raise
+            raise map_os_error(exc, f"connect to {address}") from exc
+        except asyncio.CancelledError as exc:
+            if expiry.fired and task.uncancel() <= expiry.cancelling:
+                raise TimeoutError from exc
+            raise
+        finally:
+            timer.cancel()
 
     async def _abandon(
         self,
@@ -393,6 +408,22 @@ class Race:
             if not task.cancelled() and task.exception() is None:
                 task.result().abort()  # it finished just as it was cancelled
         running.clear()
+
+
+class _Expiry:
+    """An attempt's deadline: cancels its task once, and remembers having done so."""
+
+    __slots__ = ("cancelling", "fired", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.cancelling = task.cancelling()
+        self.fired = False
+
+    def fire(self) -> None:
+        if not self.task.done():
+            self.fired = True
+            self.task.cancel()
 
 
 def _wake(waiter: asyncio.Future[None], *_: object) -> None:

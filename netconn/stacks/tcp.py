@@ -8,7 +8,7 @@ import socket
 import struct
 import threading
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
@@ -144,33 +144,125 @@ class TCP(StreamProtocol):
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, 256)
             sock.listen(listener.backlog)
-            listener.add_task(self._accept_loop(listener, sock, loop))
+            acceptor = _Acceptor(self, listener, sock, loop)
+            listener.add_closer(acceptor.close)
+            acceptor.start()
         listener.set_sockets(sockets)
 
-    async def _accept_loop(
-        self, listener: Listener[Any], sock: socket.socket, loop: asyncio.AbstractEventLoop
+
+class _Acceptor:
+    """Accepts on one listening socket from a reader callback, as asyncio's own servers do.
+
+    The socket stays registered with the loop while the backlog has room: an
+    accept costs no registration, no future and no task wake-up. On asyncio's
+    selector loops the transport is built on the spot (what their servers
+    do); elsewhere (uvloop) a small task awaits ``connect_accepted_socket``.
+    Either way the channel reaches the listener from ``connection_made``.
+    """
+
+    __slots__ = ("_closed", "_listener", "_loop", "_pending", "_reading", "_sock", "_stack")
+
+    def __init__(
+        self,
+        stack: TCP,
+        listener: Listener[Any],
+        sock: socket.socket,
+        loop: asyncio.AbstractEventLoop,
     ) -> None:
-        while True:
-            await listener.wait_for_room()
+        self._stack = stack
+        self._listener = listener
+        self._sock = sock
+        self._loop = loop
+        self._reading = False
+        self._closed = False
+        self._pending = 0  # accepted, transport not yet made: they count against the backlog
+
+    def start(self) -> None:
+        if not self._reading and not self._closed:
+            self._loop.add_reader(self._sock.fileno(), self._readable)
+            self._reading = True
+
+    def _stop(self) -> None:
+        if self._reading:
+            self._reading = False
+            if not self._loop.is_closed():
+                self._loop.remove_reader(self._sock.fileno())
+
+    def close(self) -> None:
+        """Stop for good (before the socket closes: its number may be reused)."""
+        self._closed = True
+        self._stop()
+
+    def _readable(self) -> None:
+        listener = self._listener
+        for _ in range(listener.backlog):
+            if not listener.has_room(self._pending):
+                self._pause(0.0)
+                return
             try:
-                conn_sock, _ = await loop.sock_accept(sock)
+                conn_sock, peer = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
             except OSError as exc:
                 if listener.closing:
                     return
-                listener.report_accept_error(exc)
-                await asyncio.sleep(0.1)
-                continue
-            try:
+                listener.report_accept_error(exc)  # e.g. out of descriptors: try again later
+                self._pause(0.1)
+                return
+            self._take(conn_sock, peer)
+
+    def _pause(self, delay: float) -> None:
+        self._stop()
+        self._listener.add_task(self._resume(delay))
+
+    async def _resume(self, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        await self._listener.wait_for_room()
+        self.start()
+
+    def _take(self, conn_sock: socket.socket, peer: Any) -> None:
+        listener = self._listener
+        try:
+            self._stack.configure(conn_sock)
+            ctx = listener.attempt_context()
+            channel = TCPChannel(listener.parameters, ctx)
+            channel._on_made = self._made
+            self._pending += 1
+            loop: Any = self._loop
+            if isinstance(loop, _SelectorLoop):
                 conn_sock.setblocking(False)
-                self.configure(conn_sock)
-                ctx = listener.attempt_context()
-                channel = TCPChannel(listener.parameters, ctx)
-                await loop.connect_accepted_socket(constant(channel), conn_sock)
-            except OSError as exc:
-                conn_sock.close()
-                listener.report_accept_error(exc)
-                continue
-            listener.accepted(channel, ctx)
+                # The peer's address is known: the transport asks for no name.
+                loop._make_socket_transport(conn_sock, channel, extra={"peername": peer})
+            else:
+                listener.add_task(self._connect(conn_sock, channel))
+        except OSError as exc:
+            self._pending = max(0, self._pending - 1)
+            conn_sock.close()
+            listener.report_accept_error(exc)
+
+    async def _connect(self, conn_sock: socket.socket, channel: TCPChannel) -> None:
+        try:
+            await self._loop.connect_accepted_socket(constant(channel), conn_sock)
+        except OSError as exc:
+            if channel._on_made is not None:  # never made
+                channel._on_made = None
+                self._pending -= 1
+            conn_sock.close()
+            self._listener.report_accept_error(exc)
+        except BaseException:
+            conn_sock.close()
+            raise
+
+    def _made(self, channel: TCPChannel) -> None:
+        self._pending -= 1
+        if self._listener.closing:
+            channel.abort()
+            return
+        self._listener.accepted(channel, channel._ctx)
+
+
+_SelectorLoop = asyncio.selector_events.BaseSelectorEventLoop
 
 
 _VIABILITY_POLL = 0.25  # seconds between TCP_INFO reads
@@ -256,6 +348,7 @@ class TCPChannel(asyncio.BufferedProtocol):
         "_drain_waiter",
         "_error",
         "_is_lost",
+        "_on_made",
         "_poller",
         "_receiving",
         "_send_limit",
@@ -284,6 +377,8 @@ class TCPChannel(asyncio.BufferedProtocol):
         self._sending = False
         self._viable = True
         self._poller: _ViabilityPoller | None = None
+        # A listener's hand-over, called once the transport is made (server side only).
+        self._on_made: Callable[[TCPChannel], None] | None = None
         self.local_address: Address | None = None
         self.remote_address: Address | None = None
 
@@ -304,6 +399,9 @@ class TCPChannel(asyncio.BufferedProtocol):
         self.local_address = Address.from_sockaddr(local)
         self.remote_address = Address.from_sockaddr(remote)
         self._poller = _ViabilityPoller.add(self)
+        on_made, self._on_made = self._on_made, None
+        if on_made is not None:
+            on_made(self)
 
     def _check_viability(self) -> None:
         """Read TCP_INFO: retransmissions or probes in a row mean acks stopped coming.
@@ -472,6 +570,9 @@ class TCPChannel(asyncio.BufferedProtocol):
             return
         self._closing = True
         self._wake_drain()  # a send waiting for room fails now; what it wrote is flushed
+        # With nothing left to send the transport ends at the next loop turn:
+        # no flush to bound, so no timer.
+        unbounded = not transport.is_closing() and not transport.get_write_buffer_size()
         if not transport.is_closing():
             transport.close()  # flushes the write buffer, then FIN
         if self._is_lost:
@@ -483,11 +584,12 @@ class TCPChannel(asyncio.BufferedProtocol):
         if self._close_waiters is None:
             self._close_waiters = []
         self._close_waiters.append(waiter)
-        timer = loop.call_later(_CLOSE_TIMEOUT, _expire, waiter)
+        timer = None if unbounded else loop.call_later(_CLOSE_TIMEOUT, _expire, waiter)
         try:
             timed_out = await waiter
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
             if self._close_waiters is not None and waiter in self._close_waiters:
                 self._close_waiters.remove(waiter)
         if timed_out:
