@@ -80,6 +80,10 @@ Buffer = bytes | bytearray | memoryview
 _ids = itertools.count(1)
 _DEFAULT_PARAMETERS = Parameters()
 _SETUP = Setup()
+# The states without fields are values: one instance each serves every connection.
+_PREPARING = Preparing()
+_READY = Ready()
+_CANCELLED = Cancelled()
 
 
 def _ignore(error: NetconnError | None) -> None:
@@ -167,8 +171,15 @@ class Connection(Generic[P_co]):
         self.id = next(_ids)
         """A number unique among this process's connections."""
 
-    def _take_accepted(self, channel: Channel, ctx: AttemptContext) -> None:
-        """Make this a server-side connection on an accepted transport channel."""
+    def _take_accepted(
+        self, channel: Channel, ctx: AttemptContext, netns: str | None = None
+    ) -> None:
+        """Make this a server-side connection on an accepted transport channel.
+
+        ``netns``: the listener's network namespace, where the channel's socket lives.
+        """
+        if netns is not None:
+            self._watcher = PathWatcher(self._parameters, self, netns)
         self._endpoint = None
         self._accepted = channel
         self._adopt(ctx)
@@ -376,7 +387,8 @@ class Connection(Generic[P_co]):
     # Path: the watcher lives from start() to a final state.
 
     def _start_watching(self) -> None:
-        self._watcher = PathWatcher(self._parameters, self)
+        if self._watcher is None:
+            self._watcher = PathWatcher(self._parameters, self)
         self._watcher.start()
 
     def _stop_watching(self) -> None:
@@ -409,7 +421,7 @@ class Connection(Generic[P_co]):
         if self._accepted is not None and type(self._stack).accept_channel is Stack.accept_channel:
             # Nothing to negotiate above the accepted transport (TCP, UDP): ready
             # now, without an establishment task and its trip through the loop.
-            self._transition(Preparing())
+            self._transition(_PREPARING)
             if isinstance(self._state, Preparing) and self._accepted is not None:
                 self._channel, self._accepted = self._accepted, None
                 self._became_ready()
@@ -436,6 +448,8 @@ class Connection(Generic[P_co]):
         if allow_waiting is None:
             allow_waiting = self._parameters.wait_for_connectivity
         self.start()
+        if type(self._state) is Ready:
+            return self
         loop = self._running_loop()
         # A plain timer, armed only once there is something to wait for:
         # cheaper than an asyncio.timeout() context on every call.
@@ -504,14 +518,14 @@ class Connection(Generic[P_co]):
             await self._close_channel(graceful=True)
             return
         self._stop_task()
-        self._transition(Cancelled())
+        self._transition(_CANCELLED)
         await self._close_channel(graceful=True)
 
     def force_cancel(self) -> None:
         """Abort at once (TCP RST, no close handshake). Never blocks."""
         self._stop_task()
         if not is_terminal(self._state):
-            self._transition(Cancelled())
+            self._transition(_CANCELLED)
         channel, self._channel = self._channel, None
         accepted, self._accepted = self._accepted, None
         for ch in (channel, accepted):
@@ -569,7 +583,7 @@ class Connection(Generic[P_co]):
         loop = self._running_loop()
         started = loop.time()
         while True:
-            self._transition(Preparing())
+            self._transition(_PREPARING)
             try:
                 await self._establish(started)
             except NetconnError as error:
@@ -636,7 +650,7 @@ class Connection(Generic[P_co]):
 
     def _became_ready(self) -> None:
         assert self._channel is not None
-        self._transition(Ready())
+        self._transition(_READY)
         if self._channel is None:
             return  # a state callback cancelled the connection
         local, remote = self._channel.local_address, self._channel.remote_address

@@ -21,6 +21,7 @@ from .connection import Connection
 from .endpoint import Address, Endpoint
 from .errors import InvalidState, NetconnError, map_os_error
 from .parameters import Parameters
+from .pathmonitor import _netns_id
 from .stacks.base import AttemptContext, Channel, Stack
 from .state import Cancelled, Failed, Ready, Setup, State, check_transition, is_terminal
 
@@ -71,6 +72,7 @@ class Listener(Generic[P_co]):
         self._sockets: list[socket.socket] = []
         self._bound: list[Address] = []
         self._children: set[Connection[P_co]] = set()
+        self._netns: str | None = None  # the namespace the sockets were bound in
         self.closing = False
         """True once the listener is being cancelled."""
         self.failed_handshakes = 0
@@ -137,6 +139,7 @@ class Listener(Generic[P_co]):
             try:
                 for layer in self._stack.layers():
                     layer.check_listener_options()
+                self._netns = _netns_id()
                 await self._stack.bottom.start_listener(self, self._host, self._requested_port)
             except OSError as exc:
                 if isinstance(exc, NetconnError):
@@ -293,7 +296,7 @@ class Listener(Generic[P_co]):
     def accepted(self, channel: Channel, ctx: AttemptContext) -> None:
         """Turn an accepted transport channel into a connection and start it."""
         conn = Connection(_NO_ENDPOINT, self._stack, self.parameters)
-        conn._take_accepted(channel, ctx)
+        conn._take_accepted(channel, ctx, self._netns)
         self._children.add(conn)
         self._handshaking.add(conn)
         self._update_room()

@@ -145,14 +145,21 @@ class _EventSource:
         loop.add_reader(self._sock.fileno(), self._readable)
 
     @classmethod
-    def subscribe(cls, callback: Callable[[], None]) -> NetworkWatch:
+    def subscribe(cls, callback: Callable[[], None], netns: str | None = None) -> NetworkWatch:
+        """Subscribe in the calling thread's namespace, or in ``netns`` if it has a source.
+
+        A known ``netns`` (a listener's, for its accepted connections) spares
+        reading the thread's namespace link when that source is running.
+        """
         loop = asyncio.get_running_loop()
         for stale in [s for s in cls._sources.values() if s._loop.is_closed()]:
             stale._close()  # subscribers that never unsubscribed before their loop closed
-        key = (id(loop), _netns_id())
-        source = cls._sources.get(key)
+        source = None if netns is None else cls._sources.get((id(loop), netns))
         if source is None or source._loop is not loop:
-            source = cls._sources[key] = cls(key, loop)
+            key = (id(loop), _netns_id())
+            source = cls._sources.get(key)
+            if source is None or source._loop is not loop:
+                source = cls._sources[key] = cls(key, loop)
         # A pending linger timer stays: it finds a subscriber and does nothing,
         # so connections made one after another arm no timer each.
         watch = NetworkWatch(source, callback)
@@ -492,6 +499,7 @@ class PathWatcher:
     __slots__ = (
         "_debouncer",
         "_endpoints",
+        "_netns",
         "_observer",
         "_parameters",
         "_watch",
@@ -499,8 +507,12 @@ class PathWatcher:
         "path",
     )
 
-    def __init__(self, parameters: Parameters, observer: PathObserver) -> None:
+    def __init__(
+        self, parameters: Parameters, observer: PathObserver, netns: str | None = None
+    ) -> None:
         self._parameters = parameters
+        # The namespace the connection's socket is known to live in (a listener's), if any.
+        self._netns = netns
         # One reference to whom to tell, not a bound method per event kind.
         self._observer = observer
         self._debouncer: Debouncer | None = None  # made at the first event
@@ -516,7 +528,7 @@ class PathWatcher:
         if self._watch is not None:
             return
         try:
-            self._watch = watch_network(self._poke)
+            self._watch = _EventSource.subscribe(self._poke, self._netns)
         except OSError as exc:
             logger.debug("no netlink events (%s): paths are evaluated once", exc)
 

@@ -63,7 +63,10 @@ class TCP(StreamProtocol):
 
     def configure(self, sock: socket.socket) -> None:
         """Apply these options to a TCP socket."""
-        if self.no_delay:
+        self._configure(sock, no_delay_set=False)
+
+    def _configure(self, sock: socket.socket, *, no_delay_set: bool) -> None:
+        if self.no_delay and not no_delay_set:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.keepalive:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -88,7 +91,7 @@ class TCP(StreamProtocol):
         # One try for the whole attempt: a context manager per step costs more
         # than the steps themselves on a loopback connection.
         if interface is None and self._connects_plainly(params, address):
-            return await self._open_plain(ctx, address)
+            return await self._open_plain(ctx, address, loop)
         sock: socket.socket | None = None
         try:
             sock = socket.socket(address.family, socket.SOCK_STREAM)
@@ -108,6 +111,15 @@ class TCP(StreamProtocol):
             raise
         return channel
 
+    @property
+    def _options_after_connect(self) -> bool:
+        """Whether an option other than ``no_delay`` is set on a connected socket."""
+        return (
+            self.keepalive
+            or self.connection_drop_time is not None
+            or self.maximum_segment_size is not None
+        )
+
     def _connects_plainly(self, params: Parameters, address: Address) -> bool:
         """Whether nothing has to be set on the socket before it connects."""
         return (
@@ -119,15 +131,18 @@ class TCP(StreamProtocol):
             and "%" not in address.host  # a scope id would send the loop to getaddrinfo
         )
 
-    async def _open_plain(self, ctx: AttemptContext, address: Address) -> TCPChannel:
+    async def _open_plain(
+        self, ctx: AttemptContext, address: Address, loop: asyncio.AbstractEventLoop
+    ) -> TCPChannel:
         # The loop makes and connects the socket itself: uvloop does it all in C.
         channel = TCPChannel(ctx.parameters, ctx)
-        loop = asyncio.get_running_loop()
         try:
             await loop.create_connection(constant(channel), address.host, address.port)
-            sock = channel.socket
-            if sock is not None:
-                self.configure(sock)
+            if self._options_after_connect or (self.no_delay and not _sets_no_delay(loop)):
+                sock = channel.socket
+                if sock is not None:
+                    # asyncio's and uvloop's TCP transports set TCP_NODELAY themselves.
+                    self._configure(sock, no_delay_set=_sets_no_delay(loop))
         except BaseException as exc:
             channel.abort()
             if isinstance(exc, OSError) and not isinstance(exc, NetconnError):
@@ -195,6 +210,9 @@ class _Acceptor:
 
     def _readable(self) -> None:
         listener = self._listener
+        if listener.closing:
+            self._stop()
+            return
         for _ in range(listener.backlog):
             if not listener.has_room(self._pending):
                 self._pause(0.0)
@@ -213,7 +231,8 @@ class _Acceptor:
 
     def _pause(self, delay: float) -> None:
         self._stop()
-        self._listener.add_task(self._resume(delay))
+        if not self._listener.closing:
+            self._listener.add_task(self._resume(delay))
 
     async def _resume(self, delay: float) -> None:
         if delay:
@@ -223,21 +242,23 @@ class _Acceptor:
 
     def _take(self, conn_sock: socket.socket, peer: Any) -> None:
         listener = self._listener
+        loop: Any = self._loop
+        selector = isinstance(loop, _SelectorLoop)
         try:
-            self._stack.configure(conn_sock)
+            # uvloop's transport for an accepted socket sets TCP_NODELAY itself;
+            # asyncio's does only for sockets made with IPPROTO_TCP.
+            self._stack._configure(conn_sock, no_delay_set=not selector and _sets_no_delay(loop))
             ctx = listener.attempt_context()
             channel = TCPChannel(listener.parameters, ctx)
             channel._on_made = self._made
-            self._pending += 1
-            loop: Any = self._loop
-            if isinstance(loop, _SelectorLoop):
+            if selector:
                 conn_sock.setblocking(False)
                 # The peer's address is known: the transport asks for no name.
                 loop._make_socket_transport(conn_sock, channel, extra={"peername": peer})
             else:
                 listener.add_task(self._connect(conn_sock, channel))
+            self._pending += 1  # connection_made comes at a later loop turn
         except OSError as exc:
-            self._pending = max(0, self._pending - 1)
             conn_sock.close()
             listener.report_accept_error(exc)
 
@@ -263,6 +284,11 @@ class _Acceptor:
 
 
 _SelectorLoop = asyncio.selector_events.BaseSelectorEventLoop
+
+
+def _sets_no_delay(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``create_connection(host, port)`` on ``loop`` sets TCP_NODELAY by itself."""
+    return isinstance(loop, _SelectorLoop) or type(loop).__module__.startswith("uvloop")
 
 
 _VIABILITY_POLL = 0.25  # seconds between TCP_INFO reads
@@ -291,24 +317,30 @@ class _ViabilityPoller:
         self._channels: dict[TCPChannel, None] = {}  # insertion-ordered set
         self._timer: asyncio.TimerHandle | None = None
 
+    _last: ClassVar[_ViabilityPoller | None] = None  # the one asked for last: no dict look-up
+
     @classmethod
-    def add(cls, channel: TCPChannel) -> _ViabilityPoller:
+    def add(cls, channel: TCPChannel, loop: asyncio.AbstractEventLoop) -> _ViabilityPoller:
         """Poll ``channel`` until :meth:`remove`; returns the loop's poller."""
-        loop = asyncio.get_running_loop()
-        poller = cls._pollers.get(loop)
-        if poller is None:
-            poller = cls._pollers[loop] = cls(loop)
+        poller = cls._last
+        if poller is None or poller._loop is not loop:
+            poller = cls._pollers.get(loop)
+            if poller is None:
+                poller = cls._pollers[loop] = cls(loop)
+            cls._last = poller
         poller._channels[channel] = None
         if poller._timer is None:
             poller._timer = loop.call_later(_VIABILITY_POLL, poller._tick)
         return poller
 
     def remove(self, channel: TCPChannel) -> None:
-        """Stop polling ``channel``; the timer stops with the last channel."""
+        """Stop polling ``channel``.
+
+        The timer is left to run out rather than cancelled with the last
+        channel: connections made one after another then arm no timer each.
+        It stops at its next tick if no channel is left.
+        """
         self._channels.pop(channel, None)
-        if not self._channels and self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
     def _tick(self) -> None:
         self._timer = None
@@ -398,7 +430,7 @@ class TCPChannel(asyncio.BufferedProtocol):
             local, remote = sock.getsockname(), sock.getpeername()
         self.local_address = Address.from_sockaddr(local)
         self.remote_address = Address.from_sockaddr(remote)
-        self._poller = _ViabilityPoller.add(self)
+        self._poller = _ViabilityPoller.add(self, asyncio.get_running_loop())
         on_made, self._on_made = self._on_made, None
         if on_made is not None:
             on_made(self)
@@ -572,19 +604,20 @@ class TCPChannel(asyncio.BufferedProtocol):
         self._wake_drain()  # a send waiting for room fails now; what it wrote is flushed
         # With nothing left to send the transport ends at the next loop turn:
         # no flush to bound, so no timer.
-        unbounded = not transport.is_closing() and not transport.get_write_buffer_size()
+        flushed = not transport.is_closing() and not transport.get_write_buffer_size()
         if not transport.is_closing():
             transport.close()  # flushes the write buffer, then FIN
         if self._is_lost:
             return
         # A future of our own and a plain timer: cancelling this call leaves
         # other closers waiting, and costs no shield or timeout context.
-        loop = asyncio.get_running_loop()
+        poller = self._poller
+        loop = poller._loop if poller is not None else asyncio.get_running_loop()
         waiter: asyncio.Future[bool] = loop.create_future()
         if self._close_waiters is None:
             self._close_waiters = []
         self._close_waiters.append(waiter)
-        timer = None if unbounded else loop.call_later(_CLOSE_TIMEOUT, _expire, waiter)
+        timer = None if flushed else loop.call_later(_CLOSE_TIMEOUT, _expire, waiter)
         try:
             timed_out = await waiter
         finally:
