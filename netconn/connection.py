@@ -351,7 +351,9 @@ class Connection(Generic[P_co]):
         if self._state_callbacks:
             self._notify(self._state_callbacks, new)
 
-    async def _state_changed(self, waiter: asyncio.Future[None]) -> None:
+    async def _state_changed(self, waiter: asyncio.Future[None] | None = None) -> None:
+        if waiter is None:
+            waiter = self._running_loop().create_future()
         if self._state_waiters is None:
             self._state_waiters = []
         self._state_waiters.append(waiter)

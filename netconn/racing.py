@@ -22,7 +22,7 @@ import asyncio
 import functools
 import socket
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -193,7 +193,7 @@ class Race:
     def _now(self) -> float:
         return self._loop.time() - self._started
 
-    async def run(self) -> tuple[Channel, AttemptContext, Attempt]:
+    def run(self) -> Coroutine[Any, Any, tuple[Channel, AttemptContext, Attempt]]:
         """Resolve, race, and return the winning channel, its context and its attempt.
 
         Raises the most telling error when every address failed
@@ -201,6 +201,17 @@ class Race:
         certificate rejected by one address will be by the others). If
         cancelled, every attempt is cancelled and its channel aborted first.
         """
+        endpoint = self._endpoint
+        if (
+            not self._skip_first
+            and endpoint.is_literal
+            and type(endpoint).resolve is Endpoint.resolve
+        ):
+            # The coroutine of the one attempt itself: no coroutine of the race around it.
+            return self._only(Address(endpoint.host, endpoint.port))
+        return self._race()
+
+    async def _race(self) -> tuple[Channel, AttemptContext, Attempt]:
         queue = _Queue()
         resolution_started = self._now()
         resolvers = self._start_resolution()
@@ -303,36 +314,52 @@ class Race:
     async def _only(self, address: Address) -> tuple[Channel, AttemptContext, Attempt]:
         """An IP literal: its one attempt runs in the calling task, without a race.
 
-        Same report, errors and :meth:`skip` as a race of one address; it only
-        spares a task and the event-loop turns that waking the race costs.
+        Same report, errors, deadline and :meth:`skip` as a race of one
+        address; it only spares a task and the event-loop turns that waking
+        the race costs.
         """
+        loop = self._loop
         self._report.resolved = [address]
         self._report.resolution_duration = 0.0
         ctx = self._make_context()
-        attempt = Attempt(address, self._now())
+        attempt = Attempt(address, loop.time() - self._started)
         self._report.attempts.append(attempt)
-        task = asyncio.current_task(self._loop)
+        task = asyncio.current_task(loop)
         assert task is not None
         self._inline = task
+        # The attempt's deadline, as in _attempt, without its coroutine around the stack's.
+        expiry = _Expiry(task)
+        timer = loop.call_later(self._parameters.attempt_timeout, expiry.fire)
         try:
-            channel = await self._attempt(ctx, address)
+            channel = await self._stack.open_channel(ctx, address)
         except asyncio.CancelledError as exc:
-            attempt.duration = self._now() - attempt.started_after
+            attempt.duration = loop.time() - self._started - attempt.started_after
+            if expiry.fired and task.uncancel() <= expiry.cancelling:
+                attempt.outcome = "failed"
+                timed_out = TimeoutError()
+                timed_out.__cause__ = exc
+                attempt.error = error = _as_error(timed_out, address)
+                raise error from timed_out
             attempt.outcome = "cancelled"
             if not self._inline_skipped or task.uncancel() > 0:
                 raise  # cancelled from outside (too)
             attempt.error = ConnectError("skipped by try_next_endpoint()")
             raise ConnectError("no more addresses to try") from exc
         except Exception as exc:
-            attempt.duration = self._now() - attempt.started_after
+            attempt.duration = loop.time() - self._started - attempt.started_after
             attempt.outcome = "failed"
+            if isinstance(exc, OSError) and not isinstance(exc, NetconnError):
+                mapped = map_os_error(exc, f"connect to {address}")
+                mapped.__cause__ = exc
+                exc = mapped
             attempt.error = error = _as_error(exc, address)
             if error is exc:
-                raise
+                raise exc
             raise error from exc
         finally:
+            timer.cancel()
             self._inline = None
-        attempt.duration = self._now() - attempt.started_after
+        attempt.duration = loop.time() - self._started - attempt.started_after
         attempt.outcome = "ready"
         return channel, ctx, attempt
 

@@ -29,6 +29,7 @@ from .sockets import apply_parameters, bind_listening_sockets, check_path
 
 if TYPE_CHECKING:
     from ..listener import Listener
+    from ..path import Interface
 
 __all__ = ["TCP", "TCPChannel"]
 
@@ -84,14 +85,23 @@ class TCP(StreamProtocol):
         if self.maximum_segment_size is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, self.maximum_segment_size)
 
-    async def open_channel(self, ctx: AttemptContext, address: Address) -> TCPChannel:
+    def open_channel(
+        self, ctx: AttemptContext, address: Address
+    ) -> Coroutine[Any, Any, TCPChannel]:
         params = ctx.parameters
         interface = check_path(address, params, will_bind=True)
+        # The coroutine that connects, itself: no coroutine of ours around it.
+        if interface is None and self._connects_plainly(params, address):
+            return self._open_plain(ctx, address)
+        return self._open_configured(ctx, address, interface)
+
+    async def _open_configured(
+        self, ctx: AttemptContext, address: Address, interface: Interface | None
+    ) -> TCPChannel:
+        params = ctx.parameters
         loop = asyncio.get_running_loop()
         # One try for the whole attempt: a context manager per step costs more
         # than the steps themselves on a loopback connection.
-        if interface is None and self._connects_plainly(params, address):
-            return await self._open_plain(ctx, address, loop)
         sock: socket.socket | None = None
         try:
             sock = socket.socket(address.family, socket.SOCK_STREAM)
@@ -131,11 +141,10 @@ class TCP(StreamProtocol):
             and "%" not in address.host  # a scope id would send the loop to getaddrinfo
         )
 
-    async def _open_plain(
-        self, ctx: AttemptContext, address: Address, loop: asyncio.AbstractEventLoop
-    ) -> TCPChannel:
+    async def _open_plain(self, ctx: AttemptContext, address: Address) -> TCPChannel:
         # The loop makes and connects the socket itself: uvloop does it all in C.
         channel = TCPChannel(ctx.parameters, ctx)
+        loop = asyncio.get_running_loop()
         try:
             await loop.create_connection(constant(channel), address.host, address.port)
             if self._options_after_connect or (self.no_delay and not _sets_no_delay(loop)):
