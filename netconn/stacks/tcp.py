@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import struct
 import threading
@@ -253,6 +254,7 @@ class _Acceptor:
         listener = self._listener
         loop: Any = self._loop
         selector = isinstance(loop, _SelectorLoop)
+        channel: TCPChannel | None = None
         try:
             # uvloop's transport for an accepted socket sets TCP_NODELAY itself;
             # asyncio's does only for sockets made with IPPROTO_TCP.
@@ -260,29 +262,53 @@ class _Acceptor:
             ctx = listener.attempt_context()
             channel = TCPChannel(listener.parameters, ctx)
             channel._on_made = self._made
+            self._pending += 1  # until connection_made, at a later loop turn
             if selector:
                 conn_sock.setblocking(False)
                 # The peer's address is known: the transport asks for no name.
                 loop._make_socket_transport(conn_sock, channel, extra={"peername": peer})
             else:
-                listener.add_task(self._connect(conn_sock, channel))
-            self._pending += 1  # connection_made comes at a later loop turn
+                coro = loop.connect_accepted_socket(constant(channel), conn_sock)
+                self._drive(coro, conn_sock, channel)
         except OSError as exc:
+            if channel is not None and channel._on_made is not None:  # never made
+                channel._on_made = None
+                self._pending -= 1
             conn_sock.close()
             listener.report_accept_error(exc)
 
-    async def _connect(self, conn_sock: socket.socket, channel: TCPChannel) -> None:
+    def _drive(
+        self,
+        coro: Coroutine[Any, Any, Any],
+        conn_sock: socket.socket,
+        channel: TCPChannel,
+        *_: object,
+    ) -> None:
+        """Run ``connect_accepted_socket`` without a task of its own.
+
+        It only waits for ``connection_made``, which hands the channel over:
+        resuming it from the future's callback spares a task per connection.
+        """
         try:
-            await self._loop.connect_accepted_socket(constant(channel), conn_sock)
+            waiting = coro.send(None)
+        except StopIteration:
+            return
         except OSError as exc:
             if channel._on_made is not None:  # never made
                 channel._on_made = None
                 self._pending -= 1
             conn_sock.close()
             self._listener.report_accept_error(exc)
+            return
         except BaseException:
             conn_sock.close()
             raise
+        resume = functools.partial(self._drive, coro, conn_sock, channel)
+        if waiting is None:  # a bare yield: go on at the next turn
+            self._loop.call_soon(resume)
+        else:
+            waiting._asyncio_future_blocking = False  # what a task does with what it awaits
+            waiting.add_done_callback(resume)
 
     def _made(self, channel: TCPChannel) -> None:
         self._pending -= 1
