@@ -391,7 +391,7 @@ class Connection(Generic[P_co]):
     def _start_watching(self) -> None:
         if self._watcher is None:
             self._watcher = PathWatcher(self._parameters, self)
-        self._watcher.start()
+        self._watcher.start(self._loop)
 
     def _stop_watching(self) -> None:
         self._viability.stop()

@@ -145,13 +145,20 @@ class _EventSource:
         loop.add_reader(self._sock.fileno(), self._readable)
 
     @classmethod
-    def subscribe(cls, callback: Callable[[], None], netns: str | None = None) -> NetworkWatch:
+    def subscribe(
+        cls,
+        callback: Callable[[], None],
+        netns: str | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> NetworkWatch:
         """Subscribe in the calling thread's namespace, or in ``netns`` if it has a source.
 
         A known ``netns`` (a listener's, for its accepted connections) spares
         reading the thread's namespace link when that source is running.
+        ``loop``: the running loop, when the caller has it at hand.
         """
-        loop = asyncio.get_running_loop()
+        if loop is None:
+            loop = asyncio.get_running_loop()
         for stale in [s for s in cls._sources.values() if s._loop.is_closed()]:
             stale._close()  # subscribers that never unsubscribed before their loop closed
         source = None if netns is None else cls._sources.get((id(loop), netns))
@@ -523,12 +530,15 @@ class PathWatcher:
         self.better_path = False
         """Whether a preferable path was last seen."""
 
-    def start(self) -> None:
-        """Subscribe to the network's events; does nothing if netlink is unavailable."""
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Subscribe to the network's events; does nothing if netlink is unavailable.
+
+        ``loop``: the running loop, when the caller has it at hand.
+        """
         if self._watch is not None:
             return
         try:
-            self._watch = _EventSource.subscribe(self._poke, self._netns)
+            self._watch = _EventSource.subscribe(self._poke, self._netns, loop)
         except OSError as exc:
             logger.debug("no netlink events (%s): paths are evaluated once", exc)
 
