@@ -49,6 +49,8 @@ from .stacks.base import (
 from .stacks.quic import QUIC
 from .stacks.udp import UDP
 from .state import (
+    _TRANSITIONS,
+    TERMINAL_STATES,
     Cancelled,
     Failed,
     Preparing,
@@ -334,13 +336,15 @@ class Connection(Generic[P_co]):
 
     def _transition(self, new: State) -> None:
         old = self._state
-        check_transition(old, new)
+        kind = type(new)
+        if kind not in _TRANSITIONS[type(old)]:
+            check_transition(old, new)  # raises, with the message
         self._state = new
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("connection #%d: %s -> %s", self.id, old, new)
-        if is_terminal(new):
+        if kind in TERMINAL_STATES:
             self._stop_watching()
-        elif isinstance(new, Waiting) and self._watcher is not None:
+        elif kind is Waiting and self._watcher is not None:
             self._watcher.refresh()
         waiters = self._state_waiters
         if waiters and not isinstance(new, Preparing):  # nothing wait_ready() acts on

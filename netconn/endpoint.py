@@ -47,7 +47,10 @@ class Address:
     @classmethod
     def from_sockaddr(cls, sockaddr: tuple[object, ...]) -> Address:
         """Build from what ``getsockname`` / ``getpeername`` return."""
-        return cls(str(sockaddr[0]), int(sockaddr[1]))  # type: ignore[call-overload]
+        host, port = sockaddr[0], sockaddr[1]
+        if type(host) is str and type(port) is int:  # what the socket module gives
+            return cls(host, port)
+        return cls(str(host), int(port))  # type: ignore[call-overload]
 
     def __str__(self) -> str:
         if ":" in self.host:

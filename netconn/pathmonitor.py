@@ -159,13 +159,14 @@ class _EventSource:
         """
         if loop is None:
             loop = asyncio.get_running_loop()
-        for stale in [s for s in cls._sources.values() if s._loop.is_closed()]:
-            stale._close()  # subscribers that never unsubscribed before their loop closed
         source = None if netns is None else cls._sources.get((id(loop), netns))
         if source is None or source._loop is not loop:
             key = (id(loop), _netns_id())
             source = cls._sources.get(key)
             if source is None or source._loop is not loop:
+                # Looked for only here: a new loop's first subscription always gets here.
+                for stale in [s for s in cls._sources.values() if s._loop.is_closed()]:
+                    stale._close()  # subscribers that never unsubscribed before their loop closed
                 source = cls._sources[key] = cls(key, loop)
         # A pending linger timer stays: it finds a subscriber and does nothing,
         # so connections made one after another arm no timer each.
