@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar, cast, overload
 
+from ._deadline import Deadline, Deadlines
 from .endpoint import Address, Endpoint
 from .errors import (
     ConnectionClosed,
@@ -457,8 +458,8 @@ class Connection(Generic[P_co]):
         if type(self._state) is Ready:
             return self
         loop = self._running_loop()
-        # A plain timer, armed only once there is something to wait for:
-        # cheaper than an asyncio.timeout() context on every call.
+        # A deadline on the loop's shared timer, set only once there is something
+        # to wait for: cheaper than an asyncio.timeout() context on every call.
         deadline: _Deadline | None = None
         try:
             while True:
@@ -479,13 +480,13 @@ class Connection(Generic[P_co]):
                 waiter = loop.create_future()
                 if timeout is not None and deadline is None:
                     deadline = _Deadline()
-                    deadline.handle = loop.call_later(timeout, deadline.expire)
+                    deadline.entry = Deadlines.of(loop).add(timeout, deadline.expire)
                 if deadline is not None:
                     deadline.waiter = waiter
                 await self._state_changed(waiter)
         finally:
-            if deadline is not None and deadline.handle is not None:
-                deadline.handle.cancel()
+            if deadline is not None and deadline.entry is not None:
+                Deadlines.of(loop).remove(deadline.entry)
 
     def try_next_endpoint(self) -> None:
         """Move on to the next resolved address now.
@@ -1074,12 +1075,12 @@ class Connection(Generic[P_co]):
 
 
 class _Deadline:
-    """One ``wait_ready`` timeout: its timer, and the future it wakes when it expires."""
+    """One ``wait_ready`` timeout: its deadline, and the future it wakes when it expires."""
 
-    __slots__ = ("expired", "handle", "waiter")
+    __slots__ = ("entry", "expired", "waiter")
 
     def __init__(self) -> None:
-        self.handle: asyncio.TimerHandle | None = None
+        self.entry: Deadline | None = None
         self.expired = False
         self.waiter: asyncio.Future[None] | None = None
 

@@ -26,6 +26,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ._deadline import Deadlines
 from .endpoint import Address, Endpoint
 from .errors import ConnectError, ConnectionTimeout, NetconnError, map_os_error
 from .parameters import Parameters
@@ -329,7 +330,8 @@ class Race:
         self._inline = task
         # The attempt's deadline, as in _attempt, without its coroutine around the stack's.
         expiry = _Expiry(task)
-        timer = loop.call_later(self._parameters.attempt_timeout, expiry.fire)
+        deadlines = Deadlines.of(loop)
+        deadline = deadlines.add(self._parameters.attempt_timeout, expiry.fire)
         try:
             channel = await self._stack.open_channel(ctx, address)
         except asyncio.CancelledError as exc:
@@ -357,7 +359,7 @@ class Race:
                 raise exc
             raise error from exc
         finally:
-            timer.cancel()
+            deadlines.remove(deadline)
             self._inline = None
         attempt.duration = loop.time() - self._started - attempt.started_after
         attempt.outcome = "ready"
@@ -396,13 +398,14 @@ class Race:
         }
 
     async def _attempt(self, ctx: AttemptContext, address: Address) -> Channel:
-        # What asyncio.timeout() does, on a plain timer: that context looks the
-        # loop and the task up again and costs several calls more per attempt.
+        # What asyncio.timeout() does, on the loop's shared deadline timer: that
+        # context looks the loop and the task up again and arms a timer of its own.
         loop = self._loop
         task = asyncio.current_task(loop)
         assert task is not None
         expiry = _Expiry(task)
-        timer = loop.call_later(self._parameters.attempt_timeout, expiry.fire)
+        deadlines = Deadlines.of(loop)
+        deadline = deadlines.add(self._parameters.attempt_timeout, expiry.fire)
         try:
             return await self._stack.open_channel(ctx, address)
         except OSError as exc:
@@ -414,7 +417,7 @@ class Race:
                 raise TimeoutError from exc
             raise
         finally:
-            timer.cancel()
+            deadlines.remove(deadline)
 
     async def _abandon(
         self,
