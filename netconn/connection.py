@@ -316,7 +316,8 @@ class Connection(Generic[P_co]):
         return self
 
     def _viable_changed(self, viable: bool) -> None:
-        self._notify(self._viability_callbacks, viable)
+        if self._viability_callbacks:
+            self._notify(self._viability_callbacks, viable)
 
     def _better_path_changed(self, better: bool) -> None:
         self._notify(self._better_path_callbacks, better)
@@ -385,7 +386,7 @@ class Connection(Generic[P_co]):
         self._notify(self._path_callbacks, self._path)
 
     def _lost(self, error: NetconnError | None) -> None:
-        if is_terminal(self._state):
+        if type(self._state) in TERMINAL_STATES:
             return
         if error is not None and isinstance(self._state, Ready):
             self._viability.stop(final=False)
@@ -479,14 +480,14 @@ class Connection(Generic[P_co]):
                     ) from last
                 waiter = loop.create_future()
                 if timeout is not None and deadline is None:
-                    deadline = _Deadline()
-                    deadline.entry = Deadlines.of(loop).add(timeout, deadline.expire)
+                    deadline = _Deadline(Deadlines.of(loop))
+                    deadline.entry = deadline.deadlines.add(timeout, deadline.expire)
                 if deadline is not None:
                     deadline.waiter = waiter
                 await self._state_changed(waiter)
         finally:
             if deadline is not None and deadline.entry is not None:
-                Deadlines.of(loop).remove(deadline.entry)
+                deadline.deadlines.remove(deadline.entry)
 
     def try_next_endpoint(self) -> None:
         """Move on to the next resolved address now.
@@ -521,7 +522,7 @@ class Connection(Generic[P_co]):
         Returns once the close finished (or timed out and aborted). The state
         becomes ``Cancelled``. Cancelling twice does nothing.
         """
-        if is_terminal(self._state):
+        if type(self._state) in TERMINAL_STATES:
             await self._close_channel(graceful=True)
             return
         self._stop_task()
@@ -1077,9 +1078,10 @@ class Connection(Generic[P_co]):
 class _Deadline:
     """One ``wait_ready`` timeout: its deadline, and the future it wakes when it expires."""
 
-    __slots__ = ("entry", "expired", "waiter")
+    __slots__ = ("deadlines", "entry", "expired", "waiter")
 
-    def __init__(self) -> None:
+    def __init__(self, deadlines: Deadlines) -> None:
+        self.deadlines = deadlines
         self.entry: Deadline | None = None
         self.expired = False
         self.waiter: asyncio.Future[None] | None = None

@@ -539,9 +539,14 @@ class PathWatcher:
         if self._watch is not None:
             return
         try:
-            self._watch = _EventSource.subscribe(self._poke, self._netns, loop)
+            # The watcher itself is the callback (__call__): no bound method kept per connection.
+            self._watch = _EventSource.subscribe(self, self._netns, loop)
         except OSError as exc:
             logger.debug("no netlink events (%s): paths are evaluated once", exc)
+
+    def __call__(self) -> None:
+        """A network event: re-evaluate after the quiet period."""
+        self._poke()
 
     def _poke(self) -> None:
         if self._debouncer is None:
