@@ -175,12 +175,18 @@ class Connection(Generic[P_co]):
         """A number unique among this process's connections."""
 
     def _take_accepted(
-        self, channel: Channel, ctx: AttemptContext, netns: str | None = None
+        self,
+        channel: Channel,
+        ctx: AttemptContext,
+        netns: str | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         """Make this a server-side connection on an accepted transport channel.
 
-        ``netns``: the listener's network namespace, where the channel's socket lives.
+        ``netns``: the listener's network namespace, where the channel's socket
+        lives; ``loop``: the listener's event loop, which this connection runs on.
         """
+        self._loop = loop
         if netns is not None:
             self._watcher = PathWatcher(self._parameters, self, netns)
         self._endpoint = None
@@ -424,7 +430,9 @@ class Connection(Generic[P_co]):
         """
         if not isinstance(self._state, Setup) or self._task is not None:
             return self
-        self._loop = loop = asyncio.get_running_loop()
+        loop = self._loop  # set already for a listener's connection
+        if loop is None:
+            self._loop = loop = asyncio.get_running_loop()
         self._start_watching()
         if self._accepted is not None and type(self._stack).accept_channel is Stack.accept_channel:
             # Nothing to negotiate above the accepted transport (TCP, UDP): ready

@@ -73,6 +73,7 @@ class Listener(Generic[P_co]):
         self._bound: list[Address] = []
         self._children: set[Connection[P_co]] = set()
         self._netns: str | None = None  # the namespace the sockets were bound in
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop start() ran on
         self.closing = False
         """True once the listener is being cancelled."""
         self.failed_handshakes = 0
@@ -140,6 +141,7 @@ class Listener(Generic[P_co]):
                 for layer in self._stack.layers():
                     layer.check_listener_options()
                 self._netns = _netns_id()
+                self._loop = asyncio.get_running_loop()
                 await self._stack.bottom.start_listener(self, self._host, self._requested_port)
             except OSError as exc:
                 if isinstance(exc, NetconnError):
@@ -296,7 +298,7 @@ class Listener(Generic[P_co]):
     def accepted(self, channel: Channel, ctx: AttemptContext) -> None:
         """Turn an accepted transport channel into a connection and start it."""
         conn = Connection(_NO_ENDPOINT, self._stack, self.parameters)
-        conn._take_accepted(channel, ctx, self._netns)
+        conn._take_accepted(channel, ctx, self._netns, self._loop)
         self._children.add(conn)
         self._handshaking.add(conn)
         self._update_room()

@@ -97,20 +97,24 @@ class Debouncer:
 class _ThreadNamespace(threading.local):
     """Where this thread's network namespace link is: resolving ``thread-self`` costs more."""
 
-    pid = 0
     path = ""
 
 
 _thread_namespace = _ThreadNamespace()
 
 
+def _forget_namespace_link() -> None:
+    _thread_namespace.path = ""  # a forked child: another pid, another link
+
+
+os.register_at_fork(after_in_child=_forget_namespace_link)
+
+
 def _netns_id() -> str:
     """This thread's network namespace (it may change under us: see ``Lab.inside``)."""
     cached = _thread_namespace
-    pid = os.getpid()
-    if cached.pid != pid:  # first use in this thread, or a forked child
-        cached.pid = pid
-        cached.path = f"/proc/{pid}/task/{threading.get_native_id()}/ns/net"
+    if not cached.path:  # first use in this thread, or a forked child
+        cached.path = f"/proc/{os.getpid()}/task/{threading.get_native_id()}/ns/net"
     try:
         return os.readlink(cached.path)
     except OSError:

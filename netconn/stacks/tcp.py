@@ -112,7 +112,7 @@ class TCP(StreamProtocol):
             if self.fast_open:
                 sock.setsockopt(socket.IPPROTO_TCP, _TCP_FASTOPEN_CONNECT, 1)
             await loop.sock_connect(sock, address.sockaddr)
-            channel = TCPChannel(params, ctx)
+            channel = TCPChannel(params, ctx, loop)
             await loop.create_connection(constant(channel), sock=sock)
         except BaseException as exc:
             if sock is not None:
@@ -144,8 +144,8 @@ class TCP(StreamProtocol):
 
     async def _open_plain(self, ctx: AttemptContext, address: Address) -> TCPChannel:
         # The loop makes and connects the socket itself: uvloop does it all in C.
-        channel = TCPChannel(ctx.parameters, ctx)
         loop = asyncio.get_running_loop()
+        channel = TCPChannel(ctx.parameters, ctx, loop)
         try:
             await loop.create_connection(constant(channel), address.host, address.port)
             if self._options_after_connect or (self.no_delay and not _sets_no_delay(loop)):
@@ -260,7 +260,7 @@ class _Acceptor:
             # asyncio's does only for sockets made with IPPROTO_TCP.
             self._stack._configure(conn_sock, no_delay_set=not selector and _sets_no_delay(loop))
             ctx = listener.attempt_context()
-            channel = TCPChannel(listener.parameters, ctx)
+            channel = TCPChannel(listener.parameters, ctx, loop)
             channel._on_made = self._made
             self._pending += 1  # until connection_made, at a later loop turn
             if selector:
@@ -415,6 +415,7 @@ class TCPChannel(asyncio.BufferedProtocol):
         "_drain_waiter",
         "_error",
         "_is_lost",
+        "_loop",
         "_on_made",
         "_poller",
         "_receiving",
@@ -428,8 +429,15 @@ class TCPChannel(asyncio.BufferedProtocol):
         "remote_address",
     )
 
-    def __init__(self, parameters: Parameters, ctx: AttemptContext) -> None:
+    def __init__(
+        self,
+        parameters: Parameters,
+        ctx: AttemptContext,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self._ctx = ctx
+        # The loop, when the maker has it: looking it up costs a getpid() on Python 3.11.
+        self._loop = loop
         self._send_limit = parameters.send_buffer
         self._receiving = ReceiveBuffer(parameters.receive_buffer, self)
         self._transport: asyncio.Transport | None = None
@@ -465,7 +473,9 @@ class TCPChannel(asyncio.BufferedProtocol):
             local, remote = sock.getsockname(), sock.getpeername()
         self.local_address = Address.from_sockaddr(local)
         self.remote_address = Address.from_sockaddr(remote)
-        self._poller = _ViabilityPoller.add(self, asyncio.get_running_loop())
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        self._poller = _ViabilityPoller.add(self, self._loop)
         on_made, self._on_made = self._on_made, None
         if on_made is not None:
             on_made(self)
@@ -620,7 +630,7 @@ class TCPChannel(asyncio.BufferedProtocol):
         while (
             self._write_paused and self._error is None and not self._is_lost and not self._closing
         ):
-            self._drain_waiter = asyncio.get_running_loop().create_future()
+            self._drain_waiter = self._running_loop().create_future()
             try:
                 await self._drain_waiter
             finally:
@@ -646,8 +656,7 @@ class TCPChannel(asyncio.BufferedProtocol):
             return
         # A future of our own and a plain timer: cancelling this call leaves
         # other closers waiting, and costs no shield or timeout context.
-        poller = self._poller
-        loop = poller._loop if poller is not None else asyncio.get_running_loop()
+        loop = self._running_loop()
         waiter: asyncio.Future[bool] = loop.create_future()
         if self._close_waiters is None:
             self._close_waiters = []
@@ -662,6 +671,10 @@ class TCPChannel(asyncio.BufferedProtocol):
                 self._close_waiters.remove(waiter)
         if timed_out:
             transport.abort()
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        return asyncio.get_running_loop() if loop is None else loop
 
     def abort(self) -> None:
         transport = self._transport
