@@ -10,10 +10,10 @@ when a new deadline falls before it, or when it fires.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import ClassVar
 
 __all__ = ["Deadline", "Deadlines"]
 
@@ -34,29 +34,33 @@ class Deadline:
 class Deadlines:
     """The deadlines of one event loop, on one timer set for the earliest."""
 
-    __slots__ = ("__weakref__", "_entries", "_loop", "_timer", "_when")
-
-    _per_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Deadlines]] = (
-        weakref.WeakKeyDictionary()
-    )
-    _last: ClassVar[Deadlines | None] = None  # the one asked for last: no dict look-up
+    __slots__ = ("_entries", "_loop_ref", "_timer", "_when")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self._loop_ref = weakref.ref(loop)
         self._entries: dict[Deadline, None] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._when = 0.0
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> Deadlines:
-        """``loop``'s deadlines."""
-        deadlines = cls._last
-        if deadlines is None or deadlines._loop is not loop:
-            deadlines = cls._per_loop.get(loop)
-            if deadlines is None:
-                deadlines = cls._per_loop[loop] = cls(loop)
-            cls._last = deadlines
+        """``loop``'s deadlines: those of the last loop that asked in this thread.
+
+        A thread runs one loop at a time; whoever adds a deadline removes it from
+        the object it added it to, so a new loop's fresh object loses nothing.
+        Only the thread's last loop is referenced (through a pending timer).
+        """
+        deadlines = _current.deadlines
+        if deadlines is None or deadlines._loop_ref() is not loop:
+            deadlines = _current.deadlines = cls(loop)
         return deadlines
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop_ref()
+        if loop is None:
+            raise RuntimeError("the event loop is gone")
+        return loop
 
     def add(self, delay: float, callback: Callable[[], None]) -> Deadline:
         """Call ``callback()`` on the loop ``delay`` seconds from now, unless removed first."""
@@ -79,7 +83,8 @@ class Deadlines:
 
     def _fire(self) -> None:
         self._timer = None
-        now = self._loop.time() + _RESOLUTION
+        loop = self._loop
+        now = loop.time() + _RESOLUTION
         due = [entry for entry in self._entries if entry.when <= now]
         for entry in due:
             del self._entries[entry]
@@ -87,11 +92,18 @@ class Deadlines:
             try:
                 entry.callback()
             except Exception as exc:  # one broken callback must not stop the others
-                self._loop.call_exception_handler(
+                loop.call_exception_handler(
                     {"message": "deadline callback raised", "exception": exc}
                 )
-        if self._entries and not self._loop.is_closed():
+        if self._entries and not loop.is_closed():
             # A callback may have added a deadline (and armed the timer for it).
             earliest = min(entry.when for entry in self._entries)
             if self._timer is None or earliest < self._when:
                 self._arm(earliest)
+
+
+class _Current(threading.local):
+    deadlines: Deadlines | None = None
+
+
+_current = _Current()
