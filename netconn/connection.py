@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar, cast, overload
 
+from ._deadline import Deadline, Deadlines
 from .endpoint import Address, Endpoint
 from .errors import (
     ConnectionClosed,
@@ -49,6 +50,8 @@ from .stacks.base import (
 from .stacks.quic import QUIC
 from .stacks.udp import UDP
 from .state import (
+    _TRANSITIONS,
+    TERMINAL_STATES,
     Cancelled,
     Failed,
     Preparing,
@@ -80,6 +83,10 @@ Buffer = bytes | bytearray | memoryview
 _ids = itertools.count(1)
 _DEFAULT_PARAMETERS = Parameters()
 _SETUP = Setup()
+# The states without fields are values: one instance each serves every connection.
+_PREPARING = Preparing()
+_READY = Ready()
+_CANCELLED = Cancelled()
 
 
 def _ignore(error: NetconnError | None) -> None:
@@ -109,6 +116,7 @@ class Connection(Generic[P_co]):
         "_ctx",
         "_endpoint",
         "_inbound_claimed",
+        "_loop",
         "_parameters",
         "_path",
         "_path_callbacks",
@@ -147,6 +155,9 @@ class Connection(Generic[P_co]):
         self._channel: Channel | None = None
         self._ctx: AttemptContext | None = None
         self._task: asyncio.Task[None] | None = None
+        # The loop start() ran on: asking asyncio for it again costs a getpid()
+        # system call per ask on Python 3.11.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._restart: asyncio.Event | None = None
         self._accepted: Channel | None = None
         self._path: Path | None = None
@@ -163,8 +174,21 @@ class Connection(Generic[P_co]):
         self.id = next(_ids)
         """A number unique among this process's connections."""
 
-    def _take_accepted(self, channel: Channel, ctx: AttemptContext) -> None:
-        """Make this a server-side connection on an accepted transport channel."""
+    def _take_accepted(
+        self,
+        channel: Channel,
+        ctx: AttemptContext,
+        netns: str | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        """Make this a server-side connection on an accepted transport channel.
+
+        ``netns``: the listener's network namespace, where the channel's socket
+        lives; ``loop``: the listener's event loop, which this connection runs on.
+        """
+        self._loop = loop
+        if netns is not None:
+            self._watcher = PathWatcher(self._parameters, self, netns)
         self._endpoint = None
         self._accepted = channel
         self._adopt(ctx)
@@ -298,7 +322,8 @@ class Connection(Generic[P_co]):
         return self
 
     def _viable_changed(self, viable: bool) -> None:
-        self._notify(self._viability_callbacks, viable)
+        if self._viability_callbacks:
+            self._notify(self._viability_callbacks, viable)
 
     def _better_path_changed(self, better: bool) -> None:
         self._notify(self._better_path_callbacks, better)
@@ -319,12 +344,15 @@ class Connection(Generic[P_co]):
 
     def _transition(self, new: State) -> None:
         old = self._state
-        check_transition(old, new)
+        kind = type(new)
+        if kind not in _TRANSITIONS[type(old)]:
+            check_transition(old, new)  # raises, with the message
         self._state = new
-        logger.debug("connection #%d: %s -> %s", self.id, old, new)
-        if is_terminal(new):
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("connection #%d: %s -> %s", self.id, old, new)
+        if kind in TERMINAL_STATES:
             self._stop_watching()
-        elif isinstance(new, Waiting) and self._watcher is not None:
+        elif kind is Waiting and self._watcher is not None:
             self._watcher.refresh()
         waiters = self._state_waiters
         if waiters and not isinstance(new, Preparing):  # nothing wait_ready() acts on
@@ -335,8 +363,9 @@ class Connection(Generic[P_co]):
         if self._state_callbacks:
             self._notify(self._state_callbacks, new)
 
-    async def _state_changed(self) -> None:
-        waiter = asyncio.get_running_loop().create_future()
+    async def _state_changed(self, waiter: asyncio.Future[None] | None = None) -> None:
+        if waiter is None:
+            waiter = self._running_loop().create_future()
         if self._state_waiters is None:
             self._state_waiters = []
         self._state_waiters.append(waiter)
@@ -363,7 +392,7 @@ class Connection(Generic[P_co]):
         self._notify(self._path_callbacks, self._path)
 
     def _lost(self, error: NetconnError | None) -> None:
-        if is_terminal(self._state):
+        if type(self._state) in TERMINAL_STATES:
             return
         if error is not None and isinstance(self._state, Ready):
             self._viability.stop(final=False)
@@ -372,8 +401,9 @@ class Connection(Generic[P_co]):
     # Path: the watcher lives from start() to a final state.
 
     def _start_watching(self) -> None:
-        self._watcher = PathWatcher(self._parameters, self)
-        self._watcher.start()
+        if self._watcher is None:
+            self._watcher = PathWatcher(self._parameters, self)
+        self._watcher.start(self._loop)
 
     def _stop_watching(self) -> None:
         self._viability.stop()
@@ -400,17 +430,25 @@ class Connection(Generic[P_co]):
         """
         if not isinstance(self._state, Setup) or self._task is not None:
             return self
+        loop = self._loop  # set already for a listener's connection
+        if loop is None:
+            self._loop = loop = asyncio.get_running_loop()
         self._start_watching()
         if self._accepted is not None and type(self._stack).accept_channel is Stack.accept_channel:
             # Nothing to negotiate above the accepted transport (TCP, UDP): ready
             # now, without an establishment task and its trip through the loop.
-            self._transition(Preparing())
+            self._transition(_PREPARING)
             if isinstance(self._state, Preparing) and self._accepted is not None:
                 self._channel, self._accepted = self._accepted, None
                 self._became_ready()
             return self
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=repr(self))
+        # The name says which connection without formatting its repr on every start.
+        self._task = loop.create_task(self._run(), name=f"netconn connection #{self.id}")
         return self
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        return asyncio.get_running_loop() if loop is None else loop
 
     async def wait_ready(
         self, timeout: float | None = None, *, allow_waiting: bool | None = None
@@ -426,25 +464,38 @@ class Connection(Generic[P_co]):
         if allow_waiting is None:
             allow_waiting = self._parameters.wait_for_connectivity
         self.start()
-        deadline = asyncio.timeout(timeout)
+        if type(self._state) is Ready:
+            return self
+        loop = self._running_loop()
+        # A deadline on the loop's shared timer, set only once there is something
+        # to wait for: cheaper than an asyncio.timeout() context on every call.
+        deadline: _Deadline | None = None
         try:
-            async with deadline:
-                while True:
-                    match self._state:
-                        case Ready():
-                            return self
-                        case Failed(error=error):
-                            raise error
-                        case Waiting(error=error) if not allow_waiting:
-                            raise error
-                        case Cancelled():
-                            raise InvalidState("the connection was cancelled", self._state)
-                    await self._state_changed()
-        except TimeoutError:
-            if not deadline.expired():
-                raise  # the state's own error, itself a timeout (an attempt's deadline)
-            last = self._state.error if isinstance(self._state, Waiting) else None
-            raise ConnectionTimeout(f"not ready after {timeout} s (state: {self._state})") from last
+            while True:
+                match self._state:
+                    case Ready():
+                        return self
+                    case Failed(error=error):
+                        raise error
+                    case Waiting(error=error) if not allow_waiting:
+                        raise error
+                    case Cancelled():
+                        raise InvalidState("the connection was cancelled", self._state)
+                if deadline is not None and deadline.expired:
+                    last = self._state.error if isinstance(self._state, Waiting) else None
+                    raise ConnectionTimeout(
+                        f"not ready after {timeout} s (state: {self._state})"
+                    ) from last
+                waiter = loop.create_future()
+                if timeout is not None and deadline is None:
+                    deadline = _Deadline(Deadlines.of(loop))
+                    deadline.entry = deadline.deadlines.add(timeout, deadline.expire)
+                if deadline is not None:
+                    deadline.waiter = waiter
+                await self._state_changed(waiter)
+        finally:
+            if deadline is not None and deadline.entry is not None:
+                deadline.deadlines.remove(deadline.entry)
 
     def try_next_endpoint(self) -> None:
         """Move on to the next resolved address now.
@@ -479,18 +530,18 @@ class Connection(Generic[P_co]):
         Returns once the close finished (or timed out and aborted). The state
         becomes ``Cancelled``. Cancelling twice does nothing.
         """
-        if is_terminal(self._state):
+        if type(self._state) in TERMINAL_STATES:
             await self._close_channel(graceful=True)
             return
         self._stop_task()
-        self._transition(Cancelled())
+        self._transition(_CANCELLED)
         await self._close_channel(graceful=True)
 
     def force_cancel(self) -> None:
         """Abort at once (TCP RST, no close handshake). Never blocks."""
         self._stop_task()
         if not is_terminal(self._state):
-            self._transition(Cancelled())
+            self._transition(_CANCELLED)
         channel, self._channel = self._channel, None
         accepted, self._accepted = self._accepted, None
         for ch in (channel, accepted):
@@ -545,9 +596,10 @@ class Connection(Generic[P_co]):
     async def _run(self) -> None:
         first, cap = self._parameters.retry_delays
         delay = first
-        started = asyncio.get_running_loop().time()
+        loop = self._running_loop()
+        started = loop.time()
         while True:
-            self._transition(Preparing())
+            self._transition(_PREPARING)
             try:
                 await self._establish(started)
             except NetconnError as error:
@@ -563,7 +615,7 @@ class Connection(Generic[P_co]):
                     continue
                 self._transition(Failed(error))
                 return
-            self._report.duration = asyncio.get_running_loop().time() - started
+            self._report.duration = loop.time() - started
             self._task = None  # nothing left to stop; a finished task is memory kept for nothing
             self._became_ready()
             return
@@ -600,6 +652,7 @@ class Connection(Generic[P_co]):
             self._new_context,
             started=started,
             skip_first=self._skip_first,
+            loop=self._loop,
         )
         try:
             self._channel, ctx, _attempt = await self._race.run()
@@ -613,7 +666,7 @@ class Connection(Generic[P_co]):
 
     def _became_ready(self) -> None:
         assert self._channel is not None
-        self._transition(Ready())
+        self._transition(_READY)
         if self._channel is None:
             return  # a state callback cancelled the connection
         local, remote = self._channel.local_address, self._channel.remote_address
@@ -1028,6 +1081,23 @@ class Connection(Generic[P_co]):
     def quic_stats(self: Connection[QUIC]) -> dict[str, Any]:
         """RTT, congestion window, bytes in flight and bytes queued."""
         return self._quic_channel().stats()
+
+
+class _Deadline:
+    """One ``wait_ready`` timeout: its deadline, and the future it wakes when it expires."""
+
+    __slots__ = ("deadlines", "entry", "expired", "waiter")
+
+    def __init__(self, deadlines: Deadlines) -> None:
+        self.deadlines = deadlines
+        self.entry: Deadline | None = None
+        self.expired = False
+        self.waiter: asyncio.Future[None] | None = None
+
+    def expire(self) -> None:
+        self.expired = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
 
 
 @contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 from dataclasses import dataclass
@@ -11,6 +12,17 @@ from typing import Literal
 from .errors import DNSError
 
 __all__ = ["Address", "Endpoint"]
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_ip_literal(host: str) -> bool:
+    # Cached: parsing with ipaddress costs tens of microseconds, and a client
+    # connects to the same few hosts again and again.
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +47,10 @@ class Address:
     @classmethod
     def from_sockaddr(cls, sockaddr: tuple[object, ...]) -> Address:
         """Build from what ``getsockname`` / ``getpeername`` return."""
-        return cls(str(sockaddr[0]), int(sockaddr[1]))  # type: ignore[call-overload]
+        host, port = sockaddr[0], sockaddr[1]
+        if type(host) is str and type(port) is int:  # what the socket module gives
+            return cls(host, port)
+        return cls(str(host), int(port))  # type: ignore[call-overload]
 
     def __str__(self) -> str:
         if ":" in self.host:
@@ -70,11 +85,7 @@ class Endpoint:
     @property
     def is_literal(self) -> bool:
         """Whether the host is an IP address rather than a name."""
-        try:
-            ipaddress.ip_address(self.host.split("%", 1)[0])
-        except ValueError:
-            return False
-        return True
+        return _is_ip_literal(self.host)
 
     async def resolve(
         self, *, kind: Literal["stream", "datagram"] = "stream", family: int = 0

@@ -21,6 +21,7 @@ from .connection import Connection
 from .endpoint import Address, Endpoint
 from .errors import InvalidState, NetconnError, map_os_error
 from .parameters import Parameters
+from .pathmonitor import _netns_id
 from .stacks.base import AttemptContext, Channel, Stack
 from .state import Cancelled, Failed, Ready, Setup, State, check_transition, is_terminal
 
@@ -71,6 +72,8 @@ class Listener(Generic[P_co]):
         self._sockets: list[socket.socket] = []
         self._bound: list[Address] = []
         self._children: set[Connection[P_co]] = set()
+        self._netns: str | None = None  # the namespace the sockets were bound in
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop start() ran on
         self.closing = False
         """True once the listener is being cancelled."""
         self.failed_handshakes = 0
@@ -137,6 +140,8 @@ class Listener(Generic[P_co]):
             try:
                 for layer in self._stack.layers():
                     layer.check_listener_options()
+                self._netns = _netns_id()
+                self._loop = asyncio.get_running_loop()
                 await self._stack.bottom.start_listener(self, self._host, self._requested_port)
             except OSError as exc:
                 if isinstance(exc, NetconnError):
@@ -264,9 +269,13 @@ class Listener(Generic[P_co]):
         # Kept apart from the sockets: a closed socket has no name to ask for.
         self._bound = [Address.from_sockaddr(s.getsockname()) for s in sockets]
 
-    def has_room(self) -> bool:
-        """Whether another connection may be accepted now."""
-        return len(self._handshaking) + self._ready.qsize() < self.backlog and not self.closing
+    def has_room(self, pending: int = 0) -> bool:
+        """Whether another connection may be accepted now.
+
+        ``pending``: connections the stack accepted but has not handed over yet.
+        """
+        waiting = len(self._handshaking) + self._ready.qsize() + pending
+        return waiting < self.backlog and not self.closing
 
     def _update_room(self) -> None:
         if self.has_room():
@@ -289,7 +298,7 @@ class Listener(Generic[P_co]):
     def accepted(self, channel: Channel, ctx: AttemptContext) -> None:
         """Turn an accepted transport channel into a connection and start it."""
         conn = Connection(_NO_ENDPOINT, self._stack, self.parameters)
-        conn._take_accepted(channel, ctx)
+        conn._take_accepted(channel, ctx, self._netns, self._loop)
         self._children.add(conn)
         self._handshaking.add(conn)
         self._update_room()

@@ -97,20 +97,24 @@ class Debouncer:
 class _ThreadNamespace(threading.local):
     """Where this thread's network namespace link is: resolving ``thread-self`` costs more."""
 
-    pid = 0
     path = ""
 
 
 _thread_namespace = _ThreadNamespace()
 
 
+def _forget_namespace_link() -> None:
+    _thread_namespace.path = ""  # a forked child: another pid, another link
+
+
+os.register_at_fork(after_in_child=_forget_namespace_link)
+
+
 def _netns_id() -> str:
     """This thread's network namespace (it may change under us: see ``Lab.inside``)."""
     cached = _thread_namespace
-    pid = os.getpid()
-    if cached.pid != pid:  # first use in this thread, or a forked child
-        cached.pid = pid
-        cached.path = f"/proc/{pid}/task/{threading.get_native_id()}/ns/net"
+    if not cached.path:  # first use in this thread, or a forked child
+        cached.path = f"/proc/{os.getpid()}/task/{threading.get_native_id()}/ns/net"
     try:
         return os.readlink(cached.path)
     except OSError:
@@ -145,14 +149,29 @@ class _EventSource:
         loop.add_reader(self._sock.fileno(), self._readable)
 
     @classmethod
-    def subscribe(cls, callback: Callable[[], None]) -> NetworkWatch:
-        loop = asyncio.get_running_loop()
-        for stale in [s for s in cls._sources.values() if s._loop.is_closed()]:
-            stale._close()  # subscribers that never unsubscribed before their loop closed
-        key = (id(loop), _netns_id())
-        source = cls._sources.get(key)
+    def subscribe(
+        cls,
+        callback: Callable[[], None],
+        netns: str | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> NetworkWatch:
+        """Subscribe in the calling thread's namespace, or in ``netns`` if it has a source.
+
+        A known ``netns`` (a listener's, for its accepted connections) spares
+        reading the thread's namespace link when that source is running.
+        ``loop``: the running loop, when the caller has it at hand.
+        """
+        if loop is None:
+            loop = asyncio.get_running_loop()
+        source = None if netns is None else cls._sources.get((id(loop), netns))
         if source is None or source._loop is not loop:
-            source = cls._sources[key] = cls(key, loop)
+            key = (id(loop), _netns_id())
+            source = cls._sources.get(key)
+            if source is None or source._loop is not loop:
+                # Looked for only here: a new loop's first subscription always gets here.
+                for stale in [s for s in cls._sources.values() if s._loop.is_closed()]:
+                    stale._close()  # subscribers that never unsubscribed before their loop closed
+                source = cls._sources[key] = cls(key, loop)
         # A pending linger timer stays: it finds a subscriber and does nothing,
         # so connections made one after another arm no timer each.
         watch = NetworkWatch(source, callback)
@@ -492,6 +511,7 @@ class PathWatcher:
     __slots__ = (
         "_debouncer",
         "_endpoints",
+        "_netns",
         "_observer",
         "_parameters",
         "_watch",
@@ -499,8 +519,12 @@ class PathWatcher:
         "path",
     )
 
-    def __init__(self, parameters: Parameters, observer: PathObserver) -> None:
+    def __init__(
+        self, parameters: Parameters, observer: PathObserver, netns: str | None = None
+    ) -> None:
         self._parameters = parameters
+        # The namespace the connection's socket is known to live in (a listener's), if any.
+        self._netns = netns
         # One reference to whom to tell, not a bound method per event kind.
         self._observer = observer
         self._debouncer: Debouncer | None = None  # made at the first event
@@ -511,14 +535,22 @@ class PathWatcher:
         self.better_path = False
         """Whether a preferable path was last seen."""
 
-    def start(self) -> None:
-        """Subscribe to the network's events; does nothing if netlink is unavailable."""
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Subscribe to the network's events; does nothing if netlink is unavailable.
+
+        ``loop``: the running loop, when the caller has it at hand.
+        """
         if self._watch is not None:
             return
         try:
-            self._watch = watch_network(self._poke)
+            # The watcher itself is the callback (__call__): no bound method kept per connection.
+            self._watch = _EventSource.subscribe(self, self._netns, loop)
         except OSError as exc:
             logger.debug("no netlink events (%s): paths are evaluated once", exc)
+
+    def __call__(self) -> None:
+        """A network event: re-evaluate after the quiet period."""
+        self._poke()
 
     def _poke(self) -> None:
         if self._debouncer is None:

@@ -22,10 +22,11 @@ import asyncio
 import functools
 import socket
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ._deadline import Deadlines
 from .endpoint import Address, Endpoint
 from .errors import ConnectError, ConnectionTimeout, NetconnError, map_os_error
 from .parameters import Parameters
@@ -162,7 +163,10 @@ class Race:
         *,
         started: float,
         skip_first: int = 0,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
+        # Kept: asking asyncio for the loop costs a getpid() on Python 3.11.
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
         self._stack = stack
         self._endpoint = endpoint
         self._parameters = parameters
@@ -188,9 +192,9 @@ class Race:
             self._inline.cancel()
 
     def _now(self) -> float:
-        return asyncio.get_running_loop().time() - self._started
+        return self._loop.time() - self._started
 
-    async def run(self) -> tuple[Channel, AttemptContext, Attempt]:
+    def run(self) -> Coroutine[Any, Any, tuple[Channel, AttemptContext, Attempt]]:
         """Resolve, race, and return the winning channel, its context and its attempt.
 
         Raises the most telling error when every address failed
@@ -198,6 +202,17 @@ class Race:
         certificate rejected by one address will be by the others). If
         cancelled, every attempt is cancelled and its channel aborted first.
         """
+        endpoint = self._endpoint
+        if (
+            not self._skip_first
+            and endpoint.is_literal
+            and type(endpoint).resolve is Endpoint.resolve
+        ):
+            # The coroutine of the one attempt itself: no coroutine of the race around it.
+            return self._only(Address(endpoint.host, endpoint.port))
+        return self._race()
+
+    async def _race(self) -> tuple[Channel, AttemptContext, Attempt]:
         queue = _Queue()
         resolution_started = self._now()
         resolvers = self._start_resolution()
@@ -252,7 +267,7 @@ class Race:
                     ctx = self._make_context()
                     attempt = Attempt(address, now)
                     self._report.attempts.append(attempt)
-                    started = asyncio.get_running_loop().create_task(self._attempt(ctx, address))
+                    started = self._loop.create_task(self._attempt(ctx, address))
                     running[started] = (attempt, ctx)
                     next_start = now + self._parameters.connection_attempt_delay
                     continue
@@ -300,36 +315,53 @@ class Race:
     async def _only(self, address: Address) -> tuple[Channel, AttemptContext, Attempt]:
         """An IP literal: its one attempt runs in the calling task, without a race.
 
-        Same report, errors and :meth:`skip` as a race of one address; it only
-        spares a task and the event-loop turns that waking the race costs.
+        Same report, errors, deadline and :meth:`skip` as a race of one
+        address; it only spares a task and the event-loop turns that waking
+        the race costs.
         """
+        loop = self._loop
         self._report.resolved = [address]
         self._report.resolution_duration = 0.0
         ctx = self._make_context()
-        attempt = Attempt(address, self._now())
+        attempt = Attempt(address, loop.time() - self._started)
         self._report.attempts.append(attempt)
-        task = asyncio.current_task()
+        task = asyncio.current_task(loop)
         assert task is not None
         self._inline = task
+        # The attempt's deadline, as in _attempt, without its coroutine around the stack's.
+        expiry = _Expiry(task)
+        deadlines = Deadlines.of(loop)
+        deadline = deadlines.add(self._parameters.attempt_timeout, expiry.fire)
         try:
-            channel = await self._attempt(ctx, address)
+            channel = await self._stack.open_channel(ctx, address)
         except asyncio.CancelledError as exc:
-            attempt.duration = self._now() - attempt.started_after
+            attempt.duration = loop.time() - self._started - attempt.started_after
+            if expiry.fired and task.uncancel() <= expiry.cancelling:
+                attempt.outcome = "failed"
+                timed_out = TimeoutError()
+                timed_out.__cause__ = exc
+                attempt.error = error = _as_error(timed_out, address)
+                raise error from timed_out
             attempt.outcome = "cancelled"
             if not self._inline_skipped or task.uncancel() > 0:
                 raise  # cancelled from outside (too)
             attempt.error = ConnectError("skipped by try_next_endpoint()")
             raise ConnectError("no more addresses to try") from exc
         except Exception as exc:
-            attempt.duration = self._now() - attempt.started_after
+            attempt.duration = loop.time() - self._started - attempt.started_after
             attempt.outcome = "failed"
+            if isinstance(exc, OSError) and not isinstance(exc, NetconnError):
+                mapped = map_os_error(exc, f"connect to {address}")
+                mapped.__cause__ = exc
+                exc = mapped
             attempt.error = error = _as_error(exc, address)
             if error is exc:
-                raise
+                raise exc
             raise error from exc
         finally:
+            deadlines.remove(deadline)
             self._inline = None
-        attempt.duration = self._now() - attempt.started_after
+        attempt.duration = loop.time() - self._started - attempt.started_after
         attempt.outcome = "ready"
         return channel, ctx, attempt
 
@@ -337,7 +369,7 @@ class Race:
         """Until one of ``tasks`` finishes, ``timeout`` seconds pass or :meth:`skip` is called."""
         if self._skipped:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         waiter = self._skip_waiter = loop.create_future()
         wake = functools.partial(_wake, waiter)
         timer = None if timeout is None else loop.call_later(timeout, wake)
@@ -354,7 +386,7 @@ class Race:
 
     def _start_resolution(self) -> dict[asyncio.Task[list[Address]], int]:
         """AAAA and A queries in parallel (none for an IP literal)."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         kind = self._stack.bottom.resolve_kind
         if self._endpoint.is_literal:
             if type(self._endpoint).resolve is Endpoint.resolve:
@@ -366,13 +398,26 @@ class Race:
         }
 
     async def _attempt(self, ctx: AttemptContext, address: Address) -> Channel:
-        async with asyncio.timeout(self._parameters.attempt_timeout):
-            try:
-                return await self._stack.open_channel(ctx, address)
-            except OSError as exc:
-                if isinstance(exc, NetconnError):
-                    raise
-                raise map_os_error(exc, f"connect to {address}") from exc
+        # What asyncio.timeout() does, on the loop's shared deadline timer: that
+        # context looks the loop and the task up again and arms a timer of its own.
+        loop = self._loop
+        task = asyncio.current_task(loop)
+        assert task is not None
+        expiry = _Expiry(task)
+        deadlines = Deadlines.of(loop)
+        deadline = deadlines.add(self._parameters.attempt_timeout, expiry.fire)
+        try:
+            return await self._stack.open_channel(ctx, address)
+        except OSError as exc:
+            if isinstance(exc, NetconnError):
+                raise
+            raise map_os_error(exc, f"connect to {address}") from exc
+        except asyncio.CancelledError as exc:
+            if expiry.fired and task.uncancel() <= expiry.cancelling:
+                raise TimeoutError from exc
+            raise
+        finally:
+            deadlines.remove(deadline)
 
     async def _abandon(
         self,
@@ -393,6 +438,22 @@ class Race:
             if not task.cancelled() and task.exception() is None:
                 task.result().abort()  # it finished just as it was cancelled
         running.clear()
+
+
+class _Expiry:
+    """An attempt's deadline: cancels its task once, and remembers having done so."""
+
+    __slots__ = ("cancelling", "fired", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.cancelling = task.cancelling()
+        self.fired = False
+
+    def fire(self) -> None:
+        if not self.task.done():
+            self.fired = True
+            self.task.cancel()
 
 
 def _wake(waiter: asyncio.Future[None], *_: object) -> None:

@@ -271,3 +271,41 @@ async def test_silent_client_cannot_hold_the_backlog(certs: Certs) -> None:
             async with good:
                 accepted = await listener.accept()
                 assert accepted is not None and isinstance(accepted.state, nc.Ready)
+
+
+async def test_accepting_goes_on_after_an_accept_error(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failed accept (out of descriptors) is logged; accepting resumes a little later."""
+    import errno
+
+    real = socket.socket.accept
+    failures = [OSError(errno.EMFILE, "Too many open files")]
+    async with nc.Listener(nc.TCP(), host="127.0.0.1") as listener:
+        port = listener.port
+
+        def flaky(sock: socket.socket) -> tuple[socket.socket, object]:
+            if failures and sock.getsockname()[1] == port:
+                raise failures.pop()
+            return real(sock)
+
+        monkeypatch.setattr(socket.socket, "accept", flaky)
+        ep = nc.Endpoint.host_port("127.0.0.1", port)
+        async with asyncio.timeout(timeout(5)), nc.Connection(ep, nc.TCP()) as client:
+            server = await listener.accept()
+            assert server is not None
+            await client.send(b"hi")
+            assert await server.receive_exactly(2) == b"hi"
+    assert not failures
+    assert "accept failed" in caplog.text
+
+
+def test_backlog_bound_and_hand_over_on_uvloop() -> None:
+    """On uvloop the listener builds each transport without a task; the bound holds the same."""
+    import uvloop
+
+    async def main() -> None:
+        async with asyncio.timeout(timeout(15)):
+            await test_backlog_bounds_waiting_connections()
+
+    uvloop.run(main())

@@ -520,3 +520,125 @@ async def test_a_websocket_sender_holds_at_most_256_kib_unsent() -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     assert 0 < peak <= 256 * 1024 + len(message) + 16, peak
+
+
+async def test_a_tcp_handshake_costs_few_look_ups_timers_and_registrations(
+    monkeypatch: Any,
+) -> None:
+    """Connect, echo a byte, close: what both ends ask of the loop and the system, counted.
+
+    Each ``asyncio.get_running_loop()`` is a ``getpid()`` system call on
+    Python 3.11; each timer is a heap entry; each (un)registration an
+    ``epoll_ctl``; reading the thread's namespace a ``readlink``. The
+    connection's repr is formatted by nobody on the way.
+    """
+    import os
+
+    counts = {"loop look-ups": 0, "timers": 0, "registrations": 0, "readlinks": 0, "reprs": 0}
+
+    def counting(key: str, real: Any) -> Any:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            counts[key] += 1
+            return real(*args, **kwargs)
+
+        return counted
+
+    async def echo(conn: nc.Connection[nc.TCP]) -> None:
+        while data := await conn.receive(1, 100):
+            await conn.send(data)
+
+    listener = nc.Listener(nc.TCP(no_delay=True), host="127.0.0.1")
+    async with listener:
+        task = asyncio.create_task(listener.run(echo))
+        endpoint = nc.Endpoint.host_port("127.0.0.1", listener.port)
+        stack = nc.TCP(no_delay=True)
+
+        async def handshake() -> None:
+            conn = nc.Connection(endpoint, stack)
+            await conn.wait_ready(timeout(5))
+            await conn.send(b"x")
+            assert await conn.receive_exactly(1) == b"x"
+            await conn.cancel()
+
+        async with asyncio.timeout(timeout(10)):
+            await handshake()  # the netlink subscription and the poller are made here
+            loop = asyncio.get_running_loop()
+            selector: Any = loop._selector  # type: ignore[attr-defined]
+            monkeypatch.setattr(asyncio, "get_running_loop", counting("loop look-ups", loop_of))
+            monkeypatch.setattr(loop, "call_at", counting("timers", loop.call_at))
+            for name in ("register", "unregister", "modify"):
+                monkeypatch.setattr(
+                    selector, name, counting("registrations", getattr(selector, name))
+                )
+            monkeypatch.setattr(os, "readlink", counting("readlinks", os.readlink))
+            monkeypatch.setattr(
+                nc.Connection, "__repr__", counting("reprs", nc.Connection.__repr__)
+            )
+            rounds = 20
+            for _ in range(rounds):
+                await handshake()
+            for _ in range(5):
+                await asyncio.sleep(0)  # the server ends close
+            monkeypatch.undo()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    per = {key: value / rounds for key, value in counts.items()}
+    # Before: 19 look-ups, 5 timers, 8 registrations, 2 readlinks and 1 repr.
+    # The slack of 2 is for the timers shared by all connections (the viability
+    # poll's tick, the deadlines'), whenever they fall.
+    assert counts["loop look-ups"] <= 5 * rounds + 2, per
+    assert counts["timers"] <= 2, per  # timeouts are entries under the loop's one deadline timer
+    assert counts["registrations"] <= 6 * rounds + 2, per  # as many as asyncio streams make
+    assert counts["readlinks"] <= rounds, per  # the client's: the server knows its listener's
+    assert counts["reprs"] == 0, per
+
+
+loop_of = asyncio.get_running_loop
+
+
+async def test_deadlines_share_one_timer_and_run_in_time_order() -> None:
+    """Removed deadlines never run; due ones run once; an earlier one re-arms the timer."""
+    from netconn._deadline import Deadlines
+
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines.of(loop)
+    assert Deadlines.of(loop) is deadlines
+    ran: list[str] = []
+    late = deadlines.add(0.2, lambda: ran.append("late"))
+    removed = deadlines.add(0.05, lambda: ran.append("removed"))
+    deadlines.add(0.1, lambda: ran.append("middle"))
+
+    def chain() -> None:
+        ran.append("early")
+        deadlines.add(0.01, lambda: ran.append("added by a callback"))
+
+    deadlines.add(0.02, chain)  # before the armed timer: re-arms it
+    deadlines.remove(removed)
+    async with asyncio.timeout(timeout(5)):
+        while len(ran) < 4:  # noqa: ASYNC110 - what is awaited is the deadlines' timer
+            await asyncio.sleep(0.01)
+    assert ran == ["early", "added by a callback", "middle", "late"]
+    deadlines.remove(late)  # already ran: nothing
+    await asyncio.sleep(0.05)
+    assert len(ran) == 4
+
+
+async def test_a_wait_ready_timeout_still_fires_on_the_shared_timer() -> None:
+    """A connection that never gets ready times wait_ready out, and goes on."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a QUIC server that never answers
+    silent.bind(("127.0.0.1", 0))
+    endpoint = nc.Endpoint.host_port(*silent.getsockname())
+    conn = nc.Connection(endpoint, nc.QUIC(alpn=["x"]))
+    try:
+        async with asyncio.timeout(timeout(5)):
+            try:
+                await conn.wait_ready(0.1)
+            except nc.ConnectionTimeout as exc:
+                assert "not ready after 0.1 s" in str(exc)
+            else:
+                raise AssertionError("ready without a server")
+        assert isinstance(conn.state, nc.Preparing)
+    finally:
+        await conn.cancel()
+        silent.close()

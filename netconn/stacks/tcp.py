@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import struct
 import threading
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
@@ -29,6 +30,7 @@ from .sockets import apply_parameters, bind_listening_sockets, check_path
 
 if TYPE_CHECKING:
     from ..listener import Listener
+    from ..path import Interface
 
 __all__ = ["TCP", "TCPChannel"]
 
@@ -67,7 +69,10 @@ class TCP(StreamProtocol):
 
     def configure(self, sock: socket.socket) -> None:
         """Apply these options to a TCP socket."""
-        if self.no_delay:
+        self._configure(sock, no_delay_set=False)
+
+    def _configure(self, sock: socket.socket, *, no_delay_set: bool) -> None:
+        if self.no_delay and not no_delay_set:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.keepalive:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -85,14 +90,23 @@ class TCP(StreamProtocol):
         if self.maximum_segment_size is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, self.maximum_segment_size)
 
-    async def open_channel(self, ctx: AttemptContext, address: Address) -> TCPChannel:
+    def open_channel(
+        self, ctx: AttemptContext, address: Address
+    ) -> Coroutine[Any, Any, TCPChannel]:
         params = ctx.parameters
         interface = check_path(address, params, will_bind=True)
+        # The coroutine that connects, itself: no coroutine of ours around it.
+        if interface is None and self._connects_plainly(params, address):
+            return self._open_plain(ctx, address)
+        return self._open_configured(ctx, address, interface)
+
+    async def _open_configured(
+        self, ctx: AttemptContext, address: Address, interface: Interface | None
+    ) -> TCPChannel:
+        params = ctx.parameters
         loop = asyncio.get_running_loop()
         # One try for the whole attempt: a context manager per step costs more
         # than the steps themselves on a loopback connection.
-        if interface is None and self._connects_plainly(params, address):
-            return await self._open_plain(ctx, address)
         sock: socket.socket | None = None
         try:
             sock = socket.socket(address.family, socket.SOCK_STREAM)
@@ -102,7 +116,7 @@ class TCP(StreamProtocol):
             if self.fast_open:
                 sock.setsockopt(socket.IPPROTO_TCP, _TCP_FASTOPEN_CONNECT, 1)
             await loop.sock_connect(sock, address.sockaddr)
-            channel = TCPChannel(params, ctx)
+            channel = TCPChannel(params, ctx, loop)
             await loop.create_connection(constant(channel), sock=sock)
         except BaseException as exc:
             if sock is not None:
@@ -111,6 +125,15 @@ class TCP(StreamProtocol):
                 raise map_os_error(exc, f"connect to {address}") from exc
             raise
         return channel
+
+    @property
+    def _options_after_connect(self) -> bool:
+        """Whether an option other than ``no_delay`` is set on a connected socket."""
+        return (
+            self.keepalive
+            or self.connection_drop_time is not None
+            or self.maximum_segment_size is not None
+        )
 
     def _connects_plainly(self, params: Parameters, address: Address) -> bool:
         """Whether nothing has to be set on the socket before it connects."""
@@ -125,13 +148,15 @@ class TCP(StreamProtocol):
 
     async def _open_plain(self, ctx: AttemptContext, address: Address) -> TCPChannel:
         # The loop makes and connects the socket itself: uvloop does it all in C.
-        channel = TCPChannel(ctx.parameters, ctx)
         loop = asyncio.get_running_loop()
+        channel = TCPChannel(ctx.parameters, ctx, loop)
         try:
             await loop.create_connection(constant(channel), address.host, address.port)
-            sock = channel.socket
-            if sock is not None:
-                self.configure(sock)
+            if self._options_after_connect or (self.no_delay and not _sets_no_delay(loop)):
+                sock = channel.socket
+                if sock is not None:
+                    # asyncio's and uvloop's TCP transports set TCP_NODELAY themselves.
+                    self._configure(sock, no_delay_set=_sets_no_delay(loop))
         except BaseException as exc:
             channel.abort()
             if isinstance(exc, OSError) and not isinstance(exc, NetconnError):
@@ -148,33 +173,161 @@ class TCP(StreamProtocol):
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, 256)
             sock.listen(listener.backlog)
-            listener.add_task(self._accept_loop(listener, sock, loop))
+            acceptor = _Acceptor(self, listener, sock, loop)
+            listener.add_closer(acceptor.close)
+            acceptor.start()
         listener.set_sockets(sockets)
 
-    async def _accept_loop(
-        self, listener: Listener[Any], sock: socket.socket, loop: asyncio.AbstractEventLoop
+
+class _Acceptor:
+    """Accepts on one listening socket from a reader callback, as asyncio's own servers do.
+
+    The socket stays registered with the loop while the backlog has room: an
+    accept costs no registration, no future and no task wake-up. On asyncio's
+    selector loops the transport is built on the spot (what their servers
+    do); elsewhere (uvloop) a small task awaits ``connect_accepted_socket``.
+    Either way the channel reaches the listener from ``connection_made``.
+    """
+
+    __slots__ = ("_closed", "_listener", "_loop", "_pending", "_reading", "_sock", "_stack")
+
+    def __init__(
+        self,
+        stack: TCP,
+        listener: Listener[Any],
+        sock: socket.socket,
+        loop: asyncio.AbstractEventLoop,
     ) -> None:
-        while True:
-            await listener.wait_for_room()
+        self._stack = stack
+        self._listener = listener
+        self._sock = sock
+        self._loop = loop
+        self._reading = False
+        self._closed = False
+        self._pending = 0  # accepted, transport not yet made: they count against the backlog
+
+    def start(self) -> None:
+        if not self._reading and not self._closed:
+            self._loop.add_reader(self._sock.fileno(), self._readable)
+            self._reading = True
+
+    def _stop(self) -> None:
+        if self._reading:
+            self._reading = False
+            if not self._loop.is_closed():
+                self._loop.remove_reader(self._sock.fileno())
+
+    def close(self) -> None:
+        """Stop for good (before the socket closes: its number may be reused)."""
+        self._closed = True
+        self._stop()
+
+    def _readable(self) -> None:
+        listener = self._listener
+        if listener.closing:
+            self._stop()
+            return
+        for _ in range(listener.backlog):
+            if not listener.has_room(self._pending):
+                self._pause(0.0)
+                return
             try:
-                conn_sock, _ = await loop.sock_accept(sock)
+                conn_sock, peer = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
             except OSError as exc:
                 if listener.closing:
                     return
-                listener.report_accept_error(exc)
-                await asyncio.sleep(0.1)
-                continue
-            try:
+                listener.report_accept_error(exc)  # e.g. out of descriptors: try again later
+                self._pause(0.1)
+                return
+            self._take(conn_sock, peer)
+
+    def _pause(self, delay: float) -> None:
+        self._stop()
+        if not self._listener.closing:
+            self._listener.add_task(self._resume(delay))
+
+    async def _resume(self, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        await self._listener.wait_for_room()
+        self.start()
+
+    def _take(self, conn_sock: socket.socket, peer: Any) -> None:
+        listener = self._listener
+        loop: Any = self._loop
+        selector = isinstance(loop, _SelectorLoop)
+        channel: TCPChannel | None = None
+        try:
+            # uvloop's transport for an accepted socket sets TCP_NODELAY itself;
+            # asyncio's does only for sockets made with IPPROTO_TCP.
+            self._stack._configure(conn_sock, no_delay_set=not selector and _sets_no_delay(loop))
+            ctx = listener.attempt_context()
+            channel = TCPChannel(listener.parameters, ctx, loop)
+            channel._on_made = self._made
+            self._pending += 1  # until connection_made, at a later loop turn
+            if selector:
                 conn_sock.setblocking(False)
-                self.configure(conn_sock)
-                ctx = listener.attempt_context()
-                channel = TCPChannel(listener.parameters, ctx)
-                await loop.connect_accepted_socket(constant(channel), conn_sock)
-            except OSError as exc:
-                conn_sock.close()
-                listener.report_accept_error(exc)
-                continue
-            listener.accepted(channel, ctx)
+                # The peer's address is known: the transport asks for no name.
+                loop._make_socket_transport(conn_sock, channel, extra={"peername": peer})
+            else:
+                coro = loop.connect_accepted_socket(constant(channel), conn_sock)
+                self._drive(coro, conn_sock, channel)
+        except OSError as exc:
+            if channel is not None and channel._on_made is not None:  # never made
+                channel._on_made = None
+                self._pending -= 1
+            conn_sock.close()
+            listener.report_accept_error(exc)
+
+    def _drive(
+        self,
+        coro: Coroutine[Any, Any, Any],
+        conn_sock: socket.socket,
+        channel: TCPChannel,
+        *_: object,
+    ) -> None:
+        """Run ``connect_accepted_socket`` without a task of its own.
+
+        It only waits for ``connection_made``, which hands the channel over:
+        resuming it from the future's callback spares a task per connection.
+        """
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            return
+        except OSError as exc:
+            if channel._on_made is not None:  # never made
+                channel._on_made = None
+                self._pending -= 1
+            conn_sock.close()
+            self._listener.report_accept_error(exc)
+            return
+        except BaseException:
+            conn_sock.close()
+            raise
+        resume = functools.partial(self._drive, coro, conn_sock, channel)
+        if waiting is None:  # a bare yield: go on at the next turn
+            self._loop.call_soon(resume)
+        else:
+            waiting._asyncio_future_blocking = False  # what a task does with what it awaits
+            waiting.add_done_callback(resume)
+
+    def _made(self, channel: TCPChannel) -> None:
+        self._pending -= 1
+        if self._listener.closing:
+            channel.abort()
+            return
+        self._listener.accepted(channel, channel._ctx)
+
+
+_SelectorLoop = asyncio.selector_events.BaseSelectorEventLoop
+
+
+def _sets_no_delay(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``create_connection(host, port)`` on ``loop`` sets TCP_NODELAY by itself."""
+    return isinstance(loop, _SelectorLoop) or type(loop).__module__.startswith("uvloop")
 
 
 _VIABILITY_POLL = 0.25  # seconds between TCP_INFO reads
@@ -203,24 +356,30 @@ class _ViabilityPoller:
         self._channels: dict[TCPChannel, None] = {}  # insertion-ordered set
         self._timer: asyncio.TimerHandle | None = None
 
+    _last: ClassVar[_ViabilityPoller | None] = None  # the one asked for last: no dict look-up
+
     @classmethod
-    def add(cls, channel: TCPChannel) -> _ViabilityPoller:
+    def add(cls, channel: TCPChannel, loop: asyncio.AbstractEventLoop) -> _ViabilityPoller:
         """Poll ``channel`` until :meth:`remove`; returns the loop's poller."""
-        loop = asyncio.get_running_loop()
-        poller = cls._pollers.get(loop)
-        if poller is None:
-            poller = cls._pollers[loop] = cls(loop)
+        poller = cls._last
+        if poller is None or poller._loop is not loop:
+            poller = cls._pollers.get(loop)
+            if poller is None:
+                poller = cls._pollers[loop] = cls(loop)
+            cls._last = poller
         poller._channels[channel] = None
         if poller._timer is None:
             poller._timer = loop.call_later(_VIABILITY_POLL, poller._tick)
         return poller
 
     def remove(self, channel: TCPChannel) -> None:
-        """Stop polling ``channel``; the timer stops with the last channel."""
+        """Stop polling ``channel``.
+
+        The timer is left to run out rather than cancelled with the last
+        channel: connections made one after another then arm no timer each.
+        It stops at its next tick if no channel is left.
+        """
         self._channels.pop(channel, None)
-        if not self._channels and self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
     def _tick(self) -> None:
         self._timer = None
@@ -260,6 +419,8 @@ class TCPChannel(asyncio.BufferedProtocol):
         "_drain_waiter",
         "_error",
         "_is_lost",
+        "_loop",
+        "_on_made",
         "_poller",
         "_receiving",
         "_send_limit",
@@ -272,8 +433,15 @@ class TCPChannel(asyncio.BufferedProtocol):
         "remote_address",
     )
 
-    def __init__(self, parameters: Parameters, ctx: AttemptContext) -> None:
+    def __init__(
+        self,
+        parameters: Parameters,
+        ctx: AttemptContext,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self._ctx = ctx
+        # The loop, when the maker has it: looking it up costs a getpid() on Python 3.11.
+        self._loop = loop
         self._send_limit = parameters.send_buffer
         self._receiving = ReceiveBuffer(parameters.receive_buffer, self)
         self._transport: asyncio.Transport | None = None
@@ -288,6 +456,8 @@ class TCPChannel(asyncio.BufferedProtocol):
         self._sending = False
         self._viable = True
         self._poller: _ViabilityPoller | None = None
+        # A listener's hand-over, called once the transport is made (server side only).
+        self._on_made: Callable[[TCPChannel], None] | None = None
         self.local_address: Address | None = None
         self.remote_address: Address | None = None
 
@@ -307,7 +477,12 @@ class TCPChannel(asyncio.BufferedProtocol):
             local, remote = sock.getsockname(), sock.getpeername()
         self.local_address = Address.from_sockaddr(local)
         self.remote_address = Address.from_sockaddr(remote)
-        self._poller = _ViabilityPoller.add(self)
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        self._poller = _ViabilityPoller.add(self, self._loop)
+        on_made, self._on_made = self._on_made, None
+        if on_made is not None:
+            on_made(self)
 
     def _check_viability(self) -> None:
         """Read TCP_INFO: retransmissions or probes in a row mean acks stopped coming.
@@ -467,7 +642,7 @@ class TCPChannel(asyncio.BufferedProtocol):
         while (
             self._write_paused and self._error is None and not self._is_lost and not self._closing
         ):
-            self._drain_waiter = asyncio.get_running_loop().create_future()
+            self._drain_waiter = self._running_loop().create_future()
             try:
                 await self._drain_waiter
             finally:
@@ -484,26 +659,34 @@ class TCPChannel(asyncio.BufferedProtocol):
             return
         self._closing = True
         self._wake_drain()  # a send waiting for room fails now; what it wrote is flushed
+        # With nothing left to send the transport ends at the next loop turn:
+        # no flush to bound, so no timer.
+        flushed = not transport.is_closing() and not transport.get_write_buffer_size()
         if not transport.is_closing():
             transport.close()  # flushes the write buffer, then FIN
         if self._is_lost:
             return
         # A future of our own and a plain timer: cancelling this call leaves
         # other closers waiting, and costs no shield or timeout context.
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         waiter: asyncio.Future[bool] = loop.create_future()
         if self._close_waiters is None:
             self._close_waiters = []
         self._close_waiters.append(waiter)
-        timer = loop.call_later(_CLOSE_TIMEOUT, _expire, waiter)
+        timer = None if flushed else loop.call_later(_CLOSE_TIMEOUT, _expire, waiter)
         try:
             timed_out = await waiter
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
             if self._close_waiters is not None and waiter in self._close_waiters:
                 self._close_waiters.remove(waiter)
         if timed_out:
             transport.abort()
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        return asyncio.get_running_loop() if loop is None else loop
 
     def abort(self) -> None:
         transport = self._transport
