@@ -7,8 +7,10 @@ checked in both roles by tests/test_testing.py.
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import struct
+import weakref
 
 import netns
 import pytest
@@ -156,3 +158,26 @@ async def test_dead_peer_fails_the_connection(options: nc.TCP) -> None:
                         raise AssertionError(other)
             finally:
                 await conn.cancel()
+
+
+def test_closed_event_loops_are_freed() -> None:
+    """Nothing netconn keeps per loop (the viability poller, say) holds a closed loop alive."""
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def connect_once() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        async with nc.Listener(nc.TCP(), host="127.0.0.1") as listener:
+            endpoint = nc.Endpoint.host_port("127.0.0.1", listener.port)
+            async with nc.Connection(endpoint, nc.TCP()) as conn:
+                await conn.wait_ready(timeout=timeout(5))
+                accepted = await listener.accept()
+                assert accepted is not None
+                async with accepted:
+                    await conn.send(b"x")
+                    assert await accepted.receive(1, 1) == b"x"
+
+    for _ in range(3):
+        asyncio.run(connect_once())
+    gc.collect()
+    # The thread's last loop may stay referenced until another one starts.
+    assert [ref() is None for ref in loops[:-1]] == [True, True]

@@ -352,9 +352,11 @@ class _ViabilityPoller:
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        # Weak: the registry holds pollers, and a closed loop must be freed.
+        self._loop = weakref.ref(loop)
         self._channels: dict[TCPChannel, None] = {}  # insertion-ordered set
-        self._timer: asyncio.TimerHandle | None = None
+        # Whether a tick is due; not its handle, which would hold the loop.
+        self._armed = False
 
     _last: ClassVar[_ViabilityPoller | None] = None  # the one asked for last: no dict look-up
 
@@ -362,14 +364,15 @@ class _ViabilityPoller:
     def add(cls, channel: TCPChannel, loop: asyncio.AbstractEventLoop) -> _ViabilityPoller:
         """Poll ``channel`` until :meth:`remove`; returns the loop's poller."""
         poller = cls._last
-        if poller is None or poller._loop is not loop:
+        if poller is None or poller._loop() is not loop:
             poller = cls._pollers.get(loop)
             if poller is None:
                 poller = cls._pollers[loop] = cls(loop)
             cls._last = poller
         poller._channels[channel] = None
-        if poller._timer is None:
-            poller._timer = loop.call_later(_VIABILITY_POLL, poller._tick)
+        if not poller._armed:
+            poller._armed = True
+            loop.call_later(_VIABILITY_POLL, poller._tick)
         return poller
 
     def remove(self, channel: TCPChannel) -> None:
@@ -382,16 +385,20 @@ class _ViabilityPoller:
         self._channels.pop(channel, None)
 
     def _tick(self) -> None:
-        self._timer = None
+        self._armed = False
+        loop = self._loop()
+        if loop is None:
+            return
         for channel in list(self._channels):
             try:
                 channel._check_viability()
             except Exception as exc:  # one channel's surprise must not stop the others
-                self._loop.call_exception_handler(
+                loop.call_exception_handler(
                     {"message": "TCP viability check failed", "exception": exc}
                 )
-        if self._channels and not self._loop.is_closed():
-            self._timer = self._loop.call_later(_VIABILITY_POLL, self._tick)
+        if self._channels and not loop.is_closed():
+            self._armed = True
+            loop.call_later(_VIABILITY_POLL, self._tick)
 
 
 class _Scratch(threading.local):
