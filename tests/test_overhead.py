@@ -171,7 +171,7 @@ async def test_an_idle_tcp_connection_holds_few_python_objects() -> None:
 
 
 def test_udp_on_uvloop_runs_on_its_own_transport_within_the_queue_bound() -> None:
-    """On uvloop, client flows use uvloop's datagram transport; the listener keeps its own."""
+    """On uvloop, client flows and listeners use uvloop's datagram transport."""
 
     async def main() -> tuple[bytes, bytes, int, int]:
         listener = nc.Listener(nc.UDP(receive_queue=8), host="127.0.0.1")
