@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -105,7 +107,7 @@ class UDPChannel:
         self._loop = asyncio.get_running_loop()
         # A waiting receiver's future; it gets the next datagram itself, or
         # None when the flow closes.
-        self._waiter: asyncio.Future[bytes | None] | None = None
+        self._waiter: _Handoff | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
         self._closed = False
@@ -135,7 +137,7 @@ class UDPChannel:
     def feed(self, data: bytes) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
-            waiter.set_result(data)  # the queue is empty while someone waits
+            waiter.hand(data)  # the queue is empty while someone waits
             return
         if len(self._queue) >= self._queue_size:
             self.dropped += 1  # UDP may drop; a bounded queue must
@@ -156,7 +158,7 @@ class UDPChannel:
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+            self._waiter.hand(None)
 
     def _wake_drain(self) -> None:
         if self._drain_waiter is not None and not self._drain_waiter.done():
@@ -209,13 +211,14 @@ class UDPChannel:
                 raise self._error
             if self._closed:
                 raise ConnectionClosed("the flow is closed")
-            waiter = self._waiter = self._loop.create_future()
+            waiter = self._waiter = _Handoff(self._loop)
             try:
                 data = await waiter
             except asyncio.CancelledError:
                 # Cancelled after the datagram was handed over: the next receive gets it.
-                if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
-                    queue.appendleft(waiter.result())
+                handed = waiter.result() if waiter.done() and not waiter.cancelled() else None
+                if handed is not None:
+                    queue.appendleft(handed)
                 raise
             finally:
                 self._waiter = None
@@ -246,6 +249,54 @@ class UDPChannel:
         elif self._on_close is not None:
             self._on_close(self)
         self._ctx.on_lost(None)
+
+
+class _Handoff(asyncio.Future[bytes | None]):
+    """The future a receiver waits on, which resumes it at once when handed a datagram.
+
+    A plain future resumes its task one event-loop turn after ``set_result``;
+    from here the waiting task runs inside ``datagram_received``, as a reply
+    written in the protocol callback would, unless a task is running already
+    (then it is scheduled as usual). Only the receiving task waits on it.
+    """
+
+    __slots__ = ("_callbacks",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop=loop)
+        self._callbacks: list[tuple[Callable[[Any], object], contextvars.Context]] = []
+
+    def add_done_callback(
+        self, fn: Callable[[Any], object], *, context: contextvars.Context | None = None
+    ) -> None:
+        if self.done():
+            self.get_loop().call_soon(fn, self, context=context)
+        else:
+            # As asyncio's futures do: the context of the caller if none is given.
+            self._callbacks.append((fn, contextvars.copy_context() if context is None else context))
+
+    def remove_done_callback(self, fn: Callable[[Any], object]) -> int:
+        before = len(self._callbacks)
+        self._callbacks = [(f, c) for f, c in self._callbacks if f != fn]
+        return before - len(self._callbacks)
+
+    def hand(self, data: bytes | None) -> None:
+        self.set_result(data)
+        callbacks, self._callbacks = self._callbacks, []
+        loop = self.get_loop()
+        for fn, context in callbacks:
+            if asyncio.current_task(loop) is None:
+                context.run(fn, self)
+            else:
+                loop.call_soon(fn, self, context=context)
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        if not super().cancel(msg=msg):
+            return False
+        callbacks, self._callbacks = self._callbacks, []
+        for fn, context in callbacks:
+            self.get_loop().call_soon(fn, self, context=context)
+        return True
 
 
 def _message(content: bytes, metadata: dict[str, Any]) -> Message:
