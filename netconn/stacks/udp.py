@@ -257,46 +257,57 @@ class _Handoff(asyncio.Future[bytes | None]):
     A plain future resumes its task one event-loop turn after ``set_result``;
     from here the waiting task runs inside ``datagram_received``, as a reply
     written in the protocol callback would, unless a task is running already
-    (then it is scheduled as usual). Only the receiving task waits on it.
+    (then it is scheduled as usual). Only the receiving task waits on it; any
+    other callback is left to the future itself.
     """
 
-    __slots__ = ("_callbacks",)
+    __slots__ = ("_context", "_waker")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop=loop)
-        self._callbacks: list[tuple[Callable[[Any], object], contextvars.Context]] = []
+        self._waker: Callable[[Any], object] | None = None
+        self._context: contextvars.Context | None = None
 
     def add_done_callback(
         self, fn: Callable[[Any], object], *, context: contextvars.Context | None = None
     ) -> None:
-        if self.done():
-            self.get_loop().call_soon(fn, self, context=context)
-        else:
-            # As asyncio's futures do: the context of the caller if none is given.
-            self._callbacks.append((fn, contextvars.copy_context() if context is None else context))
+        if self._waker is not None or self.done():
+            super().add_done_callback(fn, context=context)
+            return
+        self._waker = fn
+        # As asyncio's futures do: the caller's context if none is given.
+        self._context = contextvars.copy_context() if context is None else context
 
     def remove_done_callback(self, fn: Callable[[Any], object]) -> int:
-        before = len(self._callbacks)
-        self._callbacks = [(f, c) for f, c in self._callbacks if f != fn]
-        return before - len(self._callbacks)
+        removed = super().remove_done_callback(fn)
+        if self._waker is not None and self._waker == fn:
+            self._waker = None
+            removed += 1
+        return removed
 
     def hand(self, data: bytes | None) -> None:
         self.set_result(data)
-        callbacks, self._callbacks = self._callbacks, []
+        waker, context = self._waker, self._context
+        if waker is None or context is None:
+            return
+        self._waker = None
         loop = self.get_loop()
-        for fn, context in callbacks:
-            if asyncio.current_task(loop) is None:
-                context.run(fn, self)
-            else:
-                loop.call_soon(fn, self, context=context)
+        if _current_task(loop) is None:
+            context.run(waker, self)
+        else:
+            loop.call_soon(waker, self, context=context)
 
     def cancel(self, msg: Any | None = None) -> bool:
         if not super().cancel(msg=msg):
             return False
-        callbacks, self._callbacks = self._callbacks, []
-        for fn, context in callbacks:
-            self.get_loop().call_soon(fn, self, context=context)
+        waker = self._waker
+        if waker is not None:
+            self._waker = None
+            self.get_loop().call_soon(waker, self, context=self._context)
         return True
+
+
+_current_task = asyncio.current_task
 
 
 def _message(content: bytes, metadata: dict[str, Any]) -> Message:
