@@ -436,7 +436,14 @@ class TLSChannel(Layered[ByteChannel]):
                     self._ssl.write(data)
                 except ssl.SSLError as exc:
                     raise self._fatal(exc) from exc
-                await self._flush()
+                if self._flushing or self._flush_waiters:
+                    await self._flush()
+                else:  # _flush() uncontended, without its coroutine
+                    self._flushing = True
+                    try:
+                        await self._inner.send(self._outgoing.read(), False)
+                    finally:
+                        self._flush_done()
             else:
                 view = memoryview(data).cast("B")
                 for offset in range(0, len(view), _WRITE_CHUNK):
@@ -471,7 +478,12 @@ class TLSChannel(Layered[ByteChannel]):
                 if not self._decrypt(at_most):
                     if self._flushing or self._outgoing.pending:
                         await self._flush()  # e.g. a KeyUpdate answer
-                    await self._pull_data()
+                    # More ciphertext, read here rather than in a coroutine of its own.
+                    data = await self._inner.receive(1, _READ_CHUNK)
+                    if data:
+                        self._incoming.write(data)
+                    else:
+                        self._end_of_ciphertext()
             if self._flushing or self._outgoing.pending:
                 await self._flush()
         finally:
@@ -522,11 +534,8 @@ class TLSChannel(Layered[ByteChannel]):
             self._ctx.on_lost(error)
         return error
 
-    async def _pull_data(self) -> None:
-        data = await self._inner.receive(1, _READ_CHUNK)
-        if data:
-            self._incoming.write(data)
-            return
+    def _end_of_ciphertext(self) -> None:
+        """The inner channel ended before a close_notify."""
         if self._options.allow_truncation:
             self._eof = True
             return
