@@ -436,7 +436,7 @@ class TLSChannel(Layered[ByteChannel]):
                     self._ssl.write(data)
                 except ssl.SSLError as exc:
                     raise self._fatal(exc) from exc
-                if self._flushing or self._flush_waiters:
+                if self._flushing or self._flush_waiters or not self._outgoing.pending:
                     await self._flush()
                 else:  # _flush() uncontended, without its coroutine
                     self._flushing = True
