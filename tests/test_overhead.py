@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from typing import Any, cast
 
 import uvloop
-from conftest import timeout
+from conftest import Certs, timeout
+from loopback import stream_pair
 
 import netconn as nc
+from netconn.stacks.tls import TLSChannel
 from netconn.stacks.udp import UDPChannel
 
 
@@ -171,7 +174,7 @@ async def test_an_idle_tcp_connection_holds_few_python_objects() -> None:
 
 
 def test_udp_on_uvloop_runs_on_its_own_transport_within_the_queue_bound() -> None:
-    """On uvloop, client flows use uvloop's datagram transport; the listener keeps its own."""
+    """On uvloop, client flows and listeners use uvloop's datagram transport."""
 
     async def main() -> tuple[bytes, bytes, int, int]:
         listener = nc.Listener(nc.UDP(receive_queue=8), host="127.0.0.1")
@@ -642,3 +645,229 @@ async def test_a_wait_ready_timeout_still_fires_on_the_shared_timer() -> None:
     finally:
         await conn.cancel()
         silent.close()
+
+
+class _Turns:
+    """Counts event-loop turns: a callback that schedules itself again each turn."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_soon(self._tick)
+
+    def _tick(self) -> None:
+        self.count += 1
+        self._handle = self._loop.call_soon(self._tick)
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+
+async def _udp_echo_turns(monkeypatch: Any) -> tuple[list[int], list[int]]:
+    """Loop turns from a request's arrival to its reply, under ``Listener.run``, per round trip."""
+    from netconn.stacks import udp
+
+    arrived: list[int] = []
+    answered: list[int] = []
+    turns: list[_Turns] = []
+    received = udp._Demultiplexer.datagram_received
+
+    def arriving(self: Any, data: bytes, addr: tuple[Any, ...]) -> None:
+        arrived.append(turns[0].count if turns else -1)
+        received(self, data, addr)
+
+    monkeypatch.setattr(udp._Demultiplexer, "datagram_received", arriving)
+
+    async def handler(conn: nc.Connection[nc.UDP]) -> None:
+        async for message in conn.messages():
+            answered.append(turns[0].count if turns else -1)
+            await conn.send(message.content)
+
+    listener = nc.Listener(nc.UDP(), host="127.0.0.1")
+    async with listener:
+        task = asyncio.create_task(listener.run(handler))
+        endpoint = nc.Endpoint.host_port("127.0.0.1", listener.port)
+        async with nc.Connection(endpoint, nc.UDP()) as conn, asyncio.timeout(timeout(5)):
+            await conn.send(b"first")  # makes the flow and starts its handler
+            await conn.receive_message()
+            turns.append(_Turns())
+            arrived.clear()
+            answered.clear()
+            for i in range(20):
+                await conn.send(bytes([i]))
+                assert (await conn.receive_message()).content == bytes([i])
+            turns[0].stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return arrived, answered
+
+
+async def test_a_udp_listener_handler_answers_in_the_turn_the_datagram_arrived(
+    monkeypatch: Any,
+) -> None:
+    """A handler waiting in ``messages()`` runs inside the listener's read, not a turn later."""
+    arrived, answered = await _udp_echo_turns(monkeypatch)
+    assert len(arrived) == len(answered) == 20
+    assert arrived == answered  # a plain future: each answer one turn after its arrival
+
+
+def test_a_udp_listener_handler_answers_in_the_same_turn_on_uvloop(monkeypatch: Any) -> None:
+    async def main() -> tuple[list[int], list[int]]:
+        return await _udp_echo_turns(monkeypatch)
+
+    arrived, answered = uvloop.run(main())
+    assert len(arrived) == 20 and arrived == answered
+
+
+async def test_a_udp_receiver_cancelled_after_the_hand_over_loses_nothing() -> None:
+    """A datagram handed to a receiver whose task is cancelled before it resumes stays queued."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        peer.bind(("127.0.0.1", 0))
+        endpoint = nc.Endpoint.host_port("127.0.0.1", peer.getsockname()[1])
+        async with nc.Connection(endpoint, nc.UDP()) as conn:
+            channel: Any = conn._channel
+            receiver = asyncio.create_task(conn.receive_message())
+            await asyncio.sleep(0)
+            # From inside a task the hand-over is scheduled, not run in place.
+            channel.feed(b"kept")
+            receiver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await receiver
+            async with asyncio.timeout(timeout(5)):
+                assert (await conn.receive_message()).content == b"kept"
+
+
+class _CountingSocket:
+    """A socket whose ``recvfrom`` calls are counted, with and without a datagram."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.reads = 0
+        self.empty = 0
+
+    def recvfrom(self, size: int) -> tuple[bytes, Any]:
+        self.reads += 1
+        try:
+            return self._sock.recvfrom(size)
+        except BlockingIOError:
+            self.empty += 1
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+async def test_a_udp_request_costs_one_read_on_asyncio() -> None:
+    """On asyncio's loop, a wake-up that finds one datagram does not read on to EAGAIN."""
+    listener = nc.Listener(nc.UDP(), host="127.0.0.1")
+
+    async def handler(conn: nc.Connection[nc.UDP]) -> None:
+        async for message in conn.messages():
+            await conn.send(message.content)
+
+    async with listener:
+        task = asyncio.create_task(listener.run(handler))
+        endpoint = nc.Endpoint.host_port("127.0.0.1", listener.port)
+        async with nc.Connection(endpoint, nc.UDP()) as conn, asyncio.timeout(timeout(5)):
+            await conn.send(b"first")
+            await conn.receive_message()
+            demux: Any = listener._closers[0].__self__  # type: ignore[attr-defined]
+            channel: Any = conn._channel
+            server_side = _CountingSocket(demux._transport._sock)
+            demux._transport._sock = server_side
+            client_side = _CountingSocket(channel._transport._sock)
+            channel._transport._sock = client_side
+            for i in range(64):
+                await conn.send(bytes([i]))
+                assert (await conn.receive_message()).content == bytes([i])
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    # Every 16th wake-up still reads on, to notice a burst (asyncio's own
+    # transport reads once per wake-up; reading on to EAGAIN would make 64).
+    for side in (server_side, client_side):
+        assert side.reads - side.empty == 64
+        assert side.empty <= 64 // 16 + 2
+
+
+class _CountingSSL:
+    """An ``SSLObject`` whose reads are counted, and those that raise ``SSLWantReadError``."""
+
+    def __init__(self, sslobj: ssl.SSLObject) -> None:
+        self._ssl = sslobj
+        self.reads = 0
+        self.wanting = 0
+
+    def read(self, size: int) -> bytes:
+        self.reads += 1
+        try:
+            return self._ssl.read(size)
+        except ssl.SSLWantReadError:
+            self.wanting += 1
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ssl, name)
+
+
+async def test_a_tls_record_costs_one_ssl_read(certs: Certs) -> None:
+    """Each received record takes one ``SSLObject.read``; none that can only raise."""
+    client_stack = nc.TLS(ca_file=certs.ca)
+    server_stack = nc.TLS(certificate=(certs.cert, certs.key))
+    async with stream_pair(client_stack, server_stack) as (client, server):
+        # Both ways first: the client's first read also takes the session tickets.
+        await client.send(b"warm")
+        assert await server.receive_exactly(4) == b"warm"
+        await server.send(b"warm")
+        assert await client.receive_exactly(4) == b"warm"
+        sides = []
+        for conn in (client, server):
+            channel: Any = conn._channel
+            assert isinstance(channel, TLSChannel)
+            counting = _CountingSSL(channel._ssl)
+            channel._ssl = counting  # type: ignore[assignment]
+            sides.append(counting)
+        async with asyncio.timeout(timeout(5)):
+            for i in range(20):
+                request = bytes([i]) * 64
+                await client.send(request)
+                data = await server.receive(1, 65536)  # as an echo server reads
+                await server.send(data)
+                assert await client.receive_exactly(64) == request
+    # Before: 2 reads a record on the client (one raising), 3 on the server (two raising).
+    assert [(side.reads, side.wanting) for side in sides] == [(20, 0), (20, 0)]
+
+
+async def test_tls_flushes_leave_in_order_when_one_waiting_is_cancelled(certs: Certs) -> None:
+    """Flushes queue behind the one in flight; a cancelled waiter passes its turn on."""
+    sent: list[bytes] = []
+    gate = asyncio.Event()
+
+    class Inner:
+        async def send(self, data: bytes, is_complete: bool) -> None:
+            await gate.wait()
+            sent.append(data)
+
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    channel = TLSChannel(nc.TLS(), Inner(), context, server_side=False)  # type: ignore[arg-type]
+
+    async def flush(record: bytes) -> None:
+        channel._outgoing.write(record)
+        await channel._flush()
+
+    async with asyncio.timeout(timeout(5)):
+        first = asyncio.create_task(flush(b"1"))
+        await asyncio.sleep(0)
+        second = asyncio.create_task(flush(b"2"))
+        third = asyncio.create_task(flush(b"3"))
+        await asyncio.sleep(0)
+        second.cancel()
+        await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(first, third)
+        with contextlib.suppress(asyncio.CancelledError):
+            await second
+    # The first flush took "1"; "2" and "3" were in the BIO when the next one ran.
+    assert b"".join(sent) == b"123" and sent[0] == b"1"
+    assert not channel._flushing and not channel._flush_waiters

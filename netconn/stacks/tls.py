@@ -10,6 +10,7 @@ back-pressure as the channel underneath.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ssl
 from collections.abc import Callable, Sequence
@@ -282,7 +283,9 @@ class TLSChannel(Layered[ByteChannel]):
         self._eof = False
         self._write_closed = False
         self._closing = False
-        self._write_lock = asyncio.Lock()
+        # One flush at a time (see _flush); the others wait here, in order.
+        self._flushing = False
+        self._flush_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._receiving = False
         self._sending = False
         self._session_callback: Callable[[ssl.SSLSession], None] | None = None
@@ -375,11 +378,38 @@ class TLSChannel(Layered[ByteChannel]):
     async def _flush(self) -> None:
         # One writer at a time: a receive answering the peer, a send and
         # close() all flush, and the records must leave in the order made.
-        if not self._outgoing.pending and not self._write_lock.locked():
+        # A flag and a queue of futures, not an asyncio.Lock: an uncontended
+        # flush, one per send, then costs no coroutines of the lock's own.
+        if self._flushing or self._flush_waiters:
+            waiter = asyncio.get_running_loop().create_future()
+            self._flush_waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._flush_done()  # our turn came: pass it on
+                elif waiter in self._flush_waiters:
+                    self._flush_waiters.remove(waiter)
+                raise
+        elif not self._outgoing.pending:
             return  # nothing to send and no flush in flight: most receives
-        async with self._write_lock:
+        self._flushing = True
+        try:
             if self._outgoing.pending:
                 await self._inner.send(self._outgoing.read(), False)
+        finally:
+            self._flush_done()
+
+    def _flush_done(self) -> None:
+        """Hand the turn to the next waiting flush, if any."""
+        self._flushing = False
+        waiters = self._flush_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                self._flushing = True  # held for it until it runs
+                waiter.set_result(None)
+                return
 
     async def _flush_quietly(self) -> None:
         # Send our alert if we can; the handshake failed either way.
@@ -399,15 +429,31 @@ class TLSChannel(Layered[ByteChannel]):
             raise InvalidState("sending after is_complete=True")
         self._sending = True
         try:
-            view = memoryview(data).cast("B")
-            for offset in range(0, len(view), _WRITE_CHUNK):
+            if type(data) is bytes and len(data) <= _WRITE_CHUNK:  # no view, no slices
                 if self._closing:
                     raise ConnectionClosed("the connection is closed")
                 try:
-                    self._ssl.write(view[offset : offset + _WRITE_CHUNK])
+                    self._ssl.write(data)
                 except ssl.SSLError as exc:
                     raise self._fatal(exc) from exc
-                await self._flush()
+                if self._flushing or self._flush_waiters or not self._outgoing.pending:
+                    await self._flush()
+                else:  # _flush() uncontended, without its coroutine
+                    self._flushing = True
+                    try:
+                        await self._inner.send(self._outgoing.read(), False)
+                    finally:
+                        self._flush_done()
+            else:
+                view = memoryview(data).cast("B")
+                for offset in range(0, len(view), _WRITE_CHUNK):
+                    if self._closing:
+                        raise ConnectionClosed("the connection is closed")
+                    try:
+                        self._ssl.write(view[offset : offset + _WRITE_CHUNK])
+                    except ssl.SSLError as exc:
+                        raise self._fatal(exc) from exc
+                    await self._flush()
             if is_complete:
                 await self._send_close_notify()
         finally:
@@ -430,9 +476,16 @@ class TLSChannel(Layered[ByteChannel]):
         try:
             while len(self._plain) < at_least and not self._eof:
                 if not self._decrypt(at_most):
-                    await self._flush()  # e.g. a KeyUpdate answer
-                    await self._pull_data()
-            await self._flush()
+                    if self._flushing or self._outgoing.pending:
+                        await self._flush()  # e.g. a KeyUpdate answer
+                    # More ciphertext, read here rather than in a coroutine of its own.
+                    data = await self._inner.receive(1, _READ_CHUNK)
+                    if data:
+                        self._incoming.write(data)
+                    else:
+                        self._end_of_ciphertext()
+            if self._flushing or self._outgoing.pending:
+                await self._flush()
         finally:
             self._receiving = False
         plain = self._plain
@@ -447,9 +500,16 @@ class TLSChannel(Layered[ByteChannel]):
     def _decrypt(self, at_most: int) -> bool:
         """Decrypt what the BIO holds; False when more ciphertext is needed."""
         progressed = False
-        while len(self._plain) < at_most:
+        plain, incoming, sslobj = self._plain, self._incoming, self._ssl
+        while len(plain) < at_most:
+            if not incoming.pending and not sslobj.pending():
+                # Nothing buffered to decrypt: a read would only raise
+                # SSLWantReadError, and raising costs more than asking.
+                if self._session_callback is not None:
+                    self._offer_session()
+                return progressed
             try:
-                chunk = self._ssl.read(at_most - len(self._plain))
+                chunk = sslobj.read(at_most - len(plain))
             except ssl.SSLWantReadError:
                 self._offer_session()
                 return progressed
@@ -461,7 +521,7 @@ class TLSChannel(Layered[ByteChannel]):
             if not chunk:
                 self._eof = True
                 return True
-            self._plain += chunk
+            plain += chunk
             progressed = True
         if self._session_callback is not None:
             self._offer_session()  # the ticket may have come with this data
@@ -474,11 +534,8 @@ class TLSChannel(Layered[ByteChannel]):
             self._ctx.on_lost(error)
         return error
 
-    async def _pull_data(self) -> None:
-        data = await self._inner.receive(1, _READ_CHUNK)
-        if data:
-            self._incoming.write(data)
-            return
+    def _end_of_ciphertext(self) -> None:
+        """The inner channel ended before a close_notify."""
         if self._options.allow_truncation:
             self._eof = True
             return
