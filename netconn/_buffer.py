@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -36,7 +37,6 @@ class ReceiveBuffer:
         "_chunks",
         "_eof",
         "_error",
-        "_head",
         "_limit",
         "_listener",
         "_low",
@@ -48,9 +48,9 @@ class ReceiveBuffer:
     )
 
     def __init__(self, limit: int, owner: FlowControlled) -> None:
-        # Unread reads are _chunks[_head:], the first of them from _offset on.
-        self._chunks: list[bytes | bytearray] = []
-        self._head = 0
+        # Unread reads, the first of them from _offset on; a read leaves as
+        # soon as it is consumed, so the buffer holds only what is unread.
+        self._chunks: deque[bytes | bytearray] = deque()
         self._offset = 0
         self._size = 0
         self._limit = limit
@@ -91,7 +91,7 @@ class ReceiveBuffer:
         if size >= _SMALL:
             chunks.append(bytes(data))
         else:
-            last = chunks[-1] if len(chunks) > self._head else None
+            last = chunks[-1] if chunks else None
             if type(last) is bytearray and len(last) < _SMALL:
                 last += data
             else:
@@ -170,14 +170,13 @@ class ReceiveBuffer:
                 self._owner.resume_reading()
             return b""
         chunks = self._chunks
-        head = self._head
-        first = chunks[head]
+        first = chunks[0]
         offset = self._offset
         available = len(first) - offset
-        if available >= at_least or available >= at_most or head + 1 == len(chunks):
+        if available >= at_least or available >= at_most or len(chunks) == 1:
             if available <= at_most:
                 data = bytes(first) if not offset else bytes(memoryview(first)[offset:])
-                head += 1
+                chunks.popleft()
                 offset = 0
             else:
                 data = bytes(memoryview(first)[offset : offset + at_most])
@@ -186,8 +185,8 @@ class ReceiveBuffer:
             # Several reads make up the request: one copy into one object.
             parts: list[Buffer] = []
             need = at_most
-            while need and head < len(chunks):
-                piece = memoryview(chunks[head])[offset:]
+            while need and chunks:
+                piece = memoryview(chunks[0])[offset:]
                 if len(piece) > need:
                     parts.append(piece[:need])
                     offset += need
@@ -195,17 +194,10 @@ class ReceiveBuffer:
                 else:
                     parts.append(piece)
                     need -= len(piece)
-                    head += 1
+                    chunks.popleft()
                     offset = 0
             data = b"".join(parts)
         self._size -= len(data)
-        if head == len(chunks):
-            chunks.clear()
-            head = 0
-        elif head > 32 and head * 2 > len(chunks):
-            del chunks[:head]  # read ones go, in batches
-            head = 0
-        self._head = head
         self._offset = offset
         if self._paused and self._size <= self._low:
             self._paused = False

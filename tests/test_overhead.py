@@ -279,6 +279,21 @@ def test_tiny_reads_share_one_object_in_the_receive_buffer() -> None:
     assert buffer.take(1 << 20, 1 << 20) == bytes(i % 256 for i in range(20_000))
 
 
+def test_a_lagging_reader_keeps_no_consumed_read_alive() -> None:
+    """A reader that never quite catches up (a slow reader) frees each read as it
+    finishes it: the buffer's memory stays its unread bytes, not 32 reads more."""
+    from netconn._buffer import ReceiveBuffer
+
+    buffer = ReceiveBuffer(1 << 20, _Producer())
+    read = 128 * 1024
+    buffer.feed(bytes(read))
+    for _ in range(100):
+        buffer.feed(bytes(read))
+        buffer.take(read, read)  # always one read behind
+        assert len(buffer._chunks) <= 2
+    assert len(buffer) == read
+
+
 def test_the_receive_buffer_returns_what_was_fed_in_order() -> None:
     """Reads of every size, taken in pieces of every size, come back as one stream."""
     import random
@@ -305,6 +320,8 @@ def test_the_receive_buffer_returns_what_was_fed_in_order() -> None:
             assert len(data) >= min(at_least, before)
             got += data
         assert len(buffer) == len(fed) - len(got)
+        # Nothing consumed stays referenced: the chunks are the unread bytes.
+        assert sum(map(len, buffer._chunks)) - buffer._offset == len(buffer)
         assert not producer.paused or len(buffer) > buffer._low
         assert producer.paused or len(buffer) <= buffer._limit
     got += buffer.take(1 << 30, 1 << 30)
