@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
 import tracemalloc
 from typing import Any
 
@@ -208,3 +209,29 @@ async def test_small_messages_on_many_streams_share_packets(certs: Certs) -> Non
         packets = await _send_on_streams(client, server, count=100, size=100)
     # 100 frames of about 110 bytes fit in 9 full packets; ACKs of the replies add a few.
     assert packets <= 25, packets
+
+
+async def test_a_backlog_reaches_quic_in_bounded_batches() -> None:
+    """A socket read empty on one wake-up hands its datagrams over in pieces, so a
+    backlog of megabytes is never held as one batch (a slow reader's peak memory)."""
+    from netconn.quic import _udp
+
+    sizes: list[int] = []
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    io = _udp.DatagramSocket(
+        receiver,
+        lambda batch: sizes.append(sum(len(data) for data, _ in batch)),
+        lambda exc: None,
+    )
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for _ in range(1000):  # before the loop runs the reader: one backlog
+                sender.sendto(bytes(1200), receiver.getsockname())
+        async with asyncio.timeout(timeout(5)):
+            while io.wakeups < 1:
+                await asyncio.sleep(0)
+    finally:
+        io.close()
+    assert sum(sizes) > 2 * _udp._BATCH_BYTES, sizes  # the bound was needed
+    assert max(sizes) <= _udp._BATCH_BYTES + 65535, sizes

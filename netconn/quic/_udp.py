@@ -3,7 +3,8 @@
 asyncio's datagram transport hands over one datagram per callback and makes
 one ``sendto`` per packet; QUIC then does its per-packet work (build, send,
 re-arm the timer) for every datagram. Here the socket is read until it is
-empty on each wake-up and the whole batch goes to the QUIC engine at once,
+empty on each wake-up and the batch goes to the QUIC engine at once (in
+pieces of at most about 256 KiB, so a backlog never sits in memory whole),
 and consecutive packets of one size to one address leave in a single
 ``sendmsg`` with ``UDP_SEGMENT`` (Linux GSO). Where the kernel has
 ``UDP_GRO`` it also coalesces arriving datagrams, which are split here again.
@@ -30,6 +31,7 @@ _UDP_GRO = 104
 _MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS on older kernels
 _MAX_GSO_BYTES = 65000  # one IP datagram carries at most 65535 bytes with headers
 _READS_PER_WAKEUP = 512  # bound the work per wake-up so timers and tasks still run
+_BATCH_BYTES = 256 * 1024  # hand over what was read at this size: bounds memory per wake-up
 _MAX_BACKLOG = 4096  # packets kept while the socket's send buffer is full
 _RECV_SIZE = 65535
 _CMSG_SPACE = socket.CMSG_SPACE(4)
@@ -40,7 +42,8 @@ BatchHandler = Callable[[list[tuple[bytes, NetworkAddress]]], None]
 class DatagramSocket:
     """One non-blocking UDP socket read in batches and written with GSO.
 
-    ``on_batch`` gets every datagram read on one wake-up as ``(data, addr)``.
+    ``on_batch`` gets the datagrams read on one wake-up as ``(data, addr)``,
+    in batches of about :data:`_BATCH_BYTES` at most.
     ``on_error`` gets socket errors (an ICMP port unreachable on a connected
     socket, for example).
     """
@@ -121,8 +124,15 @@ class DatagramSocket:
     def _readable(self) -> None:
         self.wakeups += 1
         batch: list[tuple[bytes, NetworkAddress]] = []
+        batched = 0
         sock = self._sock
         for _ in range(_READS_PER_WAKEUP):
+            if batched >= _BATCH_BYTES:
+                self._deliver(batch)
+                if self._closed:
+                    return
+                batch = []
+                batched = 0
             try:
                 data, ancdata, _flags, addr = sock.recvmsg(_RECV_SIZE, _CMSG_SPACE)
             except (BlockingIOError, InterruptedError):
@@ -139,6 +149,7 @@ class DatagramSocket:
             for level, kind, value in ancdata:
                 if level == _SOL_UDP and kind == _UDP_GRO:
                     segment = struct.unpack("=i", value[:4])[0]
+            batched += len(data)
             if segment and len(data) > segment:
                 view = memoryview(data)
                 for offset in range(0, len(data), segment):
