@@ -217,20 +217,20 @@ async def test_a_backlog_reaches_quic_in_bounded_batches() -> None:
     from netconn.quic import _udp
 
     sizes: list[int] = []
+    read = asyncio.Event()  # set by the wake-up, which hands over every piece first
+
+    def on_batch(batch: list[tuple[bytes, Any]]) -> None:
+        sizes.append(sum(len(data) for data, _ in batch))
+        read.set()
+
     receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     receiver.bind(("127.0.0.1", 0))
-    io = _udp.DatagramSocket(
-        receiver,
-        lambda batch: sizes.append(sum(len(data) for data, _ in batch)),
-        lambda exc: None,
-    )
+    io = _udp.DatagramSocket(receiver, on_batch, lambda exc: None)
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
             for _ in range(1000):  # before the loop runs the reader: one backlog
                 sender.sendto(bytes(1200), receiver.getsockname())
-        async with asyncio.timeout(timeout(5)):
-            while io.wakeups < 1:
-                await asyncio.sleep(0)
+        await asyncio.wait_for(read.wait(), timeout(5))
     finally:
         io.close()
     assert sum(sizes) > 2 * _udp._BATCH_BYTES, sizes  # the bound was needed
