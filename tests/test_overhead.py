@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import socket
 import ssl
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import uvloop
 from conftest import Certs, timeout
-from loopback import stream_pair
+from loopback import running, stream_pair
 
 import netconn as nc
 from netconn.stacks.tls import TLSChannel
@@ -457,37 +458,39 @@ def test_the_websocket_parser_reads_lines_and_bytes_as_they_were_fed() -> None:
         assert result == lines + exact + [rest]
 
 
+@contextlib.asynccontextmanager
+async def _websocket_to_an_idle_server() -> AsyncIterator[tuple[nc.Connection[nc.WebSocket], Any]]:
+    """A WebSocket client and the channel of its server, whose handler never reads."""
+    channels: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def idle(conn: nc.Connection[nc.WebSocket]) -> None:
+        channels.put_nowait(conn._channel)
+        await asyncio.sleep(timeout(30))
+
+    stack = nc.WebSocket(compression=False, ping_interval=None, close_timeout=0.2)
+    listener = nc.Listener(stack, host="127.0.0.1")
+    async with listener, running(listener, idle):
+        endpoint = nc.Endpoint.host_port("127.0.0.1", listener.port)
+        async with nc.Connection(endpoint, stack) as conn:
+            yield conn, await channels.get()
+
+
 def test_a_websocket_receiver_parses_ahead_one_read_on_uvloop() -> None:
     """Messages nobody read yet stop the parsing at one read's worth, not at the whole
     receive buffer: uvloop reads many times per loop turn, and each parsed message is a
     fresh payload-sized allocation until the application takes it."""
 
     async def main() -> tuple[int, int, int]:
-        channels: asyncio.Queue[Any] = asyncio.Queue()
-
-        async def idle(conn: nc.Connection[nc.WebSocket]) -> None:
-            channels.put_nowait(conn._channel)
-            await asyncio.sleep(timeout(30))
-
-        stack = nc.WebSocket(compression=False, ping_interval=None, close_timeout=0.2)
-        listener = nc.Listener(stack, host="127.0.0.1")
         message = bytes(64 * 1024)
-        async with listener:
-            task = asyncio.create_task(listener.run(idle))
-            endpoint = nc.Endpoint.host_port("127.0.0.1", listener.port)
-            async with nc.Connection(endpoint, stack) as conn:
-                channel = await channels.get()
-                sent = 0
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(0.5):
-                        while sent < 8 << 20:
-                            await conn.send(message)
-                            sent += len(message)
-                await asyncio.sleep(0.05)
-                held = channel.buffered_bytes, channel.inner.buffered_bytes[1]
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        async with _websocket_to_an_idle_server() as (conn, channel):
+            sent = 0
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    while sent < 8 << 20:
+                        await conn.send(message)
+                        sent += len(message)
+            await asyncio.sleep(0.05)
+            held = channel.buffered_bytes, channel.inner.buffered_bytes[1]
         return held[0], held[1], sent
 
     held, in_tcp, sent = uvloop.run(main())
@@ -516,29 +519,14 @@ async def test_a_websocket_sender_holds_at_most_256_kib_unsent() -> None:
     waiting is a payload-sized allocation that, freed in bulk, comes back as
     fresh pages for the next messages.
     """
-    channels: asyncio.Queue[Any] = asyncio.Queue()
-
-    async def idle(conn: nc.Connection[nc.WebSocket]) -> None:
-        channels.put_nowait(conn._channel)
-        await asyncio.sleep(timeout(30))
-
-    stack = nc.WebSocket(compression=False, ping_interval=None, close_timeout=0.2)
-    listener = nc.Listener(stack, host="127.0.0.1")
     message = bytes(64 * 1024)
-    async with listener:
-        task = asyncio.create_task(listener.run(idle))
-        endpoint = nc.Endpoint.host_port("127.0.0.1", listener.port)
-        async with nc.Connection(endpoint, stack) as conn:
-            await channels.get()
-            peak = 0
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.5):
-                    for _ in range(1000):
-                        await conn.send(message)
-                        peak = max(peak, cast(Any, conn._channel).inner.buffered_bytes[0])
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    async with _websocket_to_an_idle_server() as (conn, _):
+        peak = 0
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):
+                for _ in range(1000):
+                    await conn.send(message)
+                    peak = max(peak, cast(Any, conn._channel).inner.buffered_bytes[0])
     assert 0 < peak <= 256 * 1024 + len(message) + 16, peak
 
 
