@@ -116,6 +116,7 @@ class Connection(Generic[P_co]):
         "_ctx",
         "_endpoint",
         "_inbound_claimed",
+        "_inline",
         "_loop",
         "_parameters",
         "_path",
@@ -133,6 +134,7 @@ class Connection(Generic[P_co]):
         "_task",
         "_viability",
         "_viability_callbacks",
+        "_viable",
         "_watcher",
         "id",
     )
@@ -155,19 +157,22 @@ class Connection(Generic[P_co]):
         self._channel: Channel | None = None
         self._ctx: AttemptContext | None = None
         self._task: asyncio.Task[None] | None = None
+        # The caller's task while wait_ready() runs the first attempt in it.
+        self._inline: asyncio.Task[Any] | None = None
         # The loop start() ran on: asking asyncio for it again costs a getpid()
         # system call per ask on Python 3.11.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._restart: asyncio.Event | None = None
         self._accepted: Channel | None = None
         self._path: Path | None = None
-        self._viability = ViabilityTracker(
-            self._parameters.viability_debounce, self._viable_changed
-        )
+        # Made at the first transport or link event: until then whether the
+        # connection is viable is a flag, and idle connections skip the tracker.
+        self._viability: ViabilityTracker | None = None
+        self._viable = False
         self._watcher: PathWatcher | None = None
         self._race: Race | None = None
         self._skip_first = 0
-        self._report = EstablishmentReport()
+        self._report: EstablishmentReport | None = None  # made by the first attempt, or on asking
         self._inbound_claimed = False
         self._pending_keepalive: float | Literal[False] | None = False
         self._pending_application_error: tuple[int, str] | None = None
@@ -200,9 +205,7 @@ class Connection(Generic[P_co]):
         hooks: a loser's channel reports into its context's no-op defaults.
         """
         self._ctx = ctx
-        ctx.on_lost = self._lost
-        ctx.on_viability = self._set_viable
-        ctx.on_path_change = self._peer_moved
+        ctx.owner = self  # its hooks call our _lost, _set_viable and _peer_moved
 
     def __repr__(self) -> str:
         where = self._endpoint if self._endpoint is not None else self.remote_endpoint
@@ -251,7 +254,7 @@ class Connection(Generic[P_co]):
     @property
     def is_viable(self) -> bool:
         """Whether packets can currently flow on the path (debounced)."""
-        return self._viability.reported
+        return self._viable
 
     @property
     def better_path_available(self) -> bool:
@@ -261,6 +264,8 @@ class Connection(Generic[P_co]):
     @property
     def establishment_report(self) -> EstablishmentReport:
         """Resolution and every attempt, with their outcomes."""
+        if self._report is None:
+            self._report = EstablishmentReport()
         return self._report
 
     @property
@@ -322,6 +327,7 @@ class Connection(Generic[P_co]):
         return self
 
     def _viable_changed(self, viable: bool) -> None:
+        self._viable = viable
         if self._viability_callbacks:
             self._notify(self._viability_callbacks, viable)
 
@@ -375,10 +381,19 @@ class Connection(Generic[P_co]):
             if self._state_waiters is not None and waiter in self._state_waiters:
                 self._state_waiters.remove(waiter)
 
+    def _tracker(self) -> ViabilityTracker:
+        tracker = self._viability
+        if tracker is None:
+            tracker = self._viability = ViabilityTracker(
+                self._parameters.viability_debounce, self._viable_changed
+            )
+            tracker.reported = self._viable
+        return tracker
+
     def _set_viable(self, viable: bool) -> None:
         if is_terminal(self._state):
             return
-        self._viability.set_transport(viable)
+        self._tracker().set_transport(viable)
 
     def _peer_moved(self) -> None:
         # The transport saw the peer's address change (QUIC connection migration, NAT rebinding).
@@ -395,7 +410,10 @@ class Connection(Generic[P_co]):
         if type(self._state) in TERMINAL_STATES:
             return
         if error is not None and isinstance(self._state, Ready):
-            self._viability.stop(final=False)
+            if self._viability is not None:
+                self._viability.stop(final=False)
+            elif self._viable:
+                self._viable_changed(False)
             self._transition(Failed(error))
 
     # Path: the watcher lives from start() to a final state.
@@ -406,7 +424,8 @@ class Connection(Generic[P_co]):
         self._watcher.start(self._loop)
 
     def _stop_watching(self) -> None:
-        self._viability.stop()
+        if self._viability is not None:
+            self._viability.stop()
         if self._watcher is not None:
             self._watcher.stop()
 
@@ -415,7 +434,7 @@ class Connection(Generic[P_co]):
             self._restart.set()  # a path may have appeared: retry now
 
     def _link_changed(self, viable: bool) -> None:
-        self._viability.set_link(viable)
+        self._tracker().set_link(viable)
 
     def _path_changed(self, path: Path) -> None:
         self._path = path
@@ -436,14 +455,12 @@ class Connection(Generic[P_co]):
         self._start_watching()
         if self._accepted is not None and type(self._stack).accept_channel is Stack.accept_channel:
             # Nothing to negotiate above the accepted transport (TCP, UDP): ready
-            # now, without an establishment task and its trip through the loop.
-            self._transition(_PREPARING)
-            if isinstance(self._state, Preparing) and self._accepted is not None:
-                self._channel, self._accepted = self._accepted, None
-                self._became_ready()
+            # now, without an establishment task and its trip through the loop,
+            # and without a Preparing that only the listener could see.
+            self._channel, self._accepted = self._accepted, None
+            self._became_ready()
             return self
-        # The name says which connection without formatting its repr on every start.
-        self._task = loop.create_task(self._run(), name=f"netconn connection #{self.id}")
+        self._task = loop.create_task(self._run(), name=self._name())
         return self
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
@@ -463,7 +480,15 @@ class Connection(Generic[P_co]):
         """
         if allow_waiting is None:
             allow_waiting = self._parameters.wait_for_connectivity
-        self.start()
+        asked = timeout
+        spent = False  # the inline attempt took all of the timeout
+        if type(self._state) is Setup and self._task is None and self._starts_inline(timeout):
+            began = await self._start_inline()
+            if timeout is not None:  # what is left of it
+                timeout -= self._running_loop().time() - began
+                spent = timeout <= 0
+        else:
+            self.start()
         if type(self._state) is Ready:
             return self
         loop = self._running_loop()
@@ -481,10 +506,10 @@ class Connection(Generic[P_co]):
                         raise error
                     case Cancelled():
                         raise InvalidState("the connection was cancelled", self._state)
-                if deadline is not None and deadline.expired:
+                if spent or (deadline is not None and deadline.expired):
                     last = self._state.error if isinstance(self._state, Waiting) else None
                     raise ConnectionTimeout(
-                        f"not ready after {timeout} s (state: {self._state})"
+                        f"not ready after {asked} s (state: {self._state})"
                     ) from last
                 waiter = loop.create_future()
                 if timeout is not None and deadline is None:
@@ -496,6 +521,75 @@ class Connection(Generic[P_co]):
         finally:
             if deadline is not None and deadline.entry is not None:
                 deadline.deadlines.remove(deadline.entry)
+
+    def _starts_inline(self, timeout: float | None) -> bool:
+        """Whether wait_ready() may run the first attempt in its caller's task.
+
+        Only an IP literal's single attempt, and only when ``timeout`` cannot
+        expire before the attempt's own deadline does: wait_ready's timeout
+        leaves the connection going on, which the caller's task cannot do.
+        """
+        endpoint = self._endpoint
+        return (
+            self._accepted is None
+            and endpoint is not None
+            and not self._skip_first
+            and (timeout is None or timeout >= self._parameters.attempt_timeout)
+            and endpoint.is_literal
+            and type(endpoint).resolve is Endpoint.resolve
+        )
+
+    async def _start_inline(self) -> float:
+        """Start, running the first attempt in the calling task; return when it began.
+
+        Spares the establishment task and the two loop turns of starting it and
+        of waking the caller. An attempt that fails retryably leaves the back-off
+        and retries to a task, as does a caller cancelled mid-attempt (the
+        connection goes on); cancel() and force_cancel() end the attempt here.
+        """
+        loop = self._loop
+        if loop is None:
+            self._loop = loop = asyncio.get_running_loop()
+        started = loop.time()
+        self._start_watching()
+        self._transition(_PREPARING)
+        if not isinstance(self._state, Preparing):
+            return started  # a state callback cancelled it
+        task = asyncio.current_task(loop)
+        assert task is not None
+        cancelling = task.cancelling()
+        self._inline = task
+        try:
+            await self._establish(started)
+        except NetconnError as error:
+            self._inline = None
+            if isinstance(self._state, Preparing) and self._settle(error):
+                self._task = loop.create_task(self._run(started, waiting=True), name=self._name())
+            return started
+        except asyncio.CancelledError:
+            if self._inline is None and is_terminal(self._state):
+                # cancel() or force_cancel() stopped the attempt: unless the
+                # caller was cancelled as well, wait_ready reports the state.
+                if task.uncancel() <= cancelling:
+                    return started
+                raise
+            self._inline = None
+            if isinstance(self._state, Preparing):
+                # The caller gave up waiting, not on the connection: it goes on.
+                self._task = loop.create_task(self._run(started), name=self._name())
+            raise
+        self._inline = None
+        if isinstance(self._state, Preparing):
+            self.establishment_report.duration = loop.time() - started
+            self._became_ready()
+        elif self._channel is not None:  # ended while the attempt finished
+            self._channel.abort()
+            self._channel = None
+        return started
+
+    def _name(self) -> str:
+        # Says which connection without formatting its repr.
+        return f"netconn connection #{self.id}"
 
     def try_next_endpoint(self) -> None:
         """Move on to the next resolved address now.
@@ -554,6 +648,13 @@ class Connection(Generic[P_co]):
             # Also when a state callback run by the task itself cancels: the
             # task then stops at its next await instead of going on connecting.
             task.cancel()
+        inline = self._inline
+        if inline is not None:
+            # The caller's task runs the attempt: stop the attempt, not the caller
+            # (_start_inline takes this cancellation back).
+            self._inline = None
+            if inline is not asyncio.current_task(self._loop):
+                inline.cancel()
 
     async def _close_channel(self, *, graceful: bool) -> None:
         channel, self._channel = self._channel, None
@@ -593,32 +694,43 @@ class Connection(Generic[P_co]):
 
     # Establishment
 
-    async def _run(self) -> None:
+    async def _run(self, started: float | None = None, *, waiting: bool = False) -> None:
+        """Establish, retrying from ``Waiting``; ``waiting``: back off first."""
         first, cap = self._parameters.retry_delays
         delay = first
         loop = self._running_loop()
-        started = loop.time()
+        if started is None:
+            started = loop.time()
         while True:
-            self._transition(_PREPARING)
+            if waiting:
+                await self._back_off(delay)
+                delay = min(cap, delay * 2)
+            waiting = True
+            if not isinstance(self._state, Preparing):  # already, when taken over from wait_ready
+                self._transition(_PREPARING)
             try:
                 await self._establish(started)
             except NetconnError as error:
-                if error.retryable and self._accepted is None:
-                    # Made on the first wait only: an asyncio.Event costs about 1 KiB.
-                    if self._restart is None:
-                        self._restart = asyncio.Event()
-                    # Cleared before the callbacks run: one of them may call restart().
-                    self._restart.clear()
-                    self._transition(Waiting(error))
-                    await self._back_off(delay)
-                    delay = min(cap, delay * 2)
+                if self._settle(error):
                     continue
-                self._transition(Failed(error))
                 return
-            self._report.duration = loop.time() - started
+            self.establishment_report.duration = loop.time() - started
             self._task = None  # nothing left to stop; a finished task is memory kept for nothing
             self._became_ready()
             return
+
+    def _settle(self, error: NetconnError) -> bool:
+        """After a failed attempt: ``Waiting`` (returns true) or ``Failed``."""
+        if error.retryable and self._accepted is None:
+            # Made on the first wait only: an asyncio.Event costs about 1 KiB.
+            if self._restart is None:
+                self._restart = asyncio.Event()
+            # Cleared before the callbacks run: one of them may call restart().
+            self._restart.clear()
+            self._transition(Waiting(error))
+            return True
+        self._transition(Failed(error))
+        return False
 
     async def _back_off(self, delay: float) -> None:
         assert self._restart is not None
@@ -648,7 +760,7 @@ class Connection(Generic[P_co]):
             self._stack,
             self._endpoint,
             self._parameters,
-            self._report,
+            self.establishment_report,
             self._new_context,
             started=started,
             skip_first=self._skip_first,
@@ -677,7 +789,10 @@ class Connection(Generic[P_co]):
             self._path = Path(local=local, remote=remote)
         if self._path is not None:
             self._notify(self._path_callbacks, self._path)
-        self._viability.become_viable_now()
+        if self._viability is not None:
+            self._viability.become_viable_now()
+        elif not self._viable:
+            self._viable_changed(True)
 
     async def _ready_channel(self) -> Channel:
         """Start if needed, wait for ``Ready`` (riding out ``Waiting``), return the channel."""

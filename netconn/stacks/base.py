@@ -49,20 +49,82 @@ class Message:
     """Protocol details, e.g. ``{"opcode": "text"}`` for WebSocket."""
 
 
-@dataclass(slots=True)
-class AttemptContext:
-    """What a stack needs to establish one attempt."""
+class ContextOwner(Protocol):
+    """Who hears an attempt's transport events once it won (a connection)."""
 
-    endpoint: Endpoint | None
-    """The endpoint asked for (``None`` on the server side)."""
-    parameters: Parameters
-    """The connection's parameters."""
-    on_lost: Callable[[NetconnError | None], None]
-    """Channels call this once when the transport goes away (``None``: closed cleanly)."""
-    on_viability: Callable[[bool], None] = lambda viable: None
-    """Channels call this when the transport's viability changes."""
-    on_path_change: Callable[[], None] = lambda: None
-    """Channels call this when their local or remote address changed (e.g. NAT rebinding)."""
+    def _lost(self, error: NetconnError | None) -> None: ...
+    def _set_viable(self, viable: bool) -> None: ...
+    def _peer_moved(self) -> None: ...
+
+
+def _no_viability(viable: bool) -> None:
+    return None
+
+
+def _no_path_change() -> None:
+    return None
+
+
+class AttemptContext:
+    """What a stack needs to establish one attempt.
+
+    The three hooks are the callables given, or, once :attr:`owner` is set,
+    the owner's methods: one reference per connection instead of a bound
+    method per hook.
+    """
+
+    __slots__ = ("_on_lost", "_on_path_change", "_on_viability", "endpoint", "owner", "parameters")
+
+    def __init__(
+        self,
+        endpoint: Endpoint | None,
+        parameters: Parameters,
+        on_lost: Callable[[NetconnError | None], None],
+        on_viability: Callable[[bool], None] = _no_viability,
+        on_path_change: Callable[[], None] = _no_path_change,
+    ) -> None:
+        self.endpoint = endpoint
+        """The endpoint asked for (``None`` on the server side)."""
+        self.parameters = parameters
+        """The connection's parameters."""
+        self._on_lost = on_lost
+        self._on_viability = on_viability
+        self._on_path_change = on_path_change
+        self.owner: ContextOwner | None = None
+        """Who the hooks go to, once set (instead of the callables given)."""
+
+    def __repr__(self) -> str:
+        return f"AttemptContext(endpoint={self.endpoint!r}, owner={self.owner!r})"
+
+    @property
+    def on_lost(self) -> Callable[[NetconnError | None], None]:
+        """Channels call this once when the transport goes away (``None``: closed cleanly)."""
+        owner = self.owner
+        return self._on_lost if owner is None else owner._lost
+
+    @on_lost.setter
+    def on_lost(self, hook: Callable[[NetconnError | None], None]) -> None:
+        self._on_lost = hook
+
+    @property
+    def on_viability(self) -> Callable[[bool], None]:
+        """Channels call this when the transport's viability changes."""
+        owner = self.owner
+        return self._on_viability if owner is None else owner._set_viable
+
+    @on_viability.setter
+    def on_viability(self, hook: Callable[[bool], None]) -> None:
+        self._on_viability = hook
+
+    @property
+    def on_path_change(self) -> Callable[[], None]:
+        """Channels call this when their local or remote address changed (e.g. NAT rebinding)."""
+        owner = self.owner
+        return self._on_path_change if owner is None else owner._peer_moved
+
+    @on_path_change.setter
+    def on_path_change(self, hook: Callable[[], None]) -> None:
+        self._on_path_change = hook
 
 
 class Channel(Protocol):
