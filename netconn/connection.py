@@ -117,6 +117,7 @@ class Connection(Generic[P_co]):
         "_endpoint",
         "_inbound_claimed",
         "_inline",
+        "_listener",
         "_loop",
         "_parameters",
         "_path",
@@ -164,6 +165,9 @@ class Connection(Generic[P_co]):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._restart: asyncio.Event | None = None
         self._accepted: Channel | None = None
+        # The listener that accepted this connection: told of every state change
+        # first, without a callback tuple and bound method per connection.
+        self._listener: Any = None
         self._path: Path | None = None
         # Made at the first transport or link event: until then whether the
         # connection is viable is a flag, and idle connections skip the tracker.
@@ -185,13 +189,16 @@ class Connection(Generic[P_co]):
         ctx: AttemptContext,
         netns: str | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        listener: Any = None,
     ) -> None:
         """Make this a server-side connection on an accepted transport channel.
 
         ``netns``: the listener's network namespace, where the channel's socket
-        lives; ``loop``: the listener's event loop, which this connection runs on.
+        lives; ``loop``: the listener's event loop, which this connection runs on;
+        ``listener``: whose ``_child_state(connection, state)`` hears every change.
         """
         self._loop = loop
+        self._listener = listener
         if netns is not None:
             self._watcher = PathWatcher(self._parameters, self, netns)
         self._endpoint = None
@@ -366,8 +373,17 @@ class Connection(Generic[P_co]):
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
-        if self._state_callbacks:
-            self._notify(self._state_callbacks, new)
+        callbacks = self._state_callbacks  # those added from here on wait for the next change
+        listener = self._listener
+        if listener is not None:
+            try:
+                listener._child_state(self, new)
+            except Exception as exc:  # an on_new_connection callback that raised
+                self._running_loop().call_exception_handler(
+                    {"message": "listener callback raised", "exception": exc, "connection": self}
+                )
+        if callbacks:
+            self._notify(callbacks, new)
 
     async def _state_changed(self, waiter: asyncio.Future[None] | None = None) -> None:
         if waiter is None:

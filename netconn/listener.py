@@ -298,12 +298,13 @@ class Listener(Generic[P_co]):
     def accepted(self, channel: Channel, ctx: AttemptContext) -> None:
         """Turn an accepted transport channel into a connection and start it."""
         conn = Connection(_NO_ENDPOINT, self._stack, self.parameters)
-        conn._take_accepted(channel, ctx, self._netns, self._loop)
+        # The connection calls our _child_state itself: no callback per connection.
+        conn._take_accepted(channel, ctx, self._netns, self._loop, self)
         self._children.add(conn)
         self._handshaking.add(conn)
-        self._update_room()
-        conn.on_state_update(self._child_state)  # one bound method, no closure per connection
-        conn.start()
+        conn.start()  # TCP and UDP are ready at once: _child_state updated the room
+        if conn in self._handshaking:
+            self._update_room()
 
     def _child_state(self, c: Connection[P_co], state: State) -> None:
         if isinstance(state, (Ready, Failed, Cancelled)) and c in self._handshaking:

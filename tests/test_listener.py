@@ -279,17 +279,18 @@ async def test_accepting_goes_on_after_an_accept_error(
     """A failed accept (out of descriptors) is logged; accepting resumes a little later."""
     import errno
 
-    real = socket.socket.accept
+    real = socket.socket._accept  # type: ignore[attr-defined]
     failures = [OSError(errno.EMFILE, "Too many open files")]
     async with nc.Listener(nc.TCP(), host="127.0.0.1") as listener:
         port = listener.port
 
-        def flaky(sock: socket.socket) -> tuple[socket.socket, object]:
+        def flaky(sock: socket.socket) -> tuple[int, object]:
             if failures and sock.getsockname()[1] == port:
                 raise failures.pop()
-            return real(sock)
+            return real(sock)  # type: ignore[no-any-return]
 
-        monkeypatch.setattr(socket.socket, "accept", flaky)
+        # The listener accepts with the socket's _accept (the descriptor), as accept() does.
+        monkeypatch.setattr(socket.socket, "_accept", flaky)
         ep = nc.Endpoint.host_port("127.0.0.1", port)
         async with asyncio.timeout(timeout(5)), nc.Connection(ep, nc.TCP()) as client:
             server = await listener.accept()

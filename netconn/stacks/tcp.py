@@ -189,7 +189,18 @@ class _Acceptor:
     Either way the channel reaches the listener from ``connection_made``.
     """
 
-    __slots__ = ("_closed", "_listener", "_loop", "_pending", "_reading", "_sock", "_stack")
+    __slots__ = (
+        "_burst",
+        "_closed",
+        "_family",
+        "_listener",
+        "_loop",
+        "_pending",
+        "_reading",
+        "_sock",
+        "_stack",
+        "_wakeups",
+    )
 
     def __init__(
         self,
@@ -205,6 +216,11 @@ class _Acceptor:
         self._reading = False
         self._closed = False
         self._pending = 0  # accepted, transport not yet made: they count against the backlog
+        self._family = int(sock.family)  # the socket's property makes two enums per ask
+        # Whether the last wake-up found more than one connection waiting, and
+        # a count of wake-ups: see _readable.
+        self._burst = False
+        self._wakeups = 0
 
     def start(self) -> None:
         if not self._reading and not self._closed:
@@ -227,21 +243,34 @@ class _Acceptor:
         if listener.closing:
             self._stop()
             return
-        for _ in range(listener.backlog):
-            if not listener.has_room(self._pending):
-                self._pause(0.0)
-                return
-            try:
-                conn_sock, peer = self._sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if listener.closing:
+        # One accept per wake-up while wake-ups find one connection each (a
+        # client at a time): a second would only fail with EAGAIN, a system call
+        # and an exception. Every 16th wake-up, and after one that found
+        # several, accepts on to drain a burst.
+        self._wakeups = wakeups = (self._wakeups + 1) & 15
+        limit = listener.backlog if self._burst or not wakeups else 1
+        taken = 0
+        try:
+            for _ in range(limit):
+                if not listener.has_room(self._pending):
+                    self._pause(0.0)
                     return
-                listener.report_accept_error(exc)  # e.g. out of descriptors: try again later
-                self._pause(0.1)
-                return
-            self._take(conn_sock, peer)
+                try:
+                    fd, peer = self._sock._accept()  # type: ignore[attr-defined]
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:
+                    if listener.closing:
+                        return
+                    listener.report_accept_error(exc)  # e.g. out of descriptors: try again later
+                    self._pause(0.1)
+                    return
+                taken += 1
+                # What socket.accept() does, without asking for the family and type again.
+                conn_sock = socket.socket(self._family, socket.SOCK_STREAM, 0, fd)
+                self._take(conn_sock, peer)
+        finally:
+            self._burst = taken > 1
 
     def _pause(self, delay: float) -> None:
         self._stop()
