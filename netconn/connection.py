@@ -81,6 +81,8 @@ T = TypeVar("T")
 
 Buffer = bytes | bytearray | memoryview
 _ids = itertools.count(1)
+# A ready report of one attempt: address, started after, took, ready after.
+_OneAttempt = tuple[Address, float, float, float]
 _DEFAULT_PARAMETERS = Parameters()
 _SETUP = Setup()
 # The states without fields are values: one instance each serves every connection.
@@ -115,15 +117,12 @@ class Connection(Generic[P_co]):
         "_channel",
         "_ctx",
         "_endpoint",
-        "_inbound_claimed",
         "_inline",
         "_listener",
         "_loop",
         "_parameters",
         "_path",
         "_path_callbacks",
-        "_pending_application_error",
-        "_pending_keepalive",
         "_race",
         "_report",
         "_restart",
@@ -139,6 +138,12 @@ class Connection(Generic[P_co]):
         "_watcher",
         "id",
     )
+
+    # QUIC's alone: class defaults, so a TCP connection keeps no slot for them
+    # (a QUIC connection that sets one gets its __dict__).
+    _inbound_claimed: bool = False
+    _pending_keepalive: float | Literal[False] | None = False
+    _pending_application_error: tuple[int, str] | None = None
 
     def __init__(
         self,
@@ -176,10 +181,9 @@ class Connection(Generic[P_co]):
         self._watcher: PathWatcher | None = None
         self._race: Race | None = None
         self._skip_first = 0
-        self._report: EstablishmentReport | None = None  # made by the first attempt, or on asking
-        self._inbound_claimed = False
-        self._pending_keepalive: float | Literal[False] | None = False
-        self._pending_application_error: tuple[int, str] | None = None
+        # Made by the first attempt, or on asking; once ready after one attempt
+        # to an IP literal, kept as a tuple (_compact_report).
+        self._report: EstablishmentReport | _OneAttempt | None = None
         self.id = next(_ids)
         """A number unique among this process's connections."""
 
@@ -271,9 +275,30 @@ class Connection(Generic[P_co]):
     @property
     def establishment_report(self) -> EstablishmentReport:
         """Resolution and every attempt, with their outcomes."""
-        if self._report is None:
-            self._report = EstablishmentReport()
-        return self._report
+        report = self._report
+        if report is None:
+            report = self._report = EstablishmentReport()
+        elif type(report) is tuple:
+            address, started_after, took, duration = report
+            attempt = Attempt(address, started_after, took, "ready")
+            report = self._report = EstablishmentReport(0.0, [address], [attempt], duration)
+        return cast(EstablishmentReport, report)
+
+    def _compact_report(self, duration: float) -> None:
+        """At ready: the report's duration; one ready attempt to the one address
+        is kept as a tuple of four instead of five objects and two lists."""
+        report = self.establishment_report
+        report.duration = duration
+        attempts = report.attempts
+        if (
+            len(attempts) == 1
+            and len(report.resolved) == 1
+            and not report.resolution_duration
+            and attempts[0].address is report.resolved[0]
+            and attempts[0].error is None
+        ):
+            attempt = attempts[0]
+            self._report = (attempt.address, attempt.started_after, attempt.duration, duration)
 
     @property
     def negotiated_alpn(self) -> str | None:
@@ -596,7 +621,7 @@ class Connection(Generic[P_co]):
             raise
         self._inline = None
         if isinstance(self._state, Preparing):
-            self.establishment_report.duration = loop.time() - started
+            self._compact_report(loop.time() - started)
             self._became_ready()
         elif self._channel is not None:  # ended while the attempt finished
             self._channel.abort()
@@ -730,7 +755,7 @@ class Connection(Generic[P_co]):
                 if self._settle(error):
                     continue
                 return
-            self.establishment_report.duration = loop.time() - started
+            self._compact_report(loop.time() - started)
             self._task = None  # nothing left to stop; a finished task is memory kept for nothing
             self._became_ready()
             return

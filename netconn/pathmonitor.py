@@ -510,10 +510,11 @@ class PathWatcher:
 
     __slots__ = (
         "_debouncer",
-        "_endpoints",
+        "_local",
         "_netns",
         "_observer",
         "_parameters",
+        "_remote",
         "_watch",
         "better_path",
         "path",
@@ -529,7 +530,10 @@ class PathWatcher:
         self._observer = observer
         self._debouncer: Debouncer | None = None  # made at the first event
         self._watch: NetworkWatch | None = None
-        self._endpoints: tuple[Address, Address] | None = None
+        # The tracked endpoints; both None while nothing is tracked. Two slots,
+        # not a tuple: one object less per connection.
+        self._local: Address | None = None
+        self._remote: Address | None = None
         self.path: Path | None = None
         """The last path evaluated (``None`` while a tracked path waits for its first use)."""
         self.better_path = False
@@ -565,17 +569,20 @@ class PathWatcher:
         With ``lazy`` nothing is evaluated yet and ``None`` is returned:
         :meth:`evaluate` does it on first use, or the next network event does.
         """
-        self._endpoints = (local, remote) if local is not None and remote is not None else None
+        if local is not None and remote is not None:
+            self._local, self._remote = local, remote
+        else:
+            self._local = self._remote = None
         self.path = None
         self.better_path = False
-        if lazy and self._endpoints is not None:
+        if lazy and self._local is not None:
             return None
         return self._first(local, remote)
 
     def evaluate(self) -> Path | None:
         """The tracked path, evaluated now if it has not been yet."""
-        if self.path is None and self._endpoints is not None:
-            return self._first(*self._endpoints)
+        if self.path is None and self._local is not None:
+            return self._first(self._local, self._remote)
         return self.path
 
     def _first(self, local: Address | None, remote: Address | None) -> Path:
@@ -593,7 +600,7 @@ class PathWatcher:
         """Unsubscribe; no callback runs afterwards."""
         if self._debouncer is not None:
             self._debouncer.cancel()
-        self._endpoints = None
+        self._local = self._remote = None
         if self._watch is not None:
             self._watch.close()
             self._watch = None
@@ -607,7 +614,7 @@ class PathWatcher:
 
     def refresh(self) -> None:
         """Before the connection is ready: report the path it would take (e.g. why none)."""
-        if self._endpoints is not None or self._watch is None:
+        if self._local is not None or self._watch is None:
             return
         try:
             path = monitor_path(self._watch.snapshot(), self._parameters)
@@ -618,7 +625,8 @@ class PathWatcher:
             self._observer._path_changed(path)
 
     def _changed(self) -> None:
-        if self._endpoints is None:
+        local, remote = self._local, self._remote
+        if local is None:
             self.refresh()
             self._observer._network_changed()
             return
@@ -627,14 +635,14 @@ class PathWatcher:
         if self.path is None:
             # Never evaluated: what it was at ready is lost, so the path now
             # is the first one reported.
-            self._first(*self._endpoints)
+            self._first(local, remote)
             if self._watch is None:  # another namespace: nothing to follow
                 return
         try:
             net = self._watch.snapshot()
         except OSError:
             return
-        path = connection_path(net, *self._endpoints, self._parameters)
+        path = connection_path(net, local, remote, self._parameters)
         if path != self.path:
             self.path = path
             self._observer._path_changed(path)
