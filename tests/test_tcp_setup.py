@@ -1,0 +1,322 @@
+"""TCP set-up and idle cost: what a connection costs to make and to keep, counted without timing.
+
+Also the behaviour that the cheaper set-up must keep: ``wait_ready`` runs an
+IP literal's first attempt in its caller's task, and cancellation, timeouts
+and retries still leave the connection going on as they did from a task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import cProfile
+import pstats
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from conftest import timeout
+from loopback import record_states, wait_until
+
+import netconn as nc
+from netconn.endpoint import Address
+from netconn.stacks.base import AttemptContext
+from netconn.stacks.tcp import TCPChannel
+
+FAST_RETRY = nc.Parameters(retry_delays=(0.01, 0.05))
+
+
+class _Gated(nc.StreamProtocol):
+    """TCP whose attempts wait for a gate; the first ``failures`` are refused."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.gate = asyncio.Event()
+        self.attempts = 0
+        self.failures = failures
+
+    async def open_channel(self, ctx: AttemptContext, address: Address) -> TCPChannel:
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise nc.ConnectionRefused(f"refused by the test ({self.attempts})")
+        await self.gate.wait()
+        return await nc.TCP().open_channel(ctx, address)
+
+
+@contextlib.asynccontextmanager
+async def _listening() -> AsyncIterator[nc.Endpoint]:
+    async with nc.Listener(nc.TCP(), host="127.0.0.1") as listener:
+        yield nc.Endpoint.host_port("127.0.0.1", listener.port)
+
+
+class _Turns:
+    """Counts event-loop turns: a callback that schedules itself again each turn."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_soon(self._tick)
+
+    def _tick(self) -> None:
+        self.count += 1
+        self._handle = self._loop.call_soon(self._tick)
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+
+async def test_wait_ready_connects_an_ip_literal_in_the_callers_task() -> None:
+    """No establishment task, and two loop turns fewer than with one (start() first)."""
+    async with _listening() as endpoint:
+        loop = asyncio.get_running_loop()
+        made: list[str] = []
+        factory = loop.get_task_factory()
+
+        def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+            made.append(coro.__qualname__)
+            if factory is not None:
+                return factory(loop, coro, **kwargs)
+            return asyncio.Task(coro, loop=loop, **kwargs)
+
+        async def turns_to_ready(start_first: bool) -> int:
+            conn = nc.Connection(endpoint, nc.TCP())
+            turns = _Turns()
+            if start_first:
+                conn.start()
+            await conn.wait_ready()
+            turns.stop()
+            await conn.cancel()
+            return turns.count
+
+        await turns_to_ready(False)  # the netlink subscription is made here
+        loop.set_task_factory(counting)
+        try:
+            async with asyncio.timeout(timeout(5)):
+                inline = await turns_to_ready(False)
+                assert [name for name in made if name.startswith("Connection")] == []
+                in_task = await turns_to_ready(True)
+                assert [name for name in made if name.startswith("Connection")] == [
+                    "Connection._run"
+                ]
+        finally:
+            loop.set_task_factory(factory)
+        assert inline <= in_task - 2, (inline, in_task)
+
+
+async def test_a_caller_cancelled_during_the_attempt_leaves_the_connection_going_on() -> None:
+    """The attempt dies with the caller's task; a task of the connection's own starts another."""
+    stack = _Gated()
+    async with _listening() as endpoint:
+        conn = nc.Connection(endpoint, stack)
+        states = record_states(conn)
+        waiting = asyncio.create_task(conn.wait_ready())
+        await wait_until(lambda: stack.attempts == 1)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert isinstance(conn.state, nc.Preparing)
+        stack.gate.set()
+        async with asyncio.timeout(timeout(5)):
+            await conn.wait_ready()
+        assert states == ["Preparing", "Ready"]
+        outcomes = [a.outcome for a in conn.establishment_report.attempts]
+        assert outcomes == ["cancelled", "ready"]
+        await conn.cancel()
+
+
+async def test_cancel_during_an_attempt_in_the_callers_task_cancels_only_the_attempt() -> None:
+    stack = _Gated()
+    async with _listening() as endpoint:
+        conn = nc.Connection(endpoint, stack)
+
+        async def caller() -> str:
+            with pytest.raises(nc.InvalidState, match="cancelled"):
+                await conn.wait_ready()
+            await asyncio.sleep(0)  # the caller's task is not left cancelled
+            return "went on"
+
+        task = asyncio.create_task(caller())
+        await wait_until(lambda: stack.attempts == 1)
+        await conn.cancel()
+        async with asyncio.timeout(timeout(5)):
+            assert await task == "went on"
+        assert isinstance(conn.state, nc.Cancelled)
+        assert [a.outcome for a in conn.establishment_report.attempts] == ["cancelled"]
+
+
+async def test_force_cancel_during_an_attempt_in_the_callers_task() -> None:
+    stack = _Gated()
+    async with _listening() as endpoint:
+        conn = nc.Connection(endpoint, stack)
+        task = asyncio.create_task(conn.wait_ready())
+        await wait_until(lambda: stack.attempts == 1)
+        conn.force_cancel()
+        async with asyncio.timeout(timeout(5)):
+            with pytest.raises(nc.InvalidState):
+                await task
+        assert not task.cancelled()
+
+
+async def test_a_retryable_first_failure_goes_on_from_a_task() -> None:
+    stack = _Gated(failures=1)
+    stack.gate.set()
+    async with _listening() as endpoint:
+        conn = nc.Connection(endpoint, stack, FAST_RETRY)
+        states = record_states(conn)
+        with pytest.raises(nc.ConnectionRefused):
+            await conn.wait_ready()  # Waiting is an error unless allowed
+        async with asyncio.timeout(timeout(5)):
+            await conn.wait_ready(allow_waiting=True)
+        assert states == ["Preparing", "Waiting", "Preparing", "Ready"]
+        assert [a.outcome for a in conn.establishment_report.attempts] == ["failed", "ready"]
+        await conn.cancel()
+
+
+async def test_a_wait_ready_timeout_shorter_than_the_attempt_keeps_the_task() -> None:
+    """The caller's task cannot go on connecting after its timeout: a task does."""
+    stack = _Gated()
+    async with _listening() as endpoint:
+        conn = nc.Connection(endpoint, stack)
+        with pytest.raises(nc.ConnectionTimeout, match=r"not ready after 0\.05 s"):
+            await conn.wait_ready(0.05)
+        assert isinstance(conn.state, nc.Preparing)
+        stack.gate.set()
+        async with asyncio.timeout(timeout(5)):
+            await conn.wait_ready()
+        await conn.cancel()
+
+
+async def test_a_ready_connection_keeps_its_establishment_report() -> None:
+    async with _listening() as endpoint, nc.Connection(endpoint, nc.TCP()) as conn:
+        report = conn.establishment_report
+        assert report.resolved == [nc.Address("127.0.0.1", endpoint.port)]
+        assert [a.outcome for a in report.attempts] == ["ready"]
+        assert report.attempts[0].address is report.resolved[0]
+        assert report.duration >= report.attempts[0].duration > 0
+        assert conn.establishment_report is report
+
+
+async def test_an_accepted_tcp_connection_is_ready_without_callbacks_or_tracker() -> None:
+    """It goes Setup -> Ready and tells its listener itself: no per-connection callback."""
+    listener = nc.Listener(nc.TCP(), host="127.0.0.1")
+    async with listener:
+        endpoint = nc.Endpoint.host_port("127.0.0.1", listener.port)
+        async with asyncio.timeout(timeout(5)), nc.Connection(endpoint, nc.TCP()) as conn:
+            server = await listener.accept()
+            assert server is not None and isinstance(server.state, nc.Ready)
+            for end in (conn, server):
+                assert end._state_callbacks == ()
+                assert end._viability is None  # made at the first viability event
+                assert end.is_viable
+            assert server.establishment_report.attempts == []
+            assert listener.connections == {server}
+            await server.cancel()
+            assert listener.connections == frozenset()
+
+
+async def test_a_listener_accepts_one_connection_per_wake_up_without_eagain(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Clients one at a time: one accept each, none failing with EAGAIN (before: two)."""
+    calls = {"accepts": 0, "eagain": 0}
+    real = socket.socket._accept  # type: ignore[attr-defined]
+
+    def counted(sock: socket.socket) -> Any:
+        calls["accepts"] += 1
+        try:
+            return real(sock)
+        except BlockingIOError:
+            calls["eagain"] += 1
+            raise
+
+    listener = nc.Listener(nc.TCP(), host="127.0.0.1")
+    async with listener:
+        endpoint = nc.Endpoint.host_port("127.0.0.1", listener.port)
+        monkeypatch.setattr(socket.socket, "_accept", counted)
+        rounds = 20
+        async with asyncio.timeout(timeout(10)):
+            for _ in range(rounds):
+                async with nc.Connection(endpoint, nc.TCP()):
+                    server = await listener.accept()
+                    assert server is not None
+                    await server.cancel()
+        monkeypatch.undo()
+    # The 16th wake-up reads on to notice a burst: one EAGAIN.
+    assert calls["accepts"] <= rounds + 2, calls
+    assert calls["eagain"] <= 2, calls
+
+
+async def test_a_tcp_handshake_makes_few_python_calls_in_netconn() -> None:
+    """Connect, echo a byte, close, both ends in one process: calls into netconn's own code.
+
+    cProfile counts each call (and each resumption of a coroutine) the same on
+    every machine for one Python version.
+    """
+
+    async def echo(conn: nc.Connection[nc.TCP]) -> None:
+        while data := await conn.receive(1, 100):
+            await conn.send(data)
+
+    listener = nc.Listener(nc.TCP(no_delay=True), host="127.0.0.1")
+    async with listener:
+        task = asyncio.create_task(listener.run(echo))
+        endpoint = nc.Endpoint.host_port("127.0.0.1", listener.port)
+        stack = nc.TCP(no_delay=True)
+
+        async def handshake() -> None:
+            conn = nc.Connection(endpoint, stack)
+            await conn.wait_ready(timeout(30))
+            await conn.send(b"x")
+            assert await conn.receive_exactly(1) == b"x"
+            await conn.cancel()
+
+        async with asyncio.timeout(timeout(10)):
+            await handshake()
+            profile = cProfile.Profile()
+            rounds = 20
+            profile.enable()
+            for _ in range(rounds):
+                await handshake()
+            for _ in range(5):
+                await asyncio.sleep(0)  # the server ends its side
+            profile.disable()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    own = sum(
+        calls for (filename, _, _), (_, calls, *_) in stats.items() if "/netconn/" in filename
+    )
+    per = own / rounds
+    assert per <= 185, per  # about 177 now; 197 before
+
+
+async def test_an_idle_tcp_client_connection_holds_few_objects_of_its_own() -> None:
+    """Blocks netconn's code keeps alive per ready client connection (the server elsewhere)."""
+    import tracemalloc
+
+    async with _listening() as endpoint:
+        stack = nc.TCP()
+        warm = nc.Connection(endpoint, stack)
+        await warm.wait_ready()
+        conns = []
+        count = 40
+        tracemalloc.start()
+        try:
+            before = tracemalloc.take_snapshot()
+            for _ in range(count):
+                conn = nc.Connection(endpoint, stack)
+                await conn.wait_ready()
+                conns.append(conn)
+            after = tracemalloc.take_snapshot()
+        finally:
+            tracemalloc.stop()
+        own = [tracemalloc.Filter(True, f"{nc.__path__[0]}/*")]
+        diff = after.filter_traces(own).compare_to(before.filter_traces(own), "filename")
+        size = sum(stat.size_diff for stat in diff) / count / 2  # both ends are counted
+        blocks = sum(stat.count_diff for stat in diff) / count / 2
+        for conn in [warm, *conns]:
+            conn.force_cancel()
+    # Before: about 23 blocks and 1,620 bytes (tracker, report lists, bound methods...).
+    assert blocks <= 17, blocks  # about 16 now
+    assert size <= 1350, size  # about 1,220 now
