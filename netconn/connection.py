@@ -815,7 +815,7 @@ class Connection(Generic[P_co]):
 
     def _new_context(self) -> AttemptContext:
         # No hooks yet: the race's winner gets them (_adopt), its losers never do.
-        return AttemptContext(self._endpoint, self._parameters, on_lost=_ignore)
+        return AttemptContext(self._endpoint, self._parameters, on_lost=_ignore, loop=self._loop)
 
     def _became_ready(self) -> None:
         assert self._channel is not None

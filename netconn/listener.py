@@ -289,7 +289,7 @@ class Listener(Generic[P_co]):
 
     def attempt_context(self) -> AttemptContext:
         """A fresh context for one accepted transport."""
-        return AttemptContext(None, self.parameters, on_lost=_ignore)
+        return AttemptContext(None, self.parameters, on_lost=_ignore, loop=self._loop)
 
     def report_accept_error(self, exc: OSError) -> None:
         """An accept failed (e.g. out of file descriptors); accepting goes on."""

@@ -11,6 +11,7 @@ its state.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar
@@ -73,7 +74,15 @@ class AttemptContext:
     method per hook.
     """
 
-    __slots__ = ("_on_lost", "_on_path_change", "_on_viability", "endpoint", "owner", "parameters")
+    __slots__ = (
+        "_on_lost",
+        "_on_path_change",
+        "_on_viability",
+        "endpoint",
+        "loop",
+        "owner",
+        "parameters",
+    )
 
     def __init__(
         self,
@@ -82,6 +91,7 @@ class AttemptContext:
         on_lost: Callable[[NetconnError | None], None],
         on_viability: Callable[[bool], None] = _no_viability,
         on_path_change: Callable[[], None] = _no_path_change,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.endpoint = endpoint
         """The endpoint asked for (``None`` on the server side)."""
@@ -92,6 +102,9 @@ class AttemptContext:
         self._on_path_change = on_path_change
         self.owner: ContextOwner | None = None
         """Who the hooks go to, once set (instead of the callables given)."""
+        self.loop = loop
+        """The running loop, when the maker knows it: asking asyncio costs a
+        ``getpid()`` on Python 3.11."""
 
     def __repr__(self) -> str:
         return f"AttemptContext(endpoint={self.endpoint!r}, owner={self.owner!r})"

@@ -104,7 +104,9 @@ class TCP(StreamProtocol):
         self, ctx: AttemptContext, address: Address, interface: Interface | None
     ) -> TCPChannel:
         params = ctx.parameters
-        loop = asyncio.get_running_loop()
+        loop = ctx.loop
+        if loop is None:
+            loop = asyncio.get_running_loop()
         # One try for the whole attempt: a context manager per step costs more
         # than the steps themselves on a loopback connection.
         sock: socket.socket | None = None
@@ -148,7 +150,9 @@ class TCP(StreamProtocol):
 
     async def _open_plain(self, ctx: AttemptContext, address: Address) -> TCPChannel:
         # The loop makes and connects the socket itself: uvloop does it all in C.
-        loop = asyncio.get_running_loop()
+        loop = ctx.loop
+        if loop is None:
+            loop = asyncio.get_running_loop()
         channel = TCPChannel(ctx.parameters, ctx, loop)
         try:
             await loop.create_connection(constant(channel), address.host, address.port)
