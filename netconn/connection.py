@@ -672,6 +672,26 @@ class Connection(Generic[P_co]):
         self._transition(_CANCELLED)
         await self._close_channel(graceful=True)
 
+    def _cancel_at_once(self) -> bool:
+        """cancel() without waiting for the transport, when the channel can close
+        at once (nothing left to send); returns whether it did.
+
+        For a listener's handler that returned: nobody waits for the close, and
+        waiting for it costs the handler's task a future and a wake-up.
+        """
+        channel: Any = self._channel
+        if type(self._state) is not Ready or getattr(channel, "close_now", None) is None:
+            return False
+        self._stop_task()
+        self._transition(_CANCELLED)
+        channel = self._channel
+        if channel is None:  # a state callback closed it
+            return True
+        if channel.close_now():
+            self._channel = None
+            return True
+        return False  # cancel() closes it, waiting
+
     def force_cancel(self) -> None:
         """Abort at once (TCP RST, no close handshake). Never blocks."""
         self._stop_task()

@@ -249,7 +249,8 @@ class Listener(Generic[P_co]):
             logger.exception("handler for %r failed", conn)
             conn.force_cancel()
         else:
-            await conn.cancel()
+            if not conn._cancel_at_once():  # TCP with nothing left to send closes without a wait
+                await conn.cancel()
 
     # Used by the bottom stack that accepts
 

@@ -693,6 +693,20 @@ class TCPChannel(asyncio.BufferedProtocol):
         # The buffer's coroutine itself: no coroutine of ours around it.
         return self._receiving.receive(at_least, at_most)
 
+    def close_now(self) -> bool:
+        """Close without waiting, if nothing is left to send; return whether it did.
+
+        The transport sends FIN and closes the socket at the loop's next turn:
+        with no bytes to flush there is nothing to bound or to wait for.
+        """
+        transport = self._transport
+        if transport is None or transport.is_closing() or transport.get_write_buffer_size():
+            return False
+        self._closing = True
+        self._wake_drain()
+        transport.close()
+        return True
+
     async def close(self) -> None:
         transport = self._transport
         if transport is None:
