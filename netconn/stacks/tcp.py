@@ -434,6 +434,7 @@ class TCPChannel(asyncio.BufferedProtocol):
         "_sending",
         "_transport",
         "_viable",
+        "_view",
         "_write_closed",
         "_write_paused",
         "local_address",
@@ -450,7 +451,9 @@ class TCPChannel(asyncio.BufferedProtocol):
         # The loop, when the maker has it: looking it up costs a getpid() on Python 3.11.
         self._loop = loop
         self._send_limit = parameters.send_buffer
-        self._receiving = ReceiveBuffer(parameters.receive_buffer, self)
+        self._receiving = ReceiveBuffer(parameters.receive_buffer, self, loop)
+        # This thread's read buffer, looked up once: two thread-local look-ups a read otherwise.
+        self._view = _scratch.view
         self._transport: asyncio.Transport | None = None
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -519,10 +522,10 @@ class TCPChannel(asyncio.BufferedProtocol):
                 self._ctx.on_viability(True)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return _scratch.view
+        return self._view
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._receiving.feed(_scratch.view[:nbytes])
+        self._receiving.feed(self._view[:nbytes])
 
     def data_received(self, data: bytes) -> None:
         self._receiving.feed(data)
