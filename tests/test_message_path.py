@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import uvloop
 from conftest import timeout
-from loopback import running
+from loopback import running, stream_pair
 
 import netconn as nc
 from netconn._handoff import hand
@@ -97,7 +97,12 @@ async def test_hand_leaves_a_future_with_other_callbacks_to_the_loop() -> None:
 
     task = asyncio.create_task(wait())
     await asyncio.sleep(0)
-    loop.call_soon(lambda: (hand(waiter, "x", loop), events.append("hand returned")))
+
+    def callback() -> None:
+        hand(waiter, "x", loop)
+        events.append("hand returned")
+
+    loop.call_soon(callback)
     await task
     assert events == ["hand returned", "callback", "got x"]
 
@@ -242,12 +247,21 @@ def test_a_server_replies_in_the_turn_the_request_arrived(stack: str, loop: Loop
     clock: list[_Turns] = []
     server_ports: set[int] = set()
     real_updated = TCPChannel.buffer_updated
+    real_received = TCPChannel.data_received
     real_send = TCPChannel.send
 
-    def updated(self: TCPChannel, nbytes: int) -> None:
-        if clock and self.local_address is not None and self.local_address.port in server_ports:
+    def arriving(channel: TCPChannel) -> None:
+        local = channel.local_address
+        if clock and local is not None and local.port in server_ports:
             arrived.append(clock[0].count)
+
+    def updated(self: TCPChannel, nbytes: int) -> None:  # asyncio's loop
+        arriving(self)
         real_updated(self, nbytes)
+
+    def received(self: TCPChannel, data: bytes) -> None:  # uvloop
+        arriving(self)
+        real_received(self, data)
 
     def send(self: TCPChannel, data: Any, is_complete: bool) -> Any:
         if clock and self.local_address is not None and self.local_address.port in server_ports:
@@ -267,6 +281,7 @@ def test_a_server_replies_in_the_turn_the_request_arrived(stack: str, loop: Loop
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(TCPChannel, "buffer_updated", updated)
+        patch.setattr(TCPChannel, "data_received", received)
         patch.setattr(TCPChannel, "send", send)
         _run(loop, lambda: _echo(stack, 20, measure, []))
     assert len(arrived) == len(answered) == 20
@@ -297,11 +312,11 @@ def test_a_round_trip_asks_asyncio_for_no_loop(
 # 64 and 41 (UDP), 193 and 146 (WebSocket).
 _CALLS = {
     ("tcp", "asyncio"): 66,
-    ("tcp", "uvloop"): 39,
+    ("tcp", "uvloop"): 37,
     ("udp", "asyncio"): 56,
     ("udp", "uvloop"): 31,
     ("websocket", "asyncio"): 161,
-    ("websocket", "uvloop"): 134,
+    ("websocket", "uvloop"): 132,
 }
 
 
@@ -322,3 +337,35 @@ def test_a_round_trip_makes_few_python_calls(stack: str, loop: Loop) -> None:
     _run(loop, lambda: _echo(stack, rounds, measure, []))
     print(f"{stack} on {loop}: {per_round[0]:.1f} Python calls per round trip")
     assert per_round[0] <= _CALLS[stack, loop]
+
+
+def test_uvloop_makes_small_reads_in_c_and_bulk_reads_into_our_buffer() -> None:
+    """On uvloop a small read arrives as ``bytes`` uvloop made (no ``get_buffer`` call);
+    the first bulk read moves the connection to netconn's 128 KiB buffer."""
+    from netconn.stacks.tcp import TCPChannel
+
+    buffers: list[int] = []
+    real = TCPChannel.get_buffer
+
+    def get_buffer(self: TCPChannel, sizehint: int) -> memoryview:
+        view = real(self, sizehint)
+        buffers.append(len(view))
+        return view
+
+    async def main() -> tuple[list[int], list[int], bytes]:
+        async with stream_pair(nc.TCP(), nc.TCP()) as (client, server):
+            await client.send(b"small")
+            assert await server.receive_exactly(5) == b"small"
+            small = list(buffers)
+            payload = bytes(range(256)) * 4096  # 1 MiB
+            sending = asyncio.create_task(client.send(payload))
+            got = await server.receive_exactly(len(payload))
+            await sending
+            return small, list(buffers), got
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(TCPChannel, "get_buffer", get_buffer)
+        small, bulk, got = uvloop.run(main())
+    assert got == bytes(range(256)) * 4096
+    assert small == []
+    assert bulk and all(size <= 128 * 1024 for size in bulk)
