@@ -295,9 +295,14 @@ class _Reader(StreamReader):
         self, m: int, too_long_exc_type: type[Exception] = RuntimeError
     ) -> Generator[None, None, bytes]:
         while True:
-            # Handshake lines only: a copy of what is buffered is cheap here.
-            newline = self._peek(self._unread).find(b"\n")
-            length = newline + 1 if newline >= 0 else self._unread
+            start, unread, buffer = self._start, self._unread, self.buffer
+            if start + unread <= len(buffer):
+                # Searched in place, not in a copy of everything unread per line.
+                found = buffer.find(b"\n", start, start + unread)
+                newline = found - start if found >= 0 else -1
+            else:
+                newline = self._peek(unread).find(b"\n")
+            length = newline + 1 if newline >= 0 else unread
             if length > m:
                 raise too_long_exc_type(f"read {length} bytes, expected no more than {m} bytes")
             if newline >= 0:
