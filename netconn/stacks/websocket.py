@@ -211,12 +211,16 @@ class WebSocket(MessageProtocol):
     async def accept_channel(self, ctx: AttemptContext, inner: Channel) -> WebSocketChannel:
         # open_timeout bounds the layers underneath too (a TLS handshake), so a
         # client that connects and stays silent cannot hold a slot for ever.
-        try:
-            async with asyncio.timeout(self.open_timeout):
-                stream = _byte_channel(await self.inner.accept_channel(ctx, inner))
-        except TimeoutError as exc:
-            inner.abort()
-            raise ConnectionTimeout(f"no handshake after {self.open_timeout} s") from exc
+        # Plain TCP underneath has nothing to negotiate: no timeout to set up.
+        if type(self.inner).accept_channel is Stack.accept_channel:
+            stream = _byte_channel(inner)
+        else:
+            try:
+                async with asyncio.timeout(self.open_timeout):
+                    stream = _byte_channel(await self.inner.accept_channel(ctx, inner))
+            except TimeoutError as exc:
+                inner.abort()
+                raise ConnectionTimeout(f"no handshake after {self.open_timeout} s") from exc
         protocol = _ServerProtocol(
             extensions=[ServerPerMessageDeflateFactory()] if self.compression else None,
             subprotocols=[Subprotocol(s) for s in self.subprotocols] or None,
@@ -699,6 +703,11 @@ class WebSocketChannel(Layered[ByteChannel]):
         if self._options.ping_interval is not None:
             self._keepalive = loop.create_task(self._keepalive_loop(), name="websocket keepalive")
 
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        # Known from start(): asking asyncio costs a getpid() per ask on Python 3.11.
+        loop = self._loop
+        return asyncio.get_running_loop() if loop is None else loop
+
     # Writing: one flush at a time keeps frames in the order the protocol produced them.
 
     async def _flush(self) -> None:
@@ -765,7 +774,7 @@ class WebSocketChannel(Layered[ByteChannel]):
         elif self._close_timer is None and protocol.close_expected():
             # We sent a close frame (or failed): the peer has close_timeout
             # seconds to finish before we abort.
-            self._close_timer = asyncio.get_running_loop().call_later(
+            self._close_timer = self._running_loop().call_later(
                 self._options.close_timeout, self._inner.abort
             )
 
@@ -817,7 +826,7 @@ class WebSocketChannel(Layered[ByteChannel]):
             # Replies (a pong, our close frame) and the end of our stream go
             # out in order with what send_message writes, through _flush.
             if self._replier is None:
-                self._replier = asyncio.get_running_loop().create_task(self._reply())
+                self._replier = self._running_loop().create_task(self._reply())
         elif self._ended and self._replier is None:
             self._finish()
 
@@ -957,7 +966,7 @@ class WebSocketChannel(Layered[ByteChannel]):
             if self._finished:
                 self._report()
                 raise self._final_error()
-            loop = self._loop
+            loop = self._loop  # _running_loop(), inline: this runs for every wait
             if loop is None:
                 loop = asyncio.get_running_loop()
             self._waiter = loop.create_future()
@@ -1163,7 +1172,7 @@ class WebSocketChannel(Layered[ByteChannel]):
                     await self._flush()
                 if self._started and not self._finished:
                     # Until the peer's close frame and end of stream were read.
-                    self._finished_waiter = asyncio.get_running_loop().create_future()
+                    self._finished_waiter = self._running_loop().create_future()
                     await self._finished_waiter
                 await self._inner.close()
         except (TimeoutError, NetconnError):
