@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
+from ._handoff import hand
 from .errors import Busy, NetconnError
 
 Buffer = bytes | bytearray | memoryview
@@ -38,6 +39,7 @@ class ReceiveBuffer:
         "_error",
         "_limit",
         "_listener",
+        "_loop",
         "_low",
         "_offset",
         "_owner",
@@ -46,7 +48,12 @@ class ReceiveBuffer:
         "_waiter",
     )
 
-    def __init__(self, limit: int, owner: FlowControlled) -> None:
+    def __init__(
+        self,
+        limit: int,
+        owner: FlowControlled,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         # Unread reads, the first of them from _offset on; a read leaves as
         # soon as it is consumed, so the buffer holds only what is unread. A
         # list, not a deque: a deque's first block costs an idle connection
@@ -62,6 +69,9 @@ class ReceiveBuffer:
         self._error: NetconnError | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._listener: Callable[[Buffer | None], bool] | None = None
+        # The readers' loop, learnt at the first wait when not given: asking
+        # asyncio costs a getpid() system call per ask on Python 3.11.
+        self._loop = loop
 
     def __len__(self) -> int:
         return self._size
@@ -89,11 +99,14 @@ class ReceiveBuffer:
         if not size:
             return
         chunks = self._chunks
-        if size >= _SMALL:
+        if size >= _SMALL or not chunks:
+            # One object, which a receive of the whole read hands out as it is.
             chunks.append(bytes(data))
         else:
-            last = chunks[-1] if chunks else None
-            if type(last) is bytearray and len(last) < _SMALL:
+            last = chunks[-1]
+            if len(last) < _SMALL:
+                if type(last) is bytes:
+                    last = chunks[-1] = bytearray(last)
                 last += data
             else:
                 chunks.append(bytearray(data))
@@ -102,12 +115,13 @@ class ReceiveBuffer:
         if not self._paused and (listener is not None or self._size > self._limit):
             self._paused = True
             self._owner.pause_reading()
-        # _wake(), inline: this runs for every read.
+        # _wake(), inline: this runs for every read. A waiting reader goes on
+        # now, from the transport's callback, not a loop turn later.
         if listener is not None:
             listener(None)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+            hand(waiter, None, self._loop)  # type: ignore[arg-type]  # set by the wait
 
     def pause(self) -> None:
         """Pause the producer now (a layer above holds enough); the next :meth:`take` resumes it."""
@@ -150,11 +164,17 @@ class ReceiveBuffer:
         if self._waiter is not None:
             raise Busy("another task is already receiving on this connection")
         while self._size < at_least and not self._eof and self._error is None:
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = self._running_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     def take(self, at_most: int, at_least: int = 1) -> bytes:
         """Remove and return up to ``at_most`` buffered bytes (no waiting).
@@ -211,7 +231,10 @@ class ReceiveBuffer:
             raise Busy("another task is already receiving on this connection")
         # wait(), inline: one coroutine less per read.
         while self._size < at_least and not self._eof and self._error is None:
-            self._waiter = asyncio.get_running_loop().create_future()
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+            self._waiter = loop.create_future()
             try:
                 await self._waiter
             finally:

@@ -65,7 +65,7 @@ from .state import (
 
 if TYPE_CHECKING:
     from .stacks.coder import Coder
-    from .stacks.framing import TLV, FramerChannel
+    from .stacks.framing import TLV
     from .stacks.websocket import WebSocket, WebSocketHandshake
 
 __all__ = ["Attempt", "Connection", "EstablishmentReport"]
@@ -923,10 +923,11 @@ class Connection(Generic[P_co]):
                 await channel.send(data, bool(is_complete))
             elif kind == "message":
                 done = True if is_complete is None else is_complete
+                # channel is Any: no cast() call per message.
                 if type is None:
-                    await cast(MessageChannel, channel).send_message(data, done)
+                    await channel.send_message(data, done)
                 else:
-                    await cast("FramerChannel", channel).send_message(data, done, type)
+                    await channel.send_message(data, done, type)
             elif kind == "typed":
                 await cast(TypedChannel, channel).send_value(data)
             else:
@@ -1025,14 +1026,23 @@ class Connection(Generic[P_co]):
     async def messages(self: Connection[MessageProtocol]) -> AsyncIterator[Message]:
         """Every message until the connection closes or is cancelled."""
         while True:
+            channel: Any = self._channel
             try:
-                yield await self.receive_message()
+                if channel is not None and isinstance(self._state, Ready):
+                    # What receive_message() does when ready, without its coroutine.
+                    try:
+                        message = await channel.receive_message()
+                    except (OSError, ConnectionClosed) as exc:
+                        raise _call_error(self, exc, "receive") from _cause(exc)
+                else:
+                    message = await self.receive_message()
             except ConnectionClosed:
                 return
             except InvalidState:
                 if isinstance(self._state, Cancelled):
                     return
                 raise
+            yield message
 
     @property
     def websocket_handshake(self: Connection[WebSocket]) -> WebSocketHandshake | None:

@@ -41,6 +41,9 @@ _CHUNK = 256 * 1024
 # into a 256 KiB buffer cost several times as much per byte as into 128 KiB
 # (likely the cache), and on uvloop about 40% more CPU per byte in all.
 _READ = 128 * 1024
+# A read this large on uvloop's own buffer means bulk: later reads go into
+# ours (see TCPChannel.data_received).
+_BULK_READ = 64 * 1024
 _CLOSE_TIMEOUT = 10.0  # seconds a graceful close may take before it aborts
 _LINGER_ZERO = struct.pack("ii", 1, 0)  # struct linger {l_onoff=1, l_linger=0}
 
@@ -449,8 +452,16 @@ class _Scratch(threading.local):
 _scratch = _Scratch()
 
 
-class TCPChannel(asyncio.BufferedProtocol):
-    """A running TCP connection: a bounded receive buffer and a bounded send path."""
+class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
+    """A running TCP connection: a bounded receive buffer and a bounded send path.
+
+    Both kinds of protocol: asyncio's loop reads into :meth:`get_buffer`
+    (its own reads would allocate 256 KiB each); uvloop, which takes an
+    ``asyncio.Protocol`` for a plain one, reads into its own buffer and makes
+    each read's ``bytes`` in C, which for small reads costs less than a
+    Python ``get_buffer`` call and a view per read (about 1 us per round
+    trip of a small echo). Its first bulk read switches it to our buffer.
+    """
 
     __slots__ = (
         "_close_waiters",
@@ -467,6 +478,7 @@ class TCPChannel(asyncio.BufferedProtocol):
         "_sending",
         "_transport",
         "_viable",
+        "_view",
         "_write_closed",
         "_write_paused",
         "local_address",
@@ -483,7 +495,9 @@ class TCPChannel(asyncio.BufferedProtocol):
         # The loop, when the maker has it: looking it up costs a getpid() on Python 3.11.
         self._loop = loop
         self._send_limit = parameters.send_buffer
-        self._receiving = ReceiveBuffer(parameters.receive_buffer, self)
+        self._receiving = ReceiveBuffer(parameters.receive_buffer, self, loop)
+        # This thread's read buffer, looked up once: two thread-local look-ups a read otherwise.
+        self._view = _scratch.view
         self._transport: asyncio.Transport | None = None
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -552,12 +566,16 @@ class TCPChannel(asyncio.BufferedProtocol):
                 self._ctx.on_viability(True)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return _scratch.view
+        return self._view
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._receiving.feed(_scratch.view[:nbytes])
+        self._receiving.feed(self._view[:nbytes])
 
     def data_received(self, data: bytes) -> None:
+        if len(data) >= _BULK_READ and self._transport is not None:
+            # A bulk receiver: uvloop's 256 KiB reads cost it more CPU per byte
+            # than 128 KiB ones into our buffer (the kernel's copy).
+            self._transport.set_protocol(_BufferedReads(self))
         self._receiving.feed(data)
 
     def eof_received(self) -> bool:
@@ -753,6 +771,33 @@ class TCPChannel(asyncio.BufferedProtocol):
             with contextlib.suppress(OSError, ValueError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
         transport.abort()
+
+
+class _BufferedReads(asyncio.BufferedProtocol):
+    """A bulk receiver's protocol on uvloop: reads into the channel's buffer, all else its own."""
+
+    __slots__ = ("_channel",)
+
+    def __init__(self, channel: TCPChannel) -> None:
+        self._channel = channel
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._channel.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._channel.buffer_updated(nbytes)
+
+    def eof_received(self) -> bool:
+        return self._channel.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._channel.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._channel.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._channel.resume_writing()
 
 
 def _expire(waiter: asyncio.Future[bool]) -> None:

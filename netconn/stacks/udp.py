@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextvars
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+from .._handoff import hand
 from ..endpoint import Address
 from ..errors import (
     Busy,
@@ -112,7 +111,7 @@ class UDPChannel:
         self._loop = asyncio.get_running_loop()
         # A waiting receiver's future; it gets the next datagram itself, or
         # None when the flow closes.
-        self._waiter: _Handoff | None = None
+        self._waiter: asyncio.Future[bytes | None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
         self._closed = False
@@ -148,7 +147,10 @@ class UDPChannel:
             # The queue is empty while someone waits. In place only after a
             # pause: within a burst, one wake-up that drains the queue costs
             # less than resuming the receiver for every datagram.
-            waiter.hand(data, in_place=gap > _BURST_GAP)
+            if gap > _BURST_GAP:
+                hand(waiter, data, self._loop)
+            else:
+                waiter.set_result(data)
             return
         if len(self._queue) >= self._queue_size:
             self.dropped += 1  # UDP may drop; a bounded queue must
@@ -168,8 +170,9 @@ class UDPChannel:
             self._wake_drain()
 
     def _wake(self) -> None:
+        # At the next turn: the flow is mid-way through closing here.
         if self._waiter is not None and not self._waiter.done():
-            self._waiter.hand(None, in_place=True)
+            self._waiter.set_result(None)
 
     def _wake_drain(self) -> None:
         if self._drain_waiter is not None and not self._drain_waiter.done():
@@ -222,7 +225,7 @@ class UDPChannel:
                 raise self._error
             if self._closed:
                 raise ConnectionClosed("the flow is closed")
-            waiter = self._waiter = _Handoff(self._loop)
+            waiter = self._waiter = self._loop.create_future()
             try:
                 data = await waiter
             except asyncio.CancelledError:
@@ -233,7 +236,14 @@ class UDPChannel:
                 raise
             finally:
                 self._waiter = None
-        return _message(data, {"remote": self.remote_address})
+        # Message(data, True, metadata), without the frozen dataclass's
+        # __init__, which sets each field through object.__setattr__ (0.7 us
+        # a message against 0.4 us).
+        message = _new_message(Message)
+        _set_content(message, data)
+        _set_complete(message, True)
+        _set_metadata(message, {"remote": self.remote_address})
+        return message
 
     @property
     def buffered_bytes(self) -> tuple[int, int]:
@@ -262,79 +272,7 @@ class UDPChannel:
         self._ctx.on_lost(None)
 
 
-class _Handoff(asyncio.Future[bytes | None]):
-    """The future a receiver waits on, which resumes it at once when handed a datagram.
-
-    A plain future resumes its task one event-loop turn after ``set_result``;
-    from here the waiting task runs inside ``datagram_received``, as a reply
-    written in the protocol callback would, unless a task is running already
-    (then it is scheduled as usual). Only the receiving task waits on it; any
-    other callback is left to the future itself.
-    """
-
-    __slots__ = ("_context", "_waker")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(loop=loop)
-        self._waker: Callable[[Any], object] | None = None
-        self._context: contextvars.Context | None = None
-
-    def add_done_callback(
-        self, fn: Callable[[Any], object], *, context: contextvars.Context | None = None
-    ) -> None:
-        if self._waker is not None or self.done():
-            super().add_done_callback(fn, context=context)
-            return
-        self._waker = fn
-        # As asyncio's futures do: the caller's context if none is given.
-        self._context = contextvars.copy_context() if context is None else context
-
-    def remove_done_callback(self, fn: Callable[[Any], object]) -> int:
-        removed = super().remove_done_callback(fn)
-        if self._waker is not None and self._waker == fn:
-            self._waker = None
-            removed += 1
-        return removed
-
-    def hand(self, data: bytes | None, *, in_place: bool) -> None:
-        self.set_result(data)
-        waker, context = self._waker, self._context
-        if waker is None or context is None:
-            return
-        self._waker = None
-        loop = self.get_loop()
-        if in_place and _current_task(loop) is None:
-            context.run(waker, self)
-        else:
-            loop.call_soon(waker, self, context=context)
-
-    def cancel(self, msg: Any | None = None) -> bool:
-        if not super().cancel(msg=msg):
-            return False
-        waker = self._waker
-        if waker is not None:
-            self._waker = None
-            self.get_loop().call_soon(waker, self, context=self._context)
-        return True
-
-
-_current_task = asyncio.current_task
 _clock = time.perf_counter
-
-
-def _message(content: bytes, metadata: dict[str, Any]) -> Message:
-    """``Message(content, True, metadata)``, without the frozen dataclass's ``__init__``.
-
-    That ``__init__`` sets each field through ``object.__setattr__`` (0.7 us
-    a message against 0.4 us), on every datagram a flow receives.
-    """
-    message = _new_message(Message)
-    _set_content(message, content)
-    _set_complete(message, True)
-    _set_metadata(message, metadata)
-    return message
-
-
 _new_message = Message.__new__
 _set_content = cast(Any, Message).content.__set__
 _set_complete = cast(Any, Message).is_complete.__set__

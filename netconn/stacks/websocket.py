@@ -65,6 +65,7 @@ except ImportError:  # the library built without its C extension
     from websockets.utils import apply_mask
 
 from .._buffer import ReceiveBuffer
+from .._handoff import hand
 from ..endpoint import Address
 from ..errors import (
     ApplicationClosed,
@@ -97,6 +98,7 @@ _KEEP = 64 * 1024  # a parser buffer up to this size is kept between small reads
 _SMALL_BLOCK = 4096  # a drained parser buffer below this size is given up at once
 _SMALL_READS = 16  # a larger one is given up after this many small reads in a row
 _LEAD = 4096  # payload bytes that go with the header, so it is no TCP segment of its own
+_SLICE = 1024  # reads up to this size are copied from a slice of the parser's block
 _LENGTH_16 = struct.Struct("!BBH")
 _LENGTH_64 = struct.Struct("!BBQ")
 _OK_CLOSE_CODES = frozenset({1000, 1001})
@@ -209,12 +211,16 @@ class WebSocket(MessageProtocol):
     async def accept_channel(self, ctx: AttemptContext, inner: Channel) -> WebSocketChannel:
         # open_timeout bounds the layers underneath too (a TLS handshake), so a
         # client that connects and stays silent cannot hold a slot for ever.
-        try:
-            async with asyncio.timeout(self.open_timeout):
-                stream = _byte_channel(await self.inner.accept_channel(ctx, inner))
-        except TimeoutError as exc:
-            inner.abort()
-            raise ConnectionTimeout(f"no handshake after {self.open_timeout} s") from exc
+        # Plain TCP underneath has nothing to negotiate: no timeout to set up.
+        if type(self.inner).accept_channel is Stack.accept_channel:
+            stream = _byte_channel(inner)
+        else:
+            try:
+                async with asyncio.timeout(self.open_timeout):
+                    stream = _byte_channel(await self.inner.accept_channel(ctx, inner))
+            except TimeoutError as exc:
+                inner.abort()
+                raise ConnectionTimeout(f"no handshake after {self.open_timeout} s") from exc
         protocol = _ServerProtocol(
             extensions=[ServerPerMessageDeflateFactory()] if self.compression else None,
             subprotocols=[Subprotocol(s) for s in self.subprotocols] or None,
@@ -267,11 +273,14 @@ class _Reader(StreamReader):
 
     def _peek(self, n: int) -> bytes:
         start = self._start
-        with memoryview(self.buffer) as view:
-            first = min(n, len(view) - start)
-            if first == n:
-                return bytes(view[start : start + n])
-            return b"".join((view[start:], view[: n - first]))
+        buffer = self.buffer
+        end = start + n
+        if end <= len(buffer):
+            # A slice of the block is cheaper than a view for a frame header
+            # or a small payload; a large payload is copied once, from a view.
+            return bytes(buffer[start:end]) if n <= _SLICE else bytes(memoryview(buffer)[start:end])
+        with memoryview(buffer) as view:
+            return b"".join((view[start:], view[: end - len(view)]))
 
     def _take(self, n: int) -> bytes:
         data = self._peek(n)
@@ -290,9 +299,14 @@ class _Reader(StreamReader):
         self, m: int, too_long_exc_type: type[Exception] = RuntimeError
     ) -> Generator[None, None, bytes]:
         while True:
-            # Handshake lines only: a copy of what is buffered is cheap here.
-            newline = self._peek(self._unread).find(b"\n")
-            length = newline + 1 if newline >= 0 else self._unread
+            start, unread, buffer = self._start, self._unread, self.buffer
+            if start + unread <= len(buffer):
+                # Searched in place, not in a copy of everything unread per line.
+                found = buffer.find(b"\n", start, start + unread)
+                newline = found - start if found >= 0 else -1
+            else:
+                newline = self._peek(unread).find(b"\n")
+            length = newline + 1 if newline >= 0 else unread
             if length > m:
                 raise too_long_exc_type(f"read {length} bytes, expected no more than {m} bytes")
             if newline >= 0:
@@ -341,16 +355,19 @@ class _Reader(StreamReader):
         if unread + size > len(self.buffer):
             # Grow, with room to spare: frames straddle reads at varying offsets.
             block = bytearray((unread + size) * 5 // 4)
-            block[:unread] = self._peek(unread)
+            if unread:
+                block[:unread] = self._peek(unread)
             self.buffer = block
             self._start = 0
         buffer = self.buffer
         end = (self._start + unread) % len(buffer)
-        first = min(size, len(buffer) - end)
-        with memoryview(buffer) as view, memoryview(data) as piece:
-            view[end : end + first] = piece[:first]
-            if first < size:
-                view[: size - first] = piece[first:]
+        first = len(buffer) - end
+        if size <= first:
+            buffer[end : end + size] = data  # same length: in place, no resize
+        else:
+            with memoryview(data) as piece:
+                buffer[end:] = piece[:first]
+                buffer[: size - first] = piece[first:]
         self._unread = unread + size
 
     def discard(self) -> None:
@@ -458,9 +475,12 @@ class WebSocketChannel(Layered[ByteChannel]):
         "_finished",
         "_finished_waiter",
         "_first",
+        "_flush_waiters",
+        "_flushing",
         "_fragmenting",
         "_inner",
         "_keepalive",
+        "_loop",
         "_options",
         "_parts",
         "_paused",
@@ -479,7 +499,6 @@ class WebSocketChannel(Layered[ByteChannel]):
         "_started",
         "_text",
         "_waiter",
-        "_write_lock",
         "opening_handshake",
     )
 
@@ -500,7 +519,10 @@ class WebSocketChannel(Layered[ByteChannel]):
         # reads many times per turn (uvloop) more would be parsed before the
         # application takes any, each a fresh payload-sized allocation.
         self._receive_limit = min(ctx.parameters.receive_buffer, _READ_CHUNK)
-        self._write_lock = asyncio.Lock()
+        # One flush writes at a time; the others wait here, in order (made on the first).
+        self._flushing = False
+        self._flush_waiters: deque[asyncio.Future[None]] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # known from start()
         self._sending = False
         self._fragmenting: bool | None = None  # None: no message open; else "is text"
         # Reassembly of the message being received.
@@ -661,7 +683,7 @@ class WebSocketChannel(Layered[ByteChannel]):
 
     def start(self) -> None:
         """Start reading (and the keepalive, if configured) once the handshake is done."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._started = True
         inner = self._inner
         if isinstance(inner, TCPChannel):
@@ -681,20 +703,56 @@ class WebSocketChannel(Layered[ByteChannel]):
         if self._options.ping_interval is not None:
             self._keepalive = loop.create_task(self._keepalive_loop(), name="websocket keepalive")
 
-    # Writing: one lock keeps frames in the order the protocol produced them.
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        # Known from start(): asking asyncio costs a getpid() per ask on Python 3.11.
+        loop = self._loop
+        return asyncio.get_running_loop() if loop is None else loop
+
+    # Writing: one flush at a time keeps frames in the order the protocol produced them.
 
     async def _flush(self) -> None:
-        async with self._write_lock:
-            try:
-                for data in self._protocol.data_to_send():
-                    if data:
-                        await self._inner.send(data, False)
-                    else:
-                        await self._inner.send(b"", True)  # the protocol's end of stream
-            except asyncio.CancelledError:
-                # Part of a frame may be out: the stream cannot be resumed.
-                self._inner.abort()
-                raise
+        # A flag and a queue of futures, not an asyncio.Lock: an uncontended
+        # flush, one per send, then runs no coroutines of the lock's own.
+        if self._flushing:
+            await self._wait_flush_turn()
+        self._flushing = True
+        try:
+            inner = self._inner
+            for data in self._protocol.data_to_send():
+                if data:
+                    await inner.send(data, False)
+                else:
+                    await inner.send(b"", True)  # the protocol's end of stream
+        except asyncio.CancelledError:
+            # Part of a frame may be out: the stream cannot be resumed.
+            self._inner.abort()
+            raise
+        finally:
+            self._flush_done()
+
+    async def _wait_flush_turn(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        if self._flush_waiters is None:
+            self._flush_waiters = deque()
+        self._flush_waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._flush_done()  # our turn came: pass it on
+            elif waiter in self._flush_waiters:
+                self._flush_waiters.remove(waiter)
+            raise
+
+    def _flush_done(self) -> None:
+        """Hand the turn to the next waiting flush (the flag stays set for it), if any."""
+        waiters = self._flush_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._flushing = False
 
     async def _flush_quietly(self) -> None:
         with contextlib.suppress(NetconnError):
@@ -716,7 +774,7 @@ class WebSocketChannel(Layered[ByteChannel]):
         elif self._close_timer is None and protocol.close_expected():
             # We sent a close frame (or failed): the peer has close_timeout
             # seconds to finish before we abort.
-            self._close_timer = asyncio.get_running_loop().call_later(
+            self._close_timer = self._running_loop().call_later(
                 self._options.close_timeout, self._inner.abort
             )
 
@@ -755,6 +813,11 @@ class WebSocketChannel(Layered[ByteChannel]):
         if self._ended:
             buffer.listen(None)
         self._settle()
+        # Everything parsed and settled: a waiting receiver goes on now, from
+        # the transport's callback, not a loop turn later.
+        waiter = self._waiter
+        if waiter is not None and self._first is not None and not waiter.done():
+            hand(waiter, None, waiter.get_loop())
         return True
 
     def _settle(self) -> None:
@@ -763,7 +826,7 @@ class WebSocketChannel(Layered[ByteChannel]):
             # Replies (a pong, our close frame) and the end of our stream go
             # out in order with what send_message writes, through _flush.
             if self._replier is None:
-                self._replier = asyncio.get_running_loop().create_task(self._reply())
+                self._replier = self._running_loop().create_task(self._reply())
         elif self._ended and self._replier is None:
             self._finish()
 
@@ -880,7 +943,8 @@ class WebSocketChannel(Layered[ByteChannel]):
             self._paused = True
             if self._buffer is not None:
                 self._buffer.pause()  # the next read stays in the kernel, not copied here
-        self._wake()
+        if self._buffer is None:
+            self._wake()  # else _readable() wakes the receiver once the read is parsed
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -902,7 +966,10 @@ class WebSocketChannel(Layered[ByteChannel]):
             if self._finished:
                 self._report()
                 raise self._final_error()
-            self._waiter = asyncio.get_running_loop().create_future()
+            loop = self._loop  # _running_loop(), inline: this runs for every wait
+            if loop is None:
+                loop = asyncio.get_running_loop()
+            self._waiter = loop.create_future()
             try:
                 await self._waiter
             finally:
@@ -1105,7 +1172,7 @@ class WebSocketChannel(Layered[ByteChannel]):
                     await self._flush()
                 if self._started and not self._finished:
                     # Until the peer's close frame and end of stream were read.
-                    self._finished_waiter = asyncio.get_running_loop().create_future()
+                    self._finished_waiter = self._running_loop().create_future()
                     await self._finished_waiter
                 await self._inner.close()
         except (TimeoutError, NetconnError):
