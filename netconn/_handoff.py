@@ -23,9 +23,12 @@ __all__ = ["hand"]
 
 T = TypeVar("T")
 
-# The task each loop runs at the moment (asyncio's own registry, a dict):
-# ``asyncio.current_task`` is Python code on 3.11.
-_running: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] = asyncio.tasks._current_tasks  # type: ignore[attr-defined]
+# The task each loop runs at the moment: asyncio's own registry, a dict on
+# 3.11-3.13 (``asyncio.current_task`` is Python code on 3.11). Where asyncio
+# keeps no such dict, ``current_task`` answers.
+_running: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = getattr(
+    asyncio.tasks, "_current_tasks", None
+)
 
 
 def hand(waiter: asyncio.Future[T], result: T, loop: asyncio.AbstractEventLoop) -> None:
@@ -34,9 +37,14 @@ def hand(waiter: asyncio.Future[T], result: T, loop: asyncio.AbstractEventLoop) 
     ``loop`` is the waiter's loop. Outside the loop's callbacks (inside a task),
     or with other than exactly one callback, this is ``set_result``.
     """
-    # Any: a C future gives None, not an empty list, when no callback waits.
-    callbacks: Any = waiter._callbacks
-    if callbacks is None or len(callbacks) != 1 or loop in _running:
+    # Any: a C future gives None, not an empty list, when no callback waits
+    # (and None where futures keep no such list: set_result then).
+    callbacks: Any = getattr(waiter, "_callbacks", None)
+    if (
+        callbacks is None
+        or len(callbacks) != 1
+        or (loop in _running if _running is not None else asyncio.current_task(loop) is not None)
+    ):
         waiter.set_result(result)
         return
     callback, context = callbacks[0]

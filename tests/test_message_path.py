@@ -85,6 +85,35 @@ async def test_hand_inside_a_task_only_sets_the_result() -> None:
     assert events == ["hand returned", "got x"]
 
 
+async def test_hand_without_asyncio_s_task_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where asyncio keeps no dict of running tasks, ``current_task`` tells the two cases apart."""
+    import netconn._handoff
+
+    monkeypatch.setattr(netconn._handoff, "_running", None)
+    events: list[str] = []
+    loop = asyncio.get_running_loop()
+
+    async def wait(waiter: asyncio.Future[str]) -> None:
+        events.append(f"got {await waiter}")
+
+    def callback(waiter: asyncio.Future[str]) -> None:
+        hand(waiter, "from a callback", loop)
+        events.append("hand returned")
+
+    waiter: asyncio.Future[str] = loop.create_future()
+    task = asyncio.create_task(wait(waiter))
+    await asyncio.sleep(0)
+    loop.call_soon(callback, waiter)
+    await task
+    waiter = loop.create_future()
+    task = asyncio.create_task(wait(waiter))
+    await asyncio.sleep(0)
+    hand(waiter, "from a task", loop)
+    events.append("hand returned")
+    await task
+    assert events == ["got from a callback", "hand returned", "hand returned", "got from a task"]
+
+
 async def test_hand_leaves_a_future_with_other_callbacks_to_the_loop() -> None:
     """Anything but the one waiting task's wake-up: every callback is scheduled as usual."""
     events: list[str] = []
