@@ -406,3 +406,41 @@ async def test_a_paced_slow_reader_keeps_the_starting_window(certs: Certs) -> No
     assert received == total
     assert largest == window, largest
     assert peak <= window, peak
+
+
+class _Channel:
+    """What a QUICStream asks of its channel while it only receives."""
+
+    is_client = True
+    error = None
+    consumed = 0
+
+    def _consumed(self, stream: Any, size: int) -> None:
+        self.consumed += size
+
+    def _retire(self, stream: Any) -> None:
+        pass
+
+
+async def test_a_stream_keeps_the_pieces_it_receives() -> None:
+    """Received data stays as the engine's objects: a whole piece is read back
+    without a copy, a read piece leaves at once, and tiny pieces share one object."""
+    from netconn.quic._stream import QUICStream
+
+    channel = _Channel()
+    stream = QUICStream(channel, 0)  # type: ignore[arg-type]
+    piece = bytes(16000)
+    stream._feed(piece, False)
+    assert await stream.receive(1, 65536) is piece
+    for _ in range(10):
+        stream._feed(bytes(16000), False)
+    assert len(await stream.receive(1, 16000)) == 16000
+    assert len(stream._chunks) == 9
+    assert len(await stream.receive(1, 20000)) == 20000  # one copy across two pieces
+    assert len(stream._chunks) == 8 and stream.buffered_bytes == 8 * 16000 - 4000
+    assert len(await stream.receive(1, 1 << 20)) == 8 * 16000 - 4000
+    for _ in range(1000):
+        stream._feed(b"x", False)
+    assert len(stream._chunks) == 1
+    assert await stream.receive(1, 4096) == b"x" * 1000
+    assert channel.consumed == 16000 * 11 + 1000

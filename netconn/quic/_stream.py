@@ -89,8 +89,8 @@ class QUICStream:
         self.can_send = not (self.directionality == "unidirectional" and not local)
         self.can_receive = not (self.directionality == "unidirectional" and local)
         # Received and unread: the engine's pieces as they came (no copy, and
-        # each leaves once read; small ones share a bytearray), the first of
-        # them from _offset on.
+        # each leaves once read; small ones that queue up share a bytearray),
+        # the first of them from _offset on.
         self._chunks: list[bytes | bytearray] = []
         self._offset = 0
         self._size = 0
@@ -373,14 +373,15 @@ class QUICStream:
         elif data:
             size = len(data)
             chunks = self._chunks
-            if size >= _SMALL:
+            last = chunks[-1] if chunks else None
+            if size >= _SMALL or last is None or len(last) >= _SMALL:
                 chunks.append(data)
+            elif type(last) is bytearray:
+                last += data
             else:
-                last = chunks[-1] if chunks else None
-                if type(last) is bytearray and len(last) < _SMALL:
-                    last += data
-                else:
-                    chunks.append(bytearray(data))
+                joined = bytearray(last)
+                joined += data
+                chunks[-1] = joined
             self._size += size
         if end:
             self._eof = True
