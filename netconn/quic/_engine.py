@@ -79,6 +79,7 @@ _TIMER_SLACK = 0.002  # seconds: twice the shortest wait of an asyncio timer (ep
 _IP_MTU = 14  # linux/in.h: a connected socket's path MTU
 _IPV6_MTU = 24  # linux/in6.h
 _UDP_HEADERS = {socket.AF_INET: 20 + 8, socket.AF_INET6: 40 + 8}
+_LOOPBACK_PAYLOAD: dict[int, int] = {}  # address family: loopback's largest UDP payload
 
 
 _HANDSHAKE_EPOCHS = (tls.Epoch.INITIAL, tls.Epoch.HANDSHAKE)
@@ -95,7 +96,8 @@ def loopback_payload_size(addr: Any) -> int:
     loopback address (the loopback interface's MTU less the headers), else 0.
 
     A loopback path never leaves this host, so its MTU is known: the kernel
-    reports it for a connected socket (nothing is sent to connect one).
+    reports it for a connected socket (nothing is sent to connect one). It is
+    read once per address family.
     """
     try:
         ip = ipaddress.ip_address(str(addr[0]).split("%", 1)[0])
@@ -106,16 +108,19 @@ def loopback_payload_size(addr: Any) -> int:
     if not ip.is_loopback:
         return 0
     family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
-    level, option = (
-        (socket.IPPROTO_IP, _IP_MTU) if ip.version == 4 else (socket.IPPROTO_IPV6, _IPV6_MTU)
-    )
-    try:
-        with socket.socket(family, socket.SOCK_DGRAM) as probe:
-            probe.connect((str(ip), 9))
-            mtu = probe.getsockopt(level, option)
-    except OSError:  # no such option outside Linux, or no loopback for this family
-        return 0
-    return max(0, mtu - _UDP_HEADERS[family])
+    size = _LOOPBACK_PAYLOAD.get(family)
+    if size is None:  # asked once per process: a probe socket per connection costs
+        level, option = (
+            (socket.IPPROTO_IP, _IP_MTU) if ip.version == 4 else (socket.IPPROTO_IPV6, _IPV6_MTU)
+        )
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.connect((str(ip), 9))
+                mtu = probe.getsockopt(level, option)
+        except OSError:  # no such option outside Linux, or no loopback for this family
+            mtu = 0
+        size = _LOOPBACK_PAYLOAD[family] = max(0, mtu - _UDP_HEADERS[family])
+    return size
 
 
 def _window_size(streams: list[QuicStream]) -> int:
