@@ -154,6 +154,8 @@ def _client_stack(case: Case, env: _Env, alpn: str, qlog: Path, **extra: Any) ->
         "ca_file": str(env.certs.ca),
         "qlog_dir": str(qlog),
         "idle_timeout": case.idle_timeout,
+        # The relay on loopback stands for a network path: network-sized packets.
+        "loopback_udp_payload_size": 0,
     }
     if case.name == "chacha20":
         options["chacha20_only"] = True
@@ -314,6 +316,7 @@ async def _netconn_server(
         max_datagram_frame_size=1200 if case.name == "datagram" else None,
         qlog_dir=str(qlog),
         idle_timeout=case.idle_timeout,
+        loopback_udp_payload_size=0,  # as the client's: a network path
     )
     served: list[_Served] = []
 

@@ -316,9 +316,10 @@ async def test_batched_io(certs: Certs) -> None:
                 pass
             await stream.send(b"done", is_complete=True)
 
+    small = {"loopback_udp_payload_size": 0}  # network-sized packets on loopback too
     async with (
-        serving(server_options(certs), sink) as listener,
-        nc.Connection(endpoint(listener), client_options(certs)) as conn,
+        serving(server_options(certs, **small), sink) as listener,
+        nc.Connection(endpoint(listener), client_options(certs, **small)) as conn,
     ):
         stream = await conn.open_stream()
         await stream.send(bytes(8 << 20), is_complete=True)

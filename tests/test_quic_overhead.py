@@ -11,7 +11,7 @@ from typing import Any
 
 from aioquic import tls
 from conftest import Certs, timeout
-from quic_helpers import client_options, connected_pair, endpoint, server_options, serving
+from quic_helpers import ALPN, client_options, connected_pair, endpoint, server_options, serving
 
 import netconn as nc
 
@@ -196,7 +196,8 @@ async def test_busy_streams_cost_few_frame_attempts_per_packet(certs: Certs) -> 
     """aioquic offers every packet to every stream in its queue; netconn shows it
     only as many as fill a round, so 50 bulk streams cost about one attempt per
     packet, not 16 (or 50)."""
-    async with connected_pair(certs) as (client, server):
+    small = {"loopback_udp_payload_size": 0}  # network-sized packets
+    async with connected_pair(certs, server=small, client=small) as (client, server):
         attempts = _count_frame_attempts(client)
         packets = await _send_on_streams(client, server, count=50, size=64 * 1024)
     assert packets > 2_000  # 3.2 MB
@@ -235,3 +236,211 @@ async def test_a_backlog_reaches_quic_in_bounded_batches() -> None:
         io.close()
     assert sum(sizes) > 2 * _udp._BATCH_BYTES, sizes  # the bound was needed
     assert max(sizes) <= _udp._BATCH_BYTES + 65535, sizes
+
+
+# Packet size on a loopback path
+
+
+def _engine(**options: Any) -> Any:
+    """A client engine (no handshake) built from ``options``."""
+    from netconn.quic._client import new_engine
+
+    quic = nc.QUIC(alpn=ALPN, **options)
+    return new_engine(quic, configuration=quic.configuration(is_client=True, server_name="x"))
+
+
+def _on_path(engine: Any, host: str) -> int:
+    """Put ``engine`` on a path to ``host`` and return the datagram size it picks."""
+    from aioquic.quic.connection import QuicNetworkPath
+
+    engine._network_paths = [QuicNetworkPath((host, 4433), is_validated=True)]
+    engine._size_datagrams()
+    return int(engine._max_datagram_size)
+
+
+def test_loopback_payload_size() -> None:
+    """Only a loopback address has a known path MTU (IPv4-mapped ones included)."""
+    from netconn.quic._engine import loopback_payload_size
+
+    loopback = loopback_payload_size(("127.0.0.1", 443))
+    assert loopback > 1200
+    assert loopback_payload_size(("127.1.2.3", 443)) == loopback
+    assert loopback_payload_size(("::ffff:127.0.0.1", 443, 0, 0)) == loopback
+    assert loopback_payload_size(("192.0.2.1", 443)) == 0
+    assert loopback_payload_size(("2001:db8::1", 443, 0, 0)) == 0
+    assert loopback_payload_size(("localhost", 443)) == 0  # a name, not an address
+
+
+def test_datagrams_grow_on_a_loopback_path_only() -> None:
+    """Handshake packets keep max_udp_payload_size; once it is confirmed, a loopback
+    path gets loopback_udp_payload_size (congestion control and pacer with it),
+    within the peer's limit and aioquic's two-byte frame lengths."""
+    engine = _engine()
+    assert engine._max_datagram_size == 1350
+    assert _on_path(engine, "192.0.2.1") == 1350
+    assert _on_path(engine, "127.0.0.1") == 16000
+    assert engine._loss._pacer._max_datagram_size == 16000
+    assert engine._loss._cc._max_datagram_size == 16000
+    assert engine._loss.congestion_window >= 10 * 16000
+    assert _on_path(engine, "192.0.2.1") == 1350  # the path moved off loopback
+
+    assert _on_path(_engine(loopback_udp_payload_size=0), "127.0.0.1") == 1350
+    assert _on_path(_engine(loopback_udp_payload_size=60000), "127.0.0.1") == 16384
+    big = _engine(max_udp_payload_size=32000)  # aioquic cannot write longer frames
+    assert big._max_datagram_size == 16384
+    assert big._loss._pacer._max_datagram_size == 16384
+
+    from aioquic._buffer import Buffer
+    from aioquic.quic.packet import QuicTransportParameters, push_quic_transport_parameters
+
+    limited = _engine()
+    buf = Buffer(capacity=256)
+    push_quic_transport_parameters(buf, QuicTransportParameters(max_udp_payload_size=9000))
+    limited._parse_transport_parameters(buf.data, from_session_ticket=True)
+    assert _on_path(limited, "127.0.0.1") == 9000
+
+
+async def test_loopback_bulk_takes_few_packets(certs: Certs) -> None:
+    """8 MiB on one stream over loopback: about 16 KB per packet, so a few hundred
+    packets (network-sized ones take over 6,000), and few ACK packets back."""
+    async with connected_pair(certs) as (client, server):
+        packets = await _send_on_streams(client, server, count=1, size=8 << 20)
+        acks = server.quic_stats()["socket"]["datagrams_sent"]
+    assert packets <= (8 << 20) // 15_000 + 20, packets
+    assert acks <= packets, acks
+
+
+async def test_large_udp_payload_setting_works_end_to_end(certs: Certs) -> None:
+    """max_udp_payload_size above what aioquic's frames can describe is capped, not broken."""
+    big = {"max_udp_payload_size": 32000, "loopback_udp_payload_size": 0}
+    async with connected_pair(certs, server=big, client=big) as (client, server):
+        assert await _send_on_streams(client, server, count=1, size=2 << 20) > 0
+
+
+# Receive windows
+
+
+class _Builder:
+    """Enough of aioquic's packet builder for the engine to write a MAX_STREAM_DATA frame."""
+
+    def start_frame(self, *args: Any, **kwargs: Any) -> Any:
+        from aioquic._buffer import Buffer
+
+        return Buffer(capacity=32)
+
+
+def test_receive_window_follows_the_reader() -> None:
+    """A stream's window doubles when half of it was read within a few round trips
+    and the reader never found a quarter of it unread; it halves (not below its
+    start) when the reader fell half a window behind."""
+    window, largest = 64 * 1024, 1 << 20
+    engine = _engine(initial_max_stream_data=window, max_receive_window=largest)
+    engine._loss._rtt_smoothed = 0.010
+    tuned = engine._tuned
+    assert tuned(window, window, largest, 1.0, 1.005, 1000) == 2 * window  # quick, kept up
+    assert tuned(window, window, largest, 1.0, 2.0, 0) == window  # half a window took 1 s
+    assert tuned(window, window, largest, 0.0, 1.0, 0) == window  # the first update
+    assert tuned(2 * window, window, largest, 1.0, 1.005, window // 2) == 2 * window
+    assert tuned(4 * window, window, largest, 1.0, 1.005, 2 * window) == 2 * window
+    assert tuned(window, window, largest, 1.0, 1.005, window) == window
+    assert tuned(largest, window, largest, 1.0, 1.001, 0) == largest
+
+
+def test_a_reader_that_was_behind_since_the_last_update_does_not_grow() -> None:
+    """What the reader found unread at each read counts, not only at the update:
+    a reader that catches up in a burst has not kept up."""
+    window = 64 * 1024
+    engine = _engine(initial_max_stream_data=window, max_receive_window=1 << 20)
+    engine._loss._rtt_smoothed = 0.010
+    stream = engine._get_or_create_stream_for_send(0)
+    calls: list[int] = []
+    tuned = engine._tuned
+
+    def recorded(*args: Any) -> int:
+        calls.append(args[-1])
+        return int(tuned(*args))
+
+    engine._tuned = recorded
+    now = 1.0
+    engine._nc_windows[0] = (window, now)
+    stream.receiver.highest_offset = window  # the peer filled the window
+    for _ in range(window // 2 // 4096):  # the reader drains half of it in a burst
+        now += 0.0001
+        engine.consumed(0, 4096, now)
+    stream.receiver.highest_offset = window // 2  # pretend nothing more is unread now
+    engine._write_stream_limits(_Builder(), None, stream)
+    assert calls == [window]  # the most it found unread, not the 0 unread at the update
+    assert engine._nc_windows[0][0] == window
+    assert stream.max_stream_data_local == window // 2 + window
+
+
+async def test_a_paced_slow_reader_keeps_the_starting_window(certs: Certs) -> None:
+    """A reader at a steady 8 MB/s behind a faster sender: its stream window never
+    grows past the start, so what waits unread stays within it."""
+    window = 256 * 1024
+    receive_side = {"initial_max_stream_data": window, "initial_max_data": 4 * window}
+    async with connected_pair(certs, server=receive_side) as (client, server):
+        stream = await client.open_stream()
+        total = 4 << 20
+
+        async def produce() -> None:
+            for _ in range(total // (64 * 1024)):
+                await stream.send(bytes(64 * 1024))
+            await stream.close()
+
+        producer = asyncio.create_task(produce())
+        inbound = await asyncio.wait_for(anext(aiter(server.inbound_streams())), timeout(10))
+        engine: Any = server._quic_channel().quic
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        received = peak = largest = 0
+        async with asyncio.timeout(timeout(30)):
+            while chunk := await inbound.receive(1, 16 * 1024):
+                received += len(chunk)
+                peak = max(peak, inbound.buffered_bytes)
+                largest = max(largest, engine._nc_windows.get(inbound.id, (window, 0.0))[0])
+                ahead = received / 8e6 - (loop.time() - start)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+            await producer
+    assert received == total
+    assert largest == window, largest
+    assert peak <= window, peak
+
+
+class _Channel:
+    """What a QUICStream asks of its channel while it only receives."""
+
+    is_client = True
+    error = None
+    consumed = 0
+
+    def _consumed(self, stream: Any, size: int) -> None:
+        self.consumed += size
+
+    def _retire(self, stream: Any) -> None:
+        pass
+
+
+async def test_a_stream_keeps_the_pieces_it_receives() -> None:
+    """Received data stays as the engine's objects: a whole piece is read back
+    without a copy, a read piece leaves at once, and tiny pieces share one object."""
+    from netconn.quic._stream import QUICStream
+
+    channel = _Channel()
+    stream = QUICStream(channel, 0)  # type: ignore[arg-type]
+    piece = bytes(16000)
+    stream._feed(piece, False)
+    assert await stream.receive(1, 65536) is piece
+    for _ in range(10):
+        stream._feed(bytes(16000), False)
+    assert len(await stream.receive(1, 16000)) == 16000
+    assert len(stream._chunks) == 9
+    assert len(await stream.receive(1, 20000)) == 20000  # one copy across two pieces
+    assert len(stream._chunks) == 8 and stream.buffered_bytes == 8 * 16000 - 4000
+    assert len(await stream.receive(1, 1 << 20)) == 8 * 16000 - 4000
+    for _ in range(1000):
+        stream._feed(b"x", False)
+    assert len(stream._chunks) == 1
+    assert await stream.receive(1, 4096) == b"x" * 1000
+    assert channel.consumed == 16000 * 11 + 1000

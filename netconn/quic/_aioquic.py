@@ -177,6 +177,7 @@ def new_aioquic_engine(options: QUIC, **kwargs: Any) -> AioquicEngine:
     engine = AioquicEngine(
         max_stream_window=options.max_receive_window,
         max_connection_window=2 * options.max_receive_window,
+        loopback_datagram_size=options.loopback_udp_payload_size,
         **kwargs,
     )
     for limit, value in (

@@ -43,6 +43,7 @@ from ..stacks.base import AttemptContext
 from ..stacks.tls import PeerCertificate
 from ..state import Cancelled
 from ._aioquic import AioquicEngine
+from ._engine import LARGEST_DATAGRAM
 from ._stream import DeliveryReceipt, Directionality, QUICDatagrams, QUICStream
 from ._udp import NetworkAddress
 
@@ -173,7 +174,8 @@ class QUICChannel:
         remote = self.quic._remote_max_datagram_frame_size
         if remote is None or self.options.max_datagram_frame_size is None:
             return 0
-        in_packet = self.options.max_udp_payload_size - _SHORT_HEADER_OVERHEAD
+        in_packet = min(self.options.max_udp_payload_size, LARGEST_DATAGRAM)
+        in_packet -= _SHORT_HEADER_OVERHEAD
         return max(0, min(remote, in_packet) - _DATAGRAM_FRAME_OVERHEAD)
 
     @property

@@ -5,9 +5,15 @@ window once half of it is used), so a peer can fill an unread stream without
 limit. Here credit is granted from what the application has *read*: a
 stream's limit is ``read + window`` and the connection's is ``read_total +
 connection window``. The windows start at the configured sizes and double
-(up to a cap) while the reader keeps up and the window is used up quickly, so
+(up to a cap) while the reader keeps up (it never finds much unread) and the
+window is used up quickly, and halve again when the reader falls behind, so
 a fast reader gets a window near the bandwidth-delay product and a slow one
-keeps the peer's data bounded by the starting window.
+keeps the peer's data bounded by the starting window (see
+:meth:`FlowControlledConnection._tuned`).
+
+On a loopback path, whose MTU is known, packets grow once the handshake is
+confirmed (:meth:`FlowControlledConnection._size_datagrams`): most of
+aioquic's work is per packet.
 
 Once the handshake is confirmed, the engine drops what aioquic keeps of
 it for the connection's lifetime (see
@@ -25,10 +31,13 @@ override).
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from typing import Any
 
 from aioquic import tls
 from aioquic._buffer import Buffer
+from aioquic.quic.congestion.base import K_INITIAL_WINDOW
 from aioquic.quic.connection import END_STATES, QuicConnection
 from aioquic.quic.crypto import CryptoPair
 from aioquic.quic.packet import QuicFrameType, pull_quic_transport_parameters
@@ -36,7 +45,7 @@ from aioquic.quic.packet_builder import QuicDeliveryState, QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketPacer, QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 
-__all__ = ["FlowControlledConnection"]
+__all__ = ["LARGEST_DATAGRAM", "FlowControlledConnection", "loopback_payload_size"]
 
 _LIMIT_FRAME_CAPACITY = 1 + 2 * 8  # frame type + two varints at their largest
 
@@ -59,11 +68,18 @@ class _StreamTable(dict[int, QuicStream]):
 
 _SPARE_CRYPTO_BUFFER = 64  # TLS writes nothing after the handshake; see above
 _SMALLEST_DATAGRAM = 1200  # RFC 9000 section 14: every path carries this much
-_MIN_TUNING_PERIOD = 0.05  # seconds: see _should_grow
+# aioquic writes the length of a long header packet and of a STREAM or CRYPTO
+# frame as a two-byte varint, so neither may exceed 16383 bytes.
+LARGEST_DATAGRAM = 16384
+_MIN_TUNING_PERIOD = 0.02  # seconds: see FlowControlledConnection._tuned
 _QUEUE_WINDOW = 16  # most streams aioquic's packet loop is shown at a time
 _WINDOW_BYTES = 32 * 1024  # sendable bytes that make a window big enough
 _GSO_BURST = 64  # packets one segmented sendmsg carries
 _TIMER_SLACK = 0.002  # seconds: twice the shortest wait of an asyncio timer (epoll)
+_IP_MTU = 14  # linux/in.h: a connected socket's path MTU
+_IPV6_MTU = 24  # linux/in6.h
+_UDP_HEADERS = {socket.AF_INET: 20 + 8, socket.AF_INET6: 40 + 8}
+_LOOPBACK_PAYLOAD: dict[int, int] = {}  # address family: loopback's largest UDP payload
 
 
 _HANDSHAKE_EPOCHS = (tls.Epoch.INITIAL, tls.Epoch.HANDSHAKE)
@@ -73,6 +89,38 @@ _NO_KEYS = CryptoPair()
 # aioquic builds a frozenset of allowed epochs per frame type per connection;
 # equal sets are shared instead.
 _EPOCH_SETS: dict[frozenset[tls.Epoch], frozenset[tls.Epoch]] = {}
+
+
+def loopback_payload_size(addr: Any) -> int:
+    """The largest UDP payload the path to ``addr`` carries if ``addr`` is a
+    loopback address (the loopback interface's MTU less the headers), else 0.
+
+    A loopback path never leaves this host, so its MTU is known: the kernel
+    reports it for a connected socket (nothing is sent to connect one). It is
+    read once per address family.
+    """
+    try:
+        ip = ipaddress.ip_address(str(addr[0]).split("%", 1)[0])
+    except (ValueError, IndexError, TypeError):
+        return 0
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if not ip.is_loopback:
+        return 0
+    family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+    size = _LOOPBACK_PAYLOAD.get(family)
+    if size is None:  # asked once per process: a probe socket per connection costs
+        level, option = (
+            (socket.IPPROTO_IP, _IP_MTU) if ip.version == 4 else (socket.IPPROTO_IPV6, _IPV6_MTU)
+        )
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.connect((str(ip), 9))
+                mtu = probe.getsockopt(level, option)
+        except OSError:  # no such option outside Linux, or no loopback for this family
+            mtu = 0
+        size = _LOOPBACK_PAYLOAD[family] = max(0, mtu - _UDP_HEADERS[family])
+    return size
 
 
 def _window_size(streams: list[QuicStream]) -> int:
@@ -128,10 +176,16 @@ class FlowControlledConnection(QuicConnection):
         *,
         max_stream_window: int,
         max_connection_window: int,
+        loopback_datagram_size: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self._nc_loopback_size = loopback_datagram_size
+        self._nc_sized_path: Any = None
         self._loss._pacer = _BurstPacer(max_datagram_size=self._max_datagram_size)
+        if self._max_datagram_size > LARGEST_DATAGRAM:
+            self._set_datagram_size(LARGEST_DATAGRAM)
+        self._nc_datagram_size = self._max_datagram_size  # configured, capped by the peer
         handlers: dict[int, Any] = self.__dict__["_QuicConnection__frame_handlers"]
         for frame_type, (handler, epochs) in handlers.items():
             handlers[frame_type] = (handler, _EPOCH_SETS.setdefault(epochs, epochs))
@@ -143,10 +197,15 @@ class FlowControlledConnection(QuicConnection):
         self._nc_max_connection_window = max(max_connection_window, self._nc_connection_window)
         self._nc_read: dict[int, int] = {}
         self._nc_windows: dict[int, tuple[int, float]] = {}  # stream: (window, last update)
+        # The most bytes found unread when the application came to read, since
+        # the last credit update: per stream, and for the connection.
+        self._nc_unread_peaks: dict[int, int] = {}
+        self._nc_connection_unread_peak = 0
         self._nc_read_total = 0
         self._nc_connection_update_at = 0.0
         self._nc_now = 0.0
         self._nc_ack_with_data = False
+        self._nc_peer_limit: int | None = None
         self.stream_priorities: dict[int, int] = {}
         """Send priority of streams that have a non-zero one (higher first)."""
 
@@ -158,17 +217,25 @@ class FlowControlledConnection(QuicConnection):
         Returns whether new credit is due (the caller should transmit soon).
         """
         self._nc_now = now
-        read = self._nc_read.get(stream_id, 0) + size
+        before = self._nc_read.get(stream_id, 0)
+        read = before + size
         self._nc_read[stream_id] = read
+        limit = self._local_max_data
+        unread = limit.used - self._nc_read_total
+        if unread > self._nc_connection_unread_peak:
+            self._nc_connection_unread_peak = unread
         self._nc_read_total += size
         due = False
         stream = self._streams.get(stream_id)
         if stream is not None and stream.max_stream_data_local and not stream.receiver.is_finished:
+            peaks = self._nc_unread_peaks
+            unread = stream.receiver.highest_offset - before
+            if unread > peaks.get(stream_id, 0):
+                peaks[stream_id] = unread
             window, _ = self._nc_windows.get(stream_id, (self._nc_stream_window, 0.0))
             if read + window - stream.max_stream_data_local >= window // 2:
                 self._nc_table.due[stream_id] = stream
                 due = True
-        limit = self._local_max_data
         if self._nc_read_total + self._nc_connection_window - limit.value >= (
             self._nc_connection_window // 2
         ):
@@ -190,6 +257,7 @@ class FlowControlledConnection(QuicConnection):
         self._nc_read.pop(stream_id, None)
         self.stream_priorities.pop(stream_id, None)
         self._nc_windows.pop(stream_id, None)
+        self._nc_unread_peaks.pop(stream_id, None)
         self._nc_table.due.pop(stream_id, None)
 
     @property
@@ -208,11 +276,11 @@ class FlowControlledConnection(QuicConnection):
             window, last = self._nc_windows.get(stream_id, (self._nc_stream_window, 0.0))
             if read + window - stream.max_stream_data_local >= window // 2:
                 now = self._nc_now
-                buffered = stream.receiver.highest_offset - read
-                if window < self._nc_max_stream_window and self._should_grow(
-                    window, last, now, buffered
-                ):
-                    window = min(window * 2, self._nc_max_stream_window)
+                unread = stream.receiver.highest_offset - read
+                behind = max(unread, self._nc_unread_peaks.pop(stream_id, 0))
+                window = self._tuned(
+                    window, self._nc_stream_window, self._nc_max_stream_window, last, now, behind
+                )
                 self._nc_windows[stream_id] = (window, now)
                 stream.max_stream_data_local = read + window
         if stream.max_stream_data_local_sent != stream.max_stream_data_local:
@@ -240,11 +308,16 @@ class FlowControlledConnection(QuicConnection):
         if self._nc_read_total + window - limit.value >= window // 2:
             now = self._nc_now
             last = self._nc_connection_update_at
-            buffered = limit.used - self._nc_read_total
-            if self._should_grow(window, last, now, buffered):
-                window = self._nc_connection_window = min(
-                    window * 2, self._nc_max_connection_window
-                )
+            behind = max(limit.used - self._nc_read_total, self._nc_connection_unread_peak)
+            self._nc_connection_unread_peak = 0
+            window = self._nc_connection_window = self._tuned(
+                window,
+                self._configuration.max_data,
+                self._nc_max_connection_window,
+                last,
+                now,
+                behind,
+            )
             self._nc_connection_update_at = now
             limit.value = self._nc_read_total + window
         bidi, uni = self._local_max_streams_bidi, self._local_max_streams_uni
@@ -301,19 +374,71 @@ class FlowControlledConnection(QuicConnection):
             return
         if limit is not None and limit < self._max_datagram_size:
             self._max_datagram_size = max(limit, _SMALLEST_DATAGRAM)
+        self._nc_datagram_size = self._max_datagram_size
+        self._nc_peer_limit = limit
 
-    def _should_grow(self, window: int, last: float, now: float, buffered: int) -> bool:
-        """Whether a window that is due for an update should also double.
+    def _size_datagrams(self) -> None:
+        """Choose the datagram size for the current path, once the handshake is confirmed.
 
-        It should when the reader keeps up (little is waiting unread) and half
-        the window went by quickly: within four round trips, or 50 ms, as a
-        receiver that mostly sends ACKs measures a round trip far shorter than
-        its sender sees. A slow reader has the window full of unread bytes, so
-        its window never grows and the peer's data stays bounded.
+        On a loopback path the datagrams grow to ``loopback_datagram_size``
+        (within the loopback MTU and the peer's limit): aioquic's work is
+        mostly per packet, so larger packets cut its CPU per byte several
+        times. Only 1-RTT packets grow: a long header's length field (two
+        bytes in aioquic) cannot describe a packet above 16 KiB, and an
+        Initial is padded to the full size.
         """
-        if not last or buffered >= window // 4:
-            return False
-        return now - last < max(4 * self._smoothed_rtt(), _MIN_TUNING_PERIOD)
+        path = self._network_paths[0]
+        self._nc_sized_path = path
+        size = self._nc_datagram_size
+        if self._nc_loopback_size > size:
+            loopback = min(
+                loopback_payload_size(path.addr), self._nc_loopback_size, LARGEST_DATAGRAM
+            )
+            peer = self._nc_peer_limit
+            if peer is not None:
+                loopback = min(loopback, peer)
+            size = max(size, loopback)
+        if size != self._max_datagram_size:
+            self._set_datagram_size(size)
+
+    def _set_datagram_size(self, size: int) -> None:
+        self._max_datagram_size = size
+        loss = self._loss
+        pacer = loss._pacer
+        pacer._max_datagram_size = size
+        if isinstance(pacer, _BurstPacer):
+            pacer._nc_datagram_size = size
+        cc: Any = loss._cc
+        cc._max_datagram_size = size
+        if hasattr(cc, "additive_increase_factor"):  # CUBIC's Reno-friendly step
+            cc.additive_increase_factor = size
+        if cc.ssthresh is None:  # still in slow start: an initial window of packets
+            cc.congestion_window = max(cc.congestion_window, K_INITIAL_WINDOW * size)
+
+    def _tuned(
+        self, window: int, smallest: int, largest: int, last: float, now: float, behind: int
+    ) -> int:
+        """The window for a credit update that is due (half the window was read).
+
+        It doubles (up to ``largest``) when the reader kept up, finding little
+        unread (under a quarter of the window) whenever it came to read since
+        the last update, and half the window went by quickly: within four
+        round trips, or 20 ms, as a receiver that mostly sends ACKs measures
+        a round trip shorter than its sender sees. It halves (down to
+        ``smallest``) when the reader fell behind by half the window: a reader
+        slower than its peer then holds at most about the window it needs,
+        whatever a faster spell earlier made it.
+        """
+        if behind >= window // 2:
+            return max(window // 2, smallest)
+        if (
+            last
+            and window < largest
+            and behind < window // 4
+            and now - last < max(4 * self._smoothed_rtt(), _MIN_TUNING_PERIOD)
+        ):
+            return min(window * 2, largest)
+        return window
 
     def _smoothed_rtt(self) -> float:
         rtt: float = self._loss._rtt_smoothed or self._configuration.initial_rtt
@@ -352,6 +477,8 @@ class FlowControlledConnection(QuicConnection):
         if self._nc_ack_with_data:
             self._nc_ack_with_data = False
             self._ack_now(now)
+        if self._handshake_confirmed and self._network_paths[0] is not self._nc_sized_path:
+            self._size_datagrams()  # the handshake was just confirmed, or the path moved
         queue = self._streams_queue
         priorities = self.stream_priorities
         if priorities:

@@ -36,6 +36,7 @@ Directionality = Literal["bidirectional", "unidirectional"]
 """Whether a stream carries data both ways or only from its opener."""
 
 _SEND_CHUNK = 256 * 1024  # bytes handed to the engine per step of a large send
+_SMALL = 4096  # received pieces below this share a bytearray: no object per tiny frame
 
 
 class DatagramsNotEnabled(InvalidState):
@@ -87,7 +88,12 @@ class QUICStream:
         """Bidirectional, or unidirectional (from the opener to the other side)."""
         self.can_send = not (self.directionality == "unidirectional" and not local)
         self.can_receive = not (self.directionality == "unidirectional" and local)
-        self._buffer = bytearray()
+        # Received and unread: the engine's pieces as they came (no copy, and
+        # each leaves once read; small ones that queue up share a bytearray),
+        # the first of them from _offset on.
+        self._chunks: list[bytes | bytearray] = []
+        self._offset = 0
+        self._size = 0
         self._eof = not self.can_receive
         self._receive_error: NetconnError | None = None
         self._receive_waiter: asyncio.Future[None] | None = None
@@ -136,12 +142,12 @@ class QUICStream:
     @property
     def receive_complete(self) -> bool:
         """Whether the peer ended its direction and every byte was read."""
-        return self._eof and not self._buffer
+        return self._eof and not self._size
 
     @property
     def buffered_bytes(self) -> int:
         """Bytes received and not yet read."""
-        return len(self._buffer)
+        return self._size
 
     @property
     def queued_bytes(self) -> int:
@@ -254,8 +260,9 @@ class QUICStream:
             return
         self._stopped_code = code
         self._channel._stop(self, code)
-        consumed = len(self._buffer)
-        self._buffer.clear()
+        consumed = self._size
+        self._chunks.clear()
+        self._offset = self._size = 0
         if consumed:
             self._channel._consumed(self, consumed)
         self._fail_receive(StreamReset(code, by_peer=False, what="stopped"))
@@ -292,27 +299,59 @@ class QUICStream:
             raise InvalidState(f"stream {self.id} is send-only")
         if self._receive_waiter is not None:
             raise Busy("another task is already receiving on this stream")
-        buffer = self._buffer
-        while len(buffer) < at_least and not self._eof and self._receive_error is None:
+        while self._size < at_least and not self._eof and self._receive_error is None:
             self._receive_waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._receive_waiter
             finally:
                 self._receive_waiter = None
-        if not buffer:
+        if not self._size:
             self._check_done()
             if self._receive_error is not None:
                 raise self._receive_error
             return b""
-        if len(buffer) <= at_most:
-            data = bytes(buffer)
-            buffer.clear()
-        else:
-            data = bytes(memoryview(buffer)[:at_most])
-            del buffer[:at_most]
+        data = self._take(at_most)
         self._channel._consumed(self, len(data))
-        if self._eof and not buffer:
+        if self._eof and not self._size:
             self._check_done()
+        return data
+
+    def _take(self, at_most: int) -> bytes:
+        """Remove and return the first ``at_most`` buffered bytes (or all there are)."""
+        chunks = self._chunks
+        offset = self._offset
+        first = chunks[0]
+        if len(chunks) == 1 or len(first) - offset >= at_most:
+            end = min(len(first), offset + at_most)
+            if not offset and end == len(first) and type(first) is bytes:
+                data = first  # a whole piece, as it came
+            else:
+                data = bytes(memoryview(first)[offset:end])
+            if end == len(first):
+                del chunks[0]
+                end = 0
+            self._offset = end
+        else:
+            # One copy of several pieces; the consumed ones leave in one step.
+            parts: list[memoryview] = []
+            need = at_most
+            done = 0
+            for chunk in chunks:
+                piece = memoryview(chunk)[offset:]
+                offset = 0
+                if len(piece) > need:
+                    parts.append(piece[:need])
+                    offset = len(chunk) - len(piece) + need
+                    break
+                parts.append(piece)
+                need -= len(piece)
+                done += 1
+                if not need:
+                    break
+            del chunks[:done]
+            self._offset = offset
+            data = b"".join(parts)
+        self._size -= len(data)
         return data
 
     async def receive_exactly(self, size: int) -> bytes:
@@ -332,10 +371,21 @@ class QUICStream:
             if data:
                 self._channel._consumed(self, len(data))  # nobody will read it
         elif data:
-            self._buffer += data
+            size = len(data)
+            chunks = self._chunks
+            last = chunks[-1] if chunks else None
+            if size >= _SMALL or last is None or len(last) >= _SMALL:
+                chunks.append(data)
+            elif type(last) is bytearray:
+                last += data
+            else:
+                joined = bytearray(last)
+                joined += data
+                chunks[-1] = joined
+            self._size += size
         if end:
             self._eof = True
-            if not self._buffer:
+            if not self._size:
                 self._check_done()
         waiter = self._receive_waiter  # once per packet: no call when already woken
         if waiter is not None and not waiter.done():
@@ -352,7 +402,7 @@ class QUICStream:
         received = (
             not self.can_receive
             or self._receive_error is not None
-            or (self._eof and not self._buffer)
+            or (self._eof and not self._size)
         )
         sent = not self.can_send or self._send_closed or self._send_error is not None
         if received and sent:

@@ -113,7 +113,15 @@ class QUIC(MultiplexProtocol):
     max_udp_payload_size: int = 1350
     """Bytes per UDP datagram sent, at least 1200 and never above the peer's
     max_udp_payload_size; default 1350. Larger sizes cut CPU per byte where the path
-    allows them (loopback carries 64 KiB); nothing probes the path MTU."""
+    allows them; nothing probes the path MTU. On aioquic at most 16384 (its frames
+    carry two-byte lengths); see also ``loopback_udp_payload_size``."""
+    loopback_udp_payload_size: int = 16000
+    """Bytes per UDP datagram once the handshake is confirmed, when the peer is on a
+    loopback address (127.0.0.0/8, ::1): the path is this host's loopback interface,
+    whose MTU the kernel reports (64 KiB by default). Capped by that MTU, the peer's
+    max_udp_payload_size and 16384; default 16000 (four to a GSO send); at or below
+    ``max_udp_payload_size`` (0, say) it has no effect. Engine aioquic only (qh3 sends
+    ``max_udp_payload_size`` everywhere)."""
     congestion_control: Literal["reno", "cubic"] | None = None
     """Congestion controller; default: the engine's own (NewReno on aioquic; qh3 has
     one built-in controller and refuses a choice)."""
@@ -154,6 +162,8 @@ class QUIC(MultiplexProtocol):
             raise ValueError(f"versions must be a non-empty sequence of 'v1'/'v2': {self.versions}")
         if self.max_udp_payload_size < 1200:
             raise ValueError("max_udp_payload_size must be at least 1200")
+        if self.loopback_udp_payload_size < 0:
+            raise ValueError("loopback_udp_payload_size must not be negative")
         if self.idle_timeout <= 0:
             raise ValueError("idle_timeout must be positive")
         if self.engine == "qh3":
