@@ -276,13 +276,15 @@ class Connection(Generic[P_co]):
     def establishment_report(self) -> EstablishmentReport:
         """Resolution and every attempt, with their outcomes."""
         report = self._report
-        if report is None:
-            report = self._report = EstablishmentReport()
-        elif type(report) is tuple:
+        if type(report) is EstablishmentReport:  # narrowed by type(): no cast() call
+            return report
+        if type(report) is tuple:
             address, started_after, took, duration = report
             attempt = Attempt(address, started_after, took, "ready")
-            report = self._report = EstablishmentReport(0.0, [address], [attempt], duration)
-        return cast(EstablishmentReport, report)
+            made = self._report = EstablishmentReport(0.0, [address], [attempt], duration)
+        else:
+            made = self._report = EstablishmentReport()
+        return made
 
     def _compact_report(self, duration: float) -> None:
         """At ready: the report's duration; one ready attempt to the one address

@@ -11,7 +11,7 @@ import threading
 import weakref
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .._buffer import ReceiveBuffer
 from ..endpoint import Address
@@ -24,7 +24,7 @@ from ..errors import (
     map_os_error,
     mapped,
 )
-from ..parameters import Parameters
+from ..parameters import Parameters, ServiceClass
 from .base import AttemptContext, StreamProtocol, constant
 from .sockets import apply_parameters, bind_listening_sockets, check_path
 
@@ -145,7 +145,7 @@ class TCP(StreamProtocol):
         return (
             not params.required_interface
             and params.local_endpoint is None
-            and not params.service_class.tos
+            and params.service_class is ServiceClass.BEST_EFFORT  # DSCP 0: no enum property
             and not self.fast_open
             and self.maximum_segment_size is None
             and "%" not in address.host  # a scope id would send the loop to getaddrinfo
@@ -517,9 +517,9 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
 
     # asyncio.Protocol callbacks
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        transport = cast(asyncio.Transport, transport)
+    def connection_made(self, transport: Any) -> None:
+        # Any: uvloop's transports implement asyncio.Transport without
+        # subclassing it, and a cast() would be a call per connection.
         self._transport = transport
         # The transport's own buffer is the send bound: writes pause above it.
         transport.set_write_buffer_limits(high=self._send_limit, low=self._send_limit // 4)
