@@ -205,6 +205,7 @@ class _Acceptor:
         "_pending",
         "_reading",
         "_sock",
+        "_socket_class",
         "_stack",
         "_wakeups",
     )
@@ -224,6 +225,7 @@ class _Acceptor:
         self._closed = False
         self._pending = 0  # accepted, transport not yet made: they count against the backlog
         self._family = int(sock.family)  # the socket's property makes two enums per ask
+        self._socket_class = _accepted_socket_class(self._family)
         # Whether the last wake-up found more than one connection waiting, and
         # a count of wake-ups: see _readable.
         self._burst = False
@@ -274,7 +276,7 @@ class _Acceptor:
                     return
                 taken += 1
                 # What socket.accept() does, without asking for the family and type again.
-                conn_sock = socket.socket(self._family, socket.SOCK_STREAM, 0, fd)
+                conn_sock = self._socket_class(self._family, socket.SOCK_STREAM, 0, fd)
                 self._take(conn_sock, peer)
         finally:
             self._burst = taken > 1
@@ -359,6 +361,28 @@ class _Acceptor:
 
 
 _SelectorLoop = asyncio.selector_events.BaseSelectorEventLoop
+
+_accepted_socket_classes: dict[int, type[socket.socket]] = {}
+
+
+def _accepted_socket_class(family: int) -> type[socket.socket]:
+    """A socket class whose ``family`` and ``type`` are plain class attributes.
+
+    ``socket.socket``'s properties convert the numbers to enums on every ask
+    (two Python calls each), and the loops ask three times per accepted
+    connection (uvloop's ``connect_accepted_socket``, asyncio's ``TCP_NODELAY``
+    check). The values are the same enums.
+    """
+    cls = _accepted_socket_classes.get(family)
+    if cls is None:
+        attributes = {
+            "__slots__": (),
+            "__module__": "socket",  # its repr is a socket.socket's
+            "family": socket.AddressFamily(family),
+            "type": socket.SocketKind.SOCK_STREAM,
+        }
+        cls = _accepted_socket_classes[family] = type("socket", (socket.socket,), attributes)
+    return cls
 
 
 def _sets_no_delay(loop: asyncio.AbstractEventLoop) -> bool:
