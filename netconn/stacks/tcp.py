@@ -159,11 +159,14 @@ class TCP(StreamProtocol):
         channel = TCPChannel(ctx.parameters, ctx, loop)
         try:
             await loop.create_connection(constant(channel), address.host, address.port)
-            if self._options_after_connect or (self.no_delay and not _sets_no_delay(loop)):
+            no_delay_set = _no_delay_loops.get(type(loop))  # a dict look-up, not a call
+            if no_delay_set is None:
+                no_delay_set = _sets_no_delay(loop)
+            if self._options_after_connect or (self.no_delay and not no_delay_set):
                 sock = channel.socket
                 if sock is not None:
                     # asyncio's and uvloop's TCP transports set TCP_NODELAY themselves.
-                    self._configure(sock, no_delay_set=_sets_no_delay(loop))
+                    self._configure(sock, no_delay_set=no_delay_set)
         except BaseException as exc:
             channel.abort()
             if isinstance(exc, OSError) and not isinstance(exc, NetconnError):
@@ -199,11 +202,14 @@ class _Acceptor:
     __slots__ = (
         "_burst",
         "_closed",
+        "_configures",
         "_family",
         "_listener",
         "_loop",
+        "_no_delay_set",
         "_pending",
         "_reading",
+        "_selector",
         "_sock",
         "_socket_class",
         "_stack",
@@ -224,6 +230,14 @@ class _Acceptor:
         self._reading = False
         self._closed = False
         self._pending = 0  # accepted, transport not yet made: they count against the backlog
+        # Known per listening socket, not asked per connection. uvloop's transport
+        # for an accepted socket sets TCP_NODELAY itself; asyncio's does only for
+        # sockets made with IPPROTO_TCP.
+        self._selector = isinstance(loop, _SelectorLoop)
+        self._no_delay_set = not self._selector and _sets_no_delay(loop)
+        self._configures = stack._options_after_connect or (
+            stack.no_delay and not self._no_delay_set
+        )
         self._family = int(sock.family)  # the socket's property makes two enums per ask
         self._socket_class = _accepted_socket_class(self._family)
         # Whether the last wake-up found more than one connection waiting, and
@@ -295,17 +309,15 @@ class _Acceptor:
     def _take(self, conn_sock: socket.socket, peer: Any) -> None:
         listener = self._listener
         loop: Any = self._loop
-        selector = isinstance(loop, _SelectorLoop)
         channel: TCPChannel | None = None
         try:
-            # uvloop's transport for an accepted socket sets TCP_NODELAY itself;
-            # asyncio's does only for sockets made with IPPROTO_TCP.
-            self._stack._configure(conn_sock, no_delay_set=not selector and _sets_no_delay(loop))
+            if self._configures:
+                self._stack._configure(conn_sock, no_delay_set=self._no_delay_set)
             ctx = listener.attempt_context()
             channel = TCPChannel(listener.parameters, ctx, loop)
             channel._on_made = self._made
             self._pending += 1  # until connection_made, at a later loop turn
-            if selector:
+            if self._selector:
                 conn_sock.setblocking(False)
                 # The peer's address is known: the transport asks for no name.
                 loop._make_socket_transport(conn_sock, channel, extra={"peername": peer})
@@ -385,9 +397,17 @@ def _accepted_socket_class(family: int) -> type[socket.socket]:
     return cls
 
 
+_no_delay_loops: dict[type, bool] = {}  # _sets_no_delay's answers, by the loop's class
+
+
 def _sets_no_delay(loop: asyncio.AbstractEventLoop) -> bool:
     """Whether ``create_connection(host, port)`` on ``loop`` sets TCP_NODELAY by itself."""
-    return isinstance(loop, _SelectorLoop) or type(loop).__module__.startswith("uvloop")
+    kind = type(loop)
+    sets = _no_delay_loops.get(kind)
+    if sets is None:
+        uv = kind.__module__.startswith("uvloop")
+        sets = _no_delay_loops[kind] = isinstance(loop, _SelectorLoop) or uv
+    return sets
 
 
 _VIABILITY_POLL = 0.25  # seconds between TCP_INFO reads
