@@ -828,6 +828,7 @@ class Connection(Generic[P_co]):
             started=started,
             skip_first=self._skip_first,
             loop=self._loop,
+            task=self._inline,
         )
         try:
             self._channel, ctx, _attempt = await self._race.run()
@@ -855,7 +856,9 @@ class Connection(Generic[P_co]):
         if self._viability is not None:
             self._viability.become_viable_now()
         elif not self._viable:
-            self._viable_changed(True)
+            self._viable = True  # _viable_changed, without its call when nobody listens
+            if self._viability_callbacks:
+                self._notify(self._viability_callbacks, True)
 
     async def _ready_channel(self) -> Channel:
         """Start if needed, wait for ``Ready`` (riding out ``Waiting``), return the channel."""
