@@ -276,13 +276,15 @@ class Connection(Generic[P_co]):
     def establishment_report(self) -> EstablishmentReport:
         """Resolution and every attempt, with their outcomes."""
         report = self._report
-        if report is None:
-            report = self._report = EstablishmentReport()
-        elif type(report) is tuple:
+        if type(report) is EstablishmentReport:  # narrowed by type(): no cast() call
+            return report
+        if type(report) is tuple:
             address, started_after, took, duration = report
             attempt = Attempt(address, started_after, took, "ready")
-            report = self._report = EstablishmentReport(0.0, [address], [attempt], duration)
-        return cast(EstablishmentReport, report)
+            made = self._report = EstablishmentReport(0.0, [address], [attempt], duration)
+        else:
+            made = self._report = EstablishmentReport()
+        return made
 
     def _compact_report(self, duration: float) -> None:
         """At ready: the report's duration; one ready attempt to the one address
@@ -826,6 +828,7 @@ class Connection(Generic[P_co]):
             started=started,
             skip_first=self._skip_first,
             loop=self._loop,
+            task=self._inline,
         )
         try:
             self._channel, ctx, _attempt = await self._race.run()
@@ -853,7 +856,9 @@ class Connection(Generic[P_co]):
         if self._viability is not None:
             self._viability.become_viable_now()
         elif not self._viable:
-            self._viable_changed(True)
+            self._viable = True  # _viable_changed, without its call when nobody listens
+            if self._viability_callbacks:
+                self._notify(self._viability_callbacks, True)
 
     async def _ready_channel(self) -> Channel:
         """Start if needed, wait for ``Ready`` (riding out ``Waiting``), return the channel."""

@@ -164,9 +164,12 @@ class Race:
         started: float,
         skip_first: int = 0,
         loop: asyncio.AbstractEventLoop | None = None,
+        task: asyncio.Task[Any] | None = None,
     ) -> None:
         # Kept: asking asyncio for the loop costs a getpid() on Python 3.11.
         self._loop = loop if loop is not None else asyncio.get_running_loop()
+        # The task that runs the race, when the caller knows it (no current_task() call).
+        self._caller = task
         self._stack = stack
         self._endpoint = endpoint
         self._parameters = parameters
@@ -325,8 +328,10 @@ class Race:
         ctx = self._make_context()
         attempt = Attempt(address, loop.time() - self._started)
         self._report.attempts.append(attempt)
-        task = asyncio.current_task(loop)
-        assert task is not None
+        task = self._caller
+        if task is None:
+            task = asyncio.current_task(loop)
+            assert task is not None
         self._inline = task
         # The attempt's deadline, as in _attempt, without its coroutine around the stack's.
         expiry = _Expiry(task)

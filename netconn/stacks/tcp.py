@@ -11,7 +11,7 @@ import threading
 import weakref
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .._buffer import ReceiveBuffer
 from ..endpoint import Address
@@ -24,7 +24,7 @@ from ..errors import (
     map_os_error,
     mapped,
 )
-from ..parameters import Parameters
+from ..parameters import Parameters, ServiceClass
 from .base import AttemptContext, StreamProtocol, constant
 from .sockets import apply_parameters, bind_listening_sockets, check_path
 
@@ -145,7 +145,7 @@ class TCP(StreamProtocol):
         return (
             not params.required_interface
             and params.local_endpoint is None
-            and not params.service_class.tos
+            and params.service_class is ServiceClass.BEST_EFFORT  # DSCP 0: no enum property
             and not self.fast_open
             and self.maximum_segment_size is None
             and "%" not in address.host  # a scope id would send the loop to getaddrinfo
@@ -159,11 +159,14 @@ class TCP(StreamProtocol):
         channel = TCPChannel(ctx.parameters, ctx, loop)
         try:
             await loop.create_connection(constant(channel), address.host, address.port)
-            if self._options_after_connect or (self.no_delay and not _sets_no_delay(loop)):
+            no_delay_set = _no_delay_loops.get(type(loop))  # a dict look-up, not a call
+            if no_delay_set is None:
+                no_delay_set = _sets_no_delay(loop)
+            if self._options_after_connect or (self.no_delay and not no_delay_set):
                 sock = channel.socket
                 if sock is not None:
                     # asyncio's and uvloop's TCP transports set TCP_NODELAY themselves.
-                    self._configure(sock, no_delay_set=_sets_no_delay(loop))
+                    self._configure(sock, no_delay_set=no_delay_set)
         except BaseException as exc:
             channel.abort()
             if isinstance(exc, OSError) and not isinstance(exc, NetconnError):
@@ -199,12 +202,16 @@ class _Acceptor:
     __slots__ = (
         "_burst",
         "_closed",
+        "_configures",
         "_family",
         "_listener",
         "_loop",
+        "_no_delay_set",
         "_pending",
         "_reading",
+        "_selector",
         "_sock",
+        "_socket_class",
         "_stack",
         "_wakeups",
     )
@@ -223,7 +230,16 @@ class _Acceptor:
         self._reading = False
         self._closed = False
         self._pending = 0  # accepted, transport not yet made: they count against the backlog
+        # Known per listening socket, not asked per connection. uvloop's transport
+        # for an accepted socket sets TCP_NODELAY itself; asyncio's does only for
+        # sockets made with IPPROTO_TCP.
+        self._selector = isinstance(loop, _SelectorLoop)
+        self._no_delay_set = not self._selector and _sets_no_delay(loop)
+        self._configures = stack._options_after_connect or (
+            stack.no_delay and not self._no_delay_set
+        )
         self._family = int(sock.family)  # the socket's property makes two enums per ask
+        self._socket_class = _accepted_socket_class(self._family)
         # Whether the last wake-up found more than one connection waiting, and
         # a count of wake-ups: see _readable.
         self._burst = False
@@ -274,7 +290,7 @@ class _Acceptor:
                     return
                 taken += 1
                 # What socket.accept() does, without asking for the family and type again.
-                conn_sock = socket.socket(self._family, socket.SOCK_STREAM, 0, fd)
+                conn_sock = self._socket_class(self._family, socket.SOCK_STREAM, 0, fd)
                 self._take(conn_sock, peer)
         finally:
             self._burst = taken > 1
@@ -293,17 +309,15 @@ class _Acceptor:
     def _take(self, conn_sock: socket.socket, peer: Any) -> None:
         listener = self._listener
         loop: Any = self._loop
-        selector = isinstance(loop, _SelectorLoop)
         channel: TCPChannel | None = None
         try:
-            # uvloop's transport for an accepted socket sets TCP_NODELAY itself;
-            # asyncio's does only for sockets made with IPPROTO_TCP.
-            self._stack._configure(conn_sock, no_delay_set=not selector and _sets_no_delay(loop))
+            if self._configures:
+                self._stack._configure(conn_sock, no_delay_set=self._no_delay_set)
             ctx = listener.attempt_context()
             channel = TCPChannel(listener.parameters, ctx, loop)
             channel._on_made = self._made
             self._pending += 1  # until connection_made, at a later loop turn
-            if selector:
+            if self._selector:
                 conn_sock.setblocking(False)
                 # The peer's address is known: the transport asks for no name.
                 loop._make_socket_transport(conn_sock, channel, extra={"peername": peer})
@@ -360,10 +374,40 @@ class _Acceptor:
 
 _SelectorLoop = asyncio.selector_events.BaseSelectorEventLoop
 
+_accepted_socket_classes: dict[int, type[socket.socket]] = {}
+
+
+def _accepted_socket_class(family: int) -> type[socket.socket]:
+    """A socket class whose ``family`` and ``type`` are plain class attributes.
+
+    ``socket.socket``'s properties convert the numbers to enums on every ask
+    (two Python calls each), and the loops ask three times per accepted
+    connection (uvloop's ``connect_accepted_socket``, asyncio's ``TCP_NODELAY``
+    check). The values are the same enums.
+    """
+    cls = _accepted_socket_classes.get(family)
+    if cls is None:
+        attributes = {
+            "__slots__": (),
+            "__module__": "socket",  # its repr is a socket.socket's
+            "family": socket.AddressFamily(family),
+            "type": socket.SocketKind.SOCK_STREAM,
+        }
+        cls = _accepted_socket_classes[family] = type("socket", (socket.socket,), attributes)
+    return cls
+
+
+_no_delay_loops: dict[type, bool] = {}  # _sets_no_delay's answers, by the loop's class
+
 
 def _sets_no_delay(loop: asyncio.AbstractEventLoop) -> bool:
     """Whether ``create_connection(host, port)`` on ``loop`` sets TCP_NODELAY by itself."""
-    return isinstance(loop, _SelectorLoop) or type(loop).__module__.startswith("uvloop")
+    kind = type(loop)
+    sets = _no_delay_loops.get(kind)
+    if sets is None:
+        uv = kind.__module__.startswith("uvloop")
+        sets = _no_delay_loops[kind] = isinstance(loop, _SelectorLoop) or uv
+    return sets
 
 
 _VIABILITY_POLL = 0.25  # seconds between TCP_INFO reads
@@ -517,9 +561,9 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
 
     # asyncio.Protocol callbacks
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        transport = cast(asyncio.Transport, transport)
+    def connection_made(self, transport: Any) -> None:
+        # Any: uvloop's transports implement asyncio.Transport without
+        # subclassing it, and a cast() would be a call per connection.
         self._transport = transport
         # The transport's own buffer is the send bound: writes pause above it.
         transport.set_write_buffer_limits(high=self._send_limit, low=self._send_limit // 4)
