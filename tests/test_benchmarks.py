@@ -120,3 +120,39 @@ def test_quick_mode_both_event_loops(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert (again / "results.md").read_text() == (tmp_path / "results.md").read_text()
     assert (again / "tcp.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def _script(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout(120),
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.timeout(timeout(150))
+def test_quic_bulk_script_runs_both_implementations(tmp_path: Path) -> None:
+    out = tmp_path / "bulk.json"
+    _script(
+        "benchmarks.quic_bulk", "--size", "1", "--rounds", "1", "--packet-size", "1350",
+        "--json", str(out),
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    assert report["packet_size"] == 1350 and report["size_bytes"] == 1_000_000
+    for name in ("netconn", "aioquic"):
+        assert report["median_mb_per_s"][name] > 0
+        assert report["median_cpu_ms_per_mb"][name] > 0
+
+
+@pytest.mark.timeout(timeout(150))
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_sides_script_pairs_every_server_with_every_client(loop: str) -> None:
+    out = _script("benchmarks.sides", "--loop", loop, "--handshakes", "20", "--rounds", "1")
+    pairs = [line.split()[1:4:2] for line in out.splitlines() if line.startswith("server ")]
+    assert sorted(pairs) == [[s, c] for s in ("asyncio", "netconn") for c in ("asyncio", "netconn")]
+    assert out.count("server CPU") == 4
