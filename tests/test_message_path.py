@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import uvloop
 from conftest import timeout
+from counting import Turns
 from loopback import running, stream_pair
 
 import netconn as nc
@@ -158,22 +159,6 @@ async def test_hand_runs_the_task_in_its_own_context() -> None:
 # Counting
 
 
-class _Turns:
-    """Counts event-loop turns: a callback that schedules itself again each turn."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._loop = asyncio.get_running_loop()
-        self._handle = self._loop.call_soon(self._tick)
-
-    def _tick(self) -> None:
-        self.count += 1
-        self._handle = self._loop.call_soon(self._tick)
-
-    def stop(self) -> None:
-        self._handle.cancel()
-
-
 @contextmanager
 def _python_calls() -> Iterator[list[int]]:
     """Count the Python function calls (and coroutine resumptions) made in the block."""
@@ -273,7 +258,7 @@ def test_a_server_replies_in_the_turn_the_request_arrived(stack: str, loop: Loop
 
     arrived: list[int] = []
     answered: list[int] = []
-    clock: list[_Turns] = []
+    clock: list[Turns] = []
     server_ports: set[int] = set()
     real_updated = TCPChannel.buffer_updated
     real_received = TCPChannel.data_received
@@ -301,7 +286,7 @@ def test_a_server_replies_in_the_turn_the_request_arrived(stack: str, loop: Loop
         remote = conn.remote_endpoint
         assert remote is not None
         server_ports.add(remote.port)
-        clock.append(_Turns())
+        clock.append(Turns())
         try:
             for i in range(20):
                 await _round_trip(conn, bytes([i]) * 64)

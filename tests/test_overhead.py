@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import uvloop
 from conftest import Certs, timeout
+from counting import Turns, echo_handshakes, tasks_made
 from loopback import running, stream_pair
 
 import netconn as nc
@@ -83,25 +84,12 @@ async def test_an_ip_literal_is_established_by_one_task() -> None:
     """No race task and no attempt task: the establishment task connects by itself."""
     listener = nc.Listener(nc.TCP(), host="127.0.0.1")
     async with listener:
-        loop = asyncio.get_running_loop()
-        made: list[str] = []
-        factory = loop.get_task_factory()
-
-        def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
-            made.append(coro.__qualname__)
-            if factory is not None:
-                return factory(loop, coro, **kwargs)
-            return asyncio.Task(coro, loop=loop, **kwargs)
-
-        loop.set_task_factory(counting)
-        try:
+        with tasks_made(asyncio.get_running_loop()) as made:
             endpoint = nc.Endpoint.host_port("127.0.0.1", listener.port)
             conn = nc.Connection(endpoint, nc.TCP())
             conn.start()
             established = [name for name in made if name.startswith("Connection")]
             await conn.wait_ready(timeout(5))
-        finally:
-            loop.set_task_factory(factory)
         assert established == ["Connection._run"]
         assert [n for n in made if n.startswith(("Race", "Connection"))] == ["Connection._run"]
         await conn.cancel()
@@ -554,23 +542,7 @@ async def test_a_tcp_handshake_costs_few_look_ups_timers_and_registrations(
 
         return counted
 
-    async def echo(conn: nc.Connection[nc.TCP]) -> None:
-        while data := await conn.receive(1, 100):
-            await conn.send(data)
-
-    listener = nc.Listener(nc.TCP(no_delay=True), host="127.0.0.1")
-    async with listener:
-        task = asyncio.create_task(listener.run(echo))
-        endpoint = nc.Endpoint.host_port("127.0.0.1", listener.port)
-        stack = nc.TCP(no_delay=True)
-
-        async def handshake() -> None:
-            conn = nc.Connection(endpoint, stack)
-            await conn.wait_ready(timeout(5))
-            await conn.send(b"x")
-            assert await conn.receive_exactly(1) == b"x"
-            await conn.cancel()
-
+    async with echo_handshakes() as handshake:
         async with asyncio.timeout(timeout(10)):
             await handshake()  # the netlink subscription and the poller are made here
             loop = asyncio.get_running_loop()
@@ -591,9 +563,6 @@ async def test_a_tcp_handshake_costs_few_look_ups_timers_and_registrations(
             for _ in range(5):
                 await asyncio.sleep(0)  # the server ends close
             monkeypatch.undo()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
     per = {key: value / rounds for key, value in counts.items()}
     # Before: 19 look-ups, 5 timers, 8 registrations, 2 readlinks and 1 repr.
     # The slack of 2 is for the timers shared by all connections (the viability
@@ -655,29 +624,13 @@ async def test_a_wait_ready_timeout_still_fires_on_the_shared_timer() -> None:
         silent.close()
 
 
-class _Turns:
-    """Counts event-loop turns: a callback that schedules itself again each turn."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._loop = asyncio.get_running_loop()
-        self._handle = self._loop.call_soon(self._tick)
-
-    def _tick(self) -> None:
-        self.count += 1
-        self._handle = self._loop.call_soon(self._tick)
-
-    def stop(self) -> None:
-        self._handle.cancel()
-
-
 async def _udp_echo_turns(monkeypatch: Any) -> tuple[list[int], list[int]]:
     """Loop turns from a request's arrival to its reply, under ``Listener.run``, per round trip."""
     from netconn.stacks import udp
 
     arrived: list[int] = []
     answered: list[int] = []
-    turns: list[_Turns] = []
+    turns: list[Turns] = []
     received = udp._Demultiplexer.datagram_received
 
     def arriving(self: Any, data: bytes, addr: tuple[Any, ...]) -> None:
@@ -698,7 +651,7 @@ async def _udp_echo_turns(monkeypatch: Any) -> tuple[list[int], list[int]]:
         async with nc.Connection(endpoint, nc.UDP()) as conn, asyncio.timeout(timeout(5)):
             await conn.send(b"first")  # makes the flow and starts its handler
             await conn.receive_message()
-            turns.append(_Turns())
+            turns.append(Turns())
             arrived.clear()
             answered.clear()
             for i in range(20):

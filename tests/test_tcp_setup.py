@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import uvloop
 from conftest import timeout
+from counting import Turns, echo_handshakes, tasks_made
 from loopback import record_states, wait_until
 
 import netconn as nc
@@ -50,38 +51,13 @@ async def _listening() -> AsyncIterator[nc.Endpoint]:
         yield nc.Endpoint.host_port("127.0.0.1", listener.port)
 
 
-class _Turns:
-    """Counts event-loop turns: a callback that schedules itself again each turn."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._loop = asyncio.get_running_loop()
-        self._handle = self._loop.call_soon(self._tick)
-
-    def _tick(self) -> None:
-        self.count += 1
-        self._handle = self._loop.call_soon(self._tick)
-
-    def stop(self) -> None:
-        self._handle.cancel()
-
-
 async def test_wait_ready_connects_an_ip_literal_in_the_callers_task() -> None:
     """No establishment task, and two loop turns fewer than with one (start() first)."""
     async with _listening() as endpoint:
-        loop = asyncio.get_running_loop()
-        made: list[str] = []
-        factory = loop.get_task_factory()
-
-        def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
-            made.append(coro.__qualname__)
-            if factory is not None:
-                return factory(loop, coro, **kwargs)
-            return asyncio.Task(coro, loop=loop, **kwargs)
 
         async def turns_to_ready(start_first: bool) -> int:
             conn = nc.Connection(endpoint, nc.TCP())
-            turns = _Turns()
+            turns = Turns()
             if start_first:
                 conn.start()
             await conn.wait_ready()
@@ -90,8 +66,7 @@ async def test_wait_ready_connects_an_ip_literal_in_the_callers_task() -> None:
             return turns.count
 
         await turns_to_ready(False)  # the netlink subscription is made here
-        loop.set_task_factory(counting)
-        try:
+        with tasks_made(asyncio.get_running_loop()) as made:
             async with asyncio.timeout(timeout(5)):
                 inline = await turns_to_ready(False)
                 assert [name for name in made if name.startswith("Connection")] == []
@@ -99,8 +74,6 @@ async def test_wait_ready_connects_an_ip_literal_in_the_callers_task() -> None:
                 assert [name for name in made if name.startswith("Connection")] == [
                     "Connection._run"
                 ]
-        finally:
-            loop.set_task_factory(factory)
         assert inline <= in_task - 2, (inline, in_task)
 
 
@@ -254,23 +227,7 @@ async def test_a_tcp_handshake_makes_few_python_calls_in_netconn() -> None:
     every machine for one Python version.
     """
 
-    async def echo(conn: nc.Connection[nc.TCP]) -> None:
-        while data := await conn.receive(1, 100):
-            await conn.send(data)
-
-    listener = nc.Listener(nc.TCP(no_delay=True), host="127.0.0.1")
-    async with listener:
-        task = asyncio.create_task(listener.run(echo))
-        endpoint = nc.Endpoint.host_port("127.0.0.1", listener.port)
-        stack = nc.TCP(no_delay=True)
-
-        async def handshake() -> None:
-            conn = nc.Connection(endpoint, stack)
-            await conn.wait_ready(timeout(30))
-            await conn.send(b"x")
-            assert await conn.receive_exactly(1) == b"x"
-            await conn.cancel()
-
+    async with echo_handshakes() as handshake:
         async with asyncio.timeout(timeout(10)):
             await handshake()
             profile = cProfile.Profile()
@@ -281,9 +238,6 @@ async def test_a_tcp_handshake_makes_few_python_calls_in_netconn() -> None:
             for _ in range(5):
                 await asyncio.sleep(0)  # the server ends its side
             profile.disable()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
     stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
     own = sum(
         calls for (filename, _, _), (_, calls, *_) in stats.items() if "/netconn/" in filename
@@ -329,23 +283,7 @@ def _calls_per_handshake(loop: str) -> tuple[dict[str, float], float]:
     rounds = 20
 
     async def main() -> pstats.Stats:
-        async def echo(conn: nc.Connection[nc.TCP]) -> None:
-            while data := await conn.receive(1, 100):
-                await conn.send(data)
-
-        listener = nc.Listener(nc.TCP(no_delay=True), host="127.0.0.1")
-        async with listener:
-            task = asyncio.create_task(listener.run(echo))
-            endpoint = nc.Endpoint.host_port("127.0.0.1", listener.port)
-            stack = nc.TCP(no_delay=True)
-
-            async def handshake() -> None:
-                conn = nc.Connection(endpoint, stack)
-                await conn.wait_ready(timeout(30))
-                await conn.send(b"x")
-                assert await conn.receive_exactly(1) == b"x"
-                await conn.cancel()
-
+        async with echo_handshakes() as handshake:
             async with asyncio.timeout(timeout(10)):
                 await handshake()
                 profile = cProfile.Profile()
@@ -355,9 +293,6 @@ def _calls_per_handshake(loop: str) -> tuple[dict[str, float], float]:
                 for _ in range(5):
                     await asyncio.sleep(0)
                 profile.disable()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         return pstats.Stats(profile)
 
     factory = uvloop.new_event_loop if loop == "uvloop" else None
