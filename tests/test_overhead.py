@@ -831,4 +831,4 @@ async def test_tls_flushes_leave_in_order_when_one_waiting_is_cancelled(certs: C
             await second
     # The first flush took "1"; "2" and "3" were in the BIO when the next one ran.
     assert b"".join(sent) == b"123" and sent[0] == b"1"
-    assert not channel._flushing and not channel._flush_waiters
+    assert not channel._flush_turn.held and not channel._flush_turn._waiters

@@ -10,13 +10,13 @@ back-pressure as the channel underneath.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
+from .._turn import Turn
 from ..endpoint import Address
 from ..errors import (
     Busy,
@@ -283,9 +283,8 @@ class TLSChannel(Layered[ByteChannel]):
         self._eof = False
         self._write_closed = False
         self._closing = False
-        # One flush at a time (see _flush); the others wait here, in order.
-        self._flushing = False
-        self._flush_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        # One flush at a time (see _flush); the others wait for their turn, in order.
+        self._flush_turn = Turn()
         self._receiving = False
         self._sending = False
         self._session_callback: Callable[[ssl.SSLSession], None] | None = None
@@ -378,38 +377,17 @@ class TLSChannel(Layered[ByteChannel]):
     async def _flush(self) -> None:
         # One writer at a time: a receive answering the peer, a send and
         # close() all flush, and the records must leave in the order made.
-        # A flag and a queue of futures, not an asyncio.Lock: an uncontended
-        # flush, one per send, then costs no coroutines of the lock's own.
-        if self._flushing or self._flush_waiters:
-            waiter = asyncio.get_running_loop().create_future()
-            self._flush_waiters.append(waiter)
-            try:
-                await waiter
-            except BaseException:
-                if waiter.done() and not waiter.cancelled():
-                    self._flush_done()  # our turn came: pass it on
-                elif waiter in self._flush_waiters:
-                    self._flush_waiters.remove(waiter)
-                raise
+        turn = self._flush_turn
+        if turn.held:
+            await turn.wait()
         elif not self._outgoing.pending:
             return  # nothing to send and no flush in flight: most receives
-        self._flushing = True
+        turn.held = True
         try:
             if self._outgoing.pending:
                 await self._inner.send(self._outgoing.read(), False)
         finally:
-            self._flush_done()
-
-    def _flush_done(self) -> None:
-        """Hand the turn to the next waiting flush, if any."""
-        self._flushing = False
-        waiters = self._flush_waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                self._flushing = True  # held for it until it runs
-                waiter.set_result(None)
-                return
+            turn.release()
 
     async def _flush_quietly(self) -> None:
         # Send our alert if we can; the handshake failed either way.
@@ -436,14 +414,15 @@ class TLSChannel(Layered[ByteChannel]):
                     self._ssl.write(data)
                 except ssl.SSLError as exc:
                     raise self._fatal(exc) from exc
-                if self._flushing or self._flush_waiters or not self._outgoing.pending:
+                turn = self._flush_turn
+                if turn.held or not self._outgoing.pending:
                     await self._flush()
                 else:  # _flush() uncontended, without its coroutine
-                    self._flushing = True
+                    turn.held = True
                     try:
                         await self._inner.send(self._outgoing.read(), False)
                     finally:
-                        self._flush_done()
+                        turn.release()
             else:
                 view = memoryview(data).cast("B")
                 for offset in range(0, len(view), _WRITE_CHUNK):
@@ -476,7 +455,7 @@ class TLSChannel(Layered[ByteChannel]):
         try:
             while len(self._plain) < at_least and not self._eof:
                 if not self._decrypt(at_most):
-                    if self._flushing or self._outgoing.pending:
+                    if self._flush_turn.held or self._outgoing.pending:
                         await self._flush()  # e.g. a KeyUpdate answer
                     # More ciphertext, read here rather than in a coroutine of its own.
                     data = await self._inner.receive(1, _READ_CHUNK)
@@ -484,7 +463,7 @@ class TLSChannel(Layered[ByteChannel]):
                         self._incoming.write(data)
                     else:
                         self._end_of_ciphertext()
-            if self._flushing or self._outgoing.pending:
+            if self._flush_turn.held or self._outgoing.pending:
                 await self._flush()
         finally:
             self._receiving = False

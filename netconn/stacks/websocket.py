@@ -66,6 +66,7 @@ except ImportError:  # the library built without its C extension
 
 from .._buffer import ReceiveBuffer
 from .._handoff import hand
+from .._turn import Turn
 from ..endpoint import Address
 from ..errors import (
     ApplicationClosed,
@@ -475,8 +476,7 @@ class WebSocketChannel(Layered[ByteChannel]):
         "_finished",
         "_finished_waiter",
         "_first",
-        "_flush_waiters",
-        "_flushing",
+        "_flush_turn",
         "_fragmenting",
         "_inner",
         "_keepalive",
@@ -519,9 +519,8 @@ class WebSocketChannel(Layered[ByteChannel]):
         # reads many times per turn (uvloop) more would be parsed before the
         # application takes any, each a fresh payload-sized allocation.
         self._receive_limit = min(ctx.parameters.receive_buffer, _READ_CHUNK)
-        # One flush writes at a time; the others wait here, in order (made on the first).
-        self._flushing = False
-        self._flush_waiters: deque[asyncio.Future[None]] | None = None
+        # One flush writes at a time; the others wait for their turn, in order.
+        self._flush_turn = Turn()
         self._loop: asyncio.AbstractEventLoop | None = None  # known from start()
         self._sending = False
         self._fragmenting: bool | None = None  # None: no message open; else "is text"
@@ -711,11 +710,10 @@ class WebSocketChannel(Layered[ByteChannel]):
     # Writing: one flush at a time keeps frames in the order the protocol produced them.
 
     async def _flush(self) -> None:
-        # A flag and a queue of futures, not an asyncio.Lock: an uncontended
-        # flush, one per send, then runs no coroutines of the lock's own.
-        if self._flushing:
-            await self._wait_flush_turn()
-        self._flushing = True
+        turn = self._flush_turn
+        if turn.held:
+            await turn.wait()
+        turn.held = True
         try:
             inner = self._inner
             for data in self._protocol.data_to_send():
@@ -728,31 +726,7 @@ class WebSocketChannel(Layered[ByteChannel]):
             self._inner.abort()
             raise
         finally:
-            self._flush_done()
-
-    async def _wait_flush_turn(self) -> None:
-        waiter = asyncio.get_running_loop().create_future()
-        if self._flush_waiters is None:
-            self._flush_waiters = deque()
-        self._flush_waiters.append(waiter)
-        try:
-            await waiter
-        except BaseException:
-            if waiter.done() and not waiter.cancelled():
-                self._flush_done()  # our turn came: pass it on
-            elif waiter in self._flush_waiters:
-                self._flush_waiters.remove(waiter)
-            raise
-
-    def _flush_done(self) -> None:
-        """Hand the turn to the next waiting flush (the flag stays set for it), if any."""
-        waiters = self._flush_waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self._flushing = False
+            turn.release()
 
     async def _flush_quietly(self) -> None:
         with contextlib.suppress(NetconnError):
