@@ -602,8 +602,29 @@ class Connection(Generic[P_co]):
         assert task is not None
         cancelling = task.cancelling()
         self._inline = task
+        endpoint = self._endpoint
+        assert endpoint is not None
+        # _establish() for an IP literal: the race's one attempt, without the
+        # coroutines of _establish and Race.run around it.
+        race = self._race = Race(
+            self._stack,
+            endpoint,
+            self._parameters,
+            self.establishment_report,
+            self._new_context,
+            started=started,
+            loop=loop,
+            task=task,
+        )
         try:
-            await self._establish(started)
+            try:
+                self._channel, ctx, _attempt = await race._only(
+                    Address(endpoint.host, endpoint.port)
+                )
+            finally:
+                self._race = None
+            self._ctx = ctx
+            ctx.owner = self  # _adopt(ctx)
         except NetconnError as error:
             self._inline = None
             if isinstance(self._state, Preparing) and self._settle(error):
@@ -667,12 +688,24 @@ class Connection(Generic[P_co]):
         Returns once the close finished (or timed out and aborted). The state
         becomes ``Cancelled``. Cancelling twice does nothing.
         """
-        if type(self._state) in TERMINAL_STATES:
-            await self._close_channel(graceful=True)
+        if type(self._state) not in TERMINAL_STATES:
+            if self._task is not None or self._inline is not None:
+                self._stop_task()
+            self._transition(_CANCELLED)
+        # _close_channel(graceful=True), without its coroutine around the channel's.
+        channel, self._channel = self._channel, None
+        accepted, self._accepted = self._accepted, None
+        if channel is None:
+            channel = accepted
+        if channel is None:
             return
-        self._stop_task()
-        self._transition(_CANCELLED)
-        await self._close_channel(graceful=True)
+        try:
+            await channel.close()
+        except NetconnError:
+            channel.abort()
+        except asyncio.CancelledError:
+            channel.abort()
+            raise
 
     def _cancel_at_once(self) -> bool:
         """cancel() without waiting for the transport, when the channel can close

@@ -632,7 +632,8 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
             self._poller = None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_polling()
+        if self._poller is not None:
+            self._stop_polling()
         error: NetconnError | None = None
         if exc is not None:
             error = _map(exc)
@@ -640,7 +641,8 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
             self._receiving.set_error(error)
         else:
             self._receiving.feed_eof()
-        self._wake_drain()
+        if self._drain_waiter is not None:
+            self._wake_drain()
         self._is_lost = True
         waiters, self._close_waiters = self._close_waiters, None
         for waiter in waiters or ():
@@ -774,7 +776,8 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
         if transport is None:
             return
         self._closing = True
-        self._wake_drain()  # a send waiting for room fails now; what it wrote is flushed
+        if self._drain_waiter is not None:
+            self._wake_drain()  # a send waiting for room fails now; what it wrote is flushed
         # With nothing left to send the transport ends at the next loop turn:
         # no flush to bound, so no timer.
         flushed = not transport.is_closing() and not transport.get_write_buffer_size()
