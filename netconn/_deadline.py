@@ -64,7 +64,10 @@ class Deadlines:
 
     def add(self, delay: float, callback: Callable[[], None]) -> Deadline:
         """Call ``callback()`` on the loop ``delay`` seconds from now, unless removed first."""
-        when = self._loop.time() + delay
+        loop = self._loop_ref()  # the _loop property, without its call
+        if loop is None:
+            raise RuntimeError("the event loop is gone")
+        when = loop.time() + delay
         entry = Deadline(when, callback)
         self._entries[entry] = None
         if self._timer is None or when < self._when:

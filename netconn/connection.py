@@ -289,7 +289,9 @@ class Connection(Generic[P_co]):
     def _compact_report(self, duration: float) -> None:
         """At ready: the report's duration; one ready attempt to the one address
         is kept as a tuple of four instead of five objects and two lists."""
-        report = self.establishment_report
+        report = self._report
+        if type(report) is not EstablishmentReport:
+            report = self.establishment_report
         report.duration = duration
         attempts = report.attempts
         if (
@@ -391,7 +393,11 @@ class Connection(Generic[P_co]):
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("connection #%d: %s -> %s", self.id, old, new)
         if kind in TERMINAL_STATES:
-            self._stop_watching()
+            # _stop_watching(), without its call
+            if self._viability is not None:
+                self._viability.stop()
+            if self._watcher is not None:
+                self._watcher.stop()
         elif kind is Waiting and self._watcher is not None:
             self._watcher.refresh()
         waiters = self._state_waiters
@@ -527,8 +533,8 @@ class Connection(Generic[P_co]):
         spent = False  # the inline attempt took all of the timeout
         if type(self._state) is Setup and self._task is None and self._starts_inline(timeout):
             began = await self._start_inline()
-            if timeout is not None:  # what is left of it
-                timeout -= self._running_loop().time() - began
+            if timeout is not None:  # what is left of it (_start_inline set the loop)
+                timeout -= (self._loop or self._running_loop()).time() - began
                 spent = timeout <= 0
         else:
             self.start()
@@ -594,7 +600,10 @@ class Connection(Generic[P_co]):
         if loop is None:
             self._loop = loop = asyncio.get_running_loop()
         started = loop.time()
-        self._start_watching()
+        watcher = self._watcher  # _start_watching(), without its call
+        if watcher is None:
+            watcher = self._watcher = PathWatcher(self._parameters, self)
+        watcher.start(loop)
         self._transition(_PREPARING)
         if not isinstance(self._state, Preparing):
             return started  # a state callback cancelled it
@@ -606,11 +615,14 @@ class Connection(Generic[P_co]):
         assert endpoint is not None
         # _establish() for an IP literal: the race's one attempt, without the
         # coroutines of _establish and Race.run around it.
+        report = self._report
+        if type(report) is not EstablishmentReport:
+            report = self.establishment_report
         race = self._race = Race(
             self._stack,
             endpoint,
             self._parameters,
-            self.establishment_report,
+            report,
             self._new_context,
             started=started,
             loop=loop,

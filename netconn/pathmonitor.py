@@ -601,9 +601,13 @@ class PathWatcher:
         if self._debouncer is not None:
             self._debouncer.cancel()
         self._local = self._remote = None
-        if self._watch is not None:
-            self._watch.close()
+        watch = self._watch
+        if watch is not None:
             self._watch = None
+            # watch.close(), without its call
+            source, watch._source = watch._source, None
+            if source is not None:
+                source.unsubscribe(watch)
 
     def _evaluate(self, local: Address | None, remote: Address | None) -> Path:
         try:

@@ -787,7 +787,9 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
             return
         # A future of our own and a plain timer: cancelling this call leaves
         # other closers waiting, and costs no shield or timeout context.
-        loop = self._running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bool] = loop.create_future()
         if self._close_waiters is None:
             self._close_waiters = []
