@@ -604,7 +604,14 @@ class Connection(Generic[P_co]):
         if watcher is None:
             watcher = self._watcher = PathWatcher(self._parameters, self)
         watcher.start(loop)
-        self._transition(_PREPARING)
+        if (
+            self._state_callbacks
+            or self._listener is not None
+            or logger.isEnabledFor(logging.DEBUG)
+        ):
+            self._transition(_PREPARING)
+        else:
+            self._state = _PREPARING  # from Setup, with nobody to tell
         if not isinstance(self._state, Preparing):
             return started  # a state callback cancelled it
         task = asyncio.current_task(loop)
@@ -616,7 +623,9 @@ class Connection(Generic[P_co]):
         # _establish() for an IP literal: the race's one attempt, without the
         # coroutines of _establish and Race.run around it.
         report = self._report
-        if type(report) is not EstablishmentReport:
+        if report is None:
+            report = self._report = EstablishmentReport()
+        elif type(report) is not EstablishmentReport:
             report = self.establishment_report
         race = self._race = Race(
             self._stack,
@@ -887,7 +896,16 @@ class Connection(Generic[P_co]):
 
     def _became_ready(self) -> None:
         assert self._channel is not None
-        self._transition(_READY)
+        if (
+            self._state_callbacks
+            or self._state_waiters
+            or self._listener is not None
+            or type(self._state) is not Preparing
+            or logger.isEnabledFor(logging.DEBUG)
+        ):
+            self._transition(_READY)
+        else:
+            self._state = _READY  # from Preparing, with nobody to tell
         if self._channel is None:
             return  # a state callback cancelled the connection
         local, remote = self._channel.local_address, self._channel.remote_address
