@@ -21,6 +21,20 @@ class FlowControlled(Protocol):
     def resume_reading(self) -> None: ...
 
 
+class _NoProducer:
+    """The producer of a buffer whose transport is gone: nothing to pause or resume."""
+
+    __slots__ = ()
+
+    def pause_reading(self) -> None:
+        return None
+
+    def resume_reading(self) -> None:
+        return None
+
+
+_NO_PRODUCER = _NoProducer()
+
 _SMALL = 4096  # reads below this join a bytearray: no object per tiny read
 
 
@@ -128,6 +142,11 @@ class ReceiveBuffer:
         if not self._paused:
             self._paused = True
             self._owner.pause_reading()
+
+    def detach(self) -> None:
+        """The producer is gone: drop the reference to it (a cycle with its owner
+        that only the garbage collector would otherwise free)."""
+        self._owner = _NO_PRODUCER
 
     def feed_eof(self) -> None:
         """Record that the peer will send nothing more."""

@@ -397,7 +397,12 @@ class Connection(Generic[P_co]):
             if self._viability is not None:
                 self._viability.stop()
             if self._watcher is not None:
-                self._watcher.stop()
+                self._watcher.stop(final=True)
+            ctx = self._ctx
+            if ctx is not None and ctx.owner is self:
+                # A final state ignores transport events: no cycle left for the
+                # garbage collector (nor through the watcher: stop(final=True)).
+                ctx.owner = None
         elif kind is Waiting and self._watcher is not None:
             self._watcher.refresh()
         waiters = self._state_waiters

@@ -496,6 +496,27 @@ class PathObserver(Protocol):
     def _better_path_changed(self, better: bool) -> None: ...
 
 
+class _Detached:
+    """The observer of a watcher whose connection reached a final state."""
+
+    __slots__ = ()
+
+    def _network_changed(self) -> None:
+        return None
+
+    def _path_changed(self, path: Path) -> None:
+        return None
+
+    def _link_changed(self, viable: bool) -> None:
+        return None
+
+    def _better_path_changed(self, better: bool) -> None:
+        return None
+
+
+_DETACHED = _Detached()
+
+
 class PathWatcher:
     """One connection's view of the network: its path, link viability and better path.
 
@@ -596,8 +617,14 @@ class PathWatcher:
             self.path = Path(local=local, remote=remote)
         return self.path
 
-    def stop(self) -> None:
-        """Unsubscribe; no callback runs afterwards."""
+    def stop(self, *, final: bool = False) -> None:
+        """Unsubscribe; no callback runs afterwards.
+
+        ``final``: the observer is done with (a connection in a final state):
+        drop the reference to it, which would otherwise make a cycle.
+        """
+        if final:
+            self._observer = _DETACHED
         if self._debouncer is not None:
             self._debouncer.cancel()
         self._local = self._remote = None

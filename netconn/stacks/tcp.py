@@ -641,6 +641,7 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
             self._receiving.set_error(error)
         else:
             self._receiving.feed_eof()
+        self._receiving.detach()  # no cycle left for the garbage collector
         if self._drain_waiter is not None:
             self._wake_drain()
         self._is_lost = True
