@@ -644,7 +644,7 @@ class Connection(Generic[P_co]):
         )
         try:
             try:
-                self._channel, ctx, _attempt = await race._only(
+                self._channel, ctx, attempt = await race._only(
                     Address(endpoint.host, endpoint.port)
                 )
             finally:
@@ -670,7 +670,12 @@ class Connection(Generic[P_co]):
             raise
         self._inline = None
         if isinstance(self._state, Preparing):
-            self._compact_report(loop.time() - started)
+            if len(report.attempts) == 1:
+                # _compact_report(): the one attempt, to the one address resolved.
+                duration = loop.time() - started
+                self._report = (attempt.address, attempt.started_after, attempt.duration, duration)
+            else:
+                self._compact_report(loop.time() - started)
             self._became_ready()
         elif self._channel is not None:  # ended while the attempt finished
             self._channel.abort()
