@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import uvloop
 from conftest import Certs, timeout
-from counting import Turns, echo_handshakes, tasks_made
+from counting import Turns, echo_handshakes, tasks_made, traced_per_connection
 from loopback import running, stream_pair
 
 import netconn as nc
@@ -126,40 +126,16 @@ async def test_an_idle_tcp_connection_holds_few_python_objects() -> None:
     """Bytes of Python objects netconn's own code allocates per idle client connection.
 
     Deterministic for one Python version: tracemalloc counts allocations, not RSS.
-    Averaged over the client and the server end of each connection.
+    Averaged over the client and the server end of each connection; a wait_ready
+    timeout under the attempt's own runs the attempt in the establishment task.
     """
-    import tracemalloc
-
     listener = nc.Listener(nc.TCP(), host="127.0.0.1", backlog=64)
     async with listener:
         server_side: list[nc.Connection[nc.TCP]] = []
         listener.on_new_connection(server_side.append)
         endpoint = nc.Endpoint.host_port("127.0.0.1", listener.port)
-        stack = nc.TCP()
-        conns = []
-        warm = nc.Connection(endpoint, stack)
-        await warm.wait_ready(timeout(5))
-        count = 40
-        tracemalloc.start()
-        try:
-            before = tracemalloc.take_snapshot()
-            for _ in range(count):
-                conn = nc.Connection(endpoint, stack)
-                await conn.wait_ready(timeout(5))
-                conns.append(conn)
-            after = tracemalloc.take_snapshot()
-        finally:
-            tracemalloc.stop()
-        own = [tracemalloc.Filter(True, f"{nc.__path__[0]}/*")]
-        client = sum(
-            stat.size_diff
-            for stat in after.filter_traces(own).compare_to(before.filter_traces(own), "filename")
-        )
-        # Server-side connections are counted too: halve for one end.
-        per_connection = client / count / 2
+        per_connection, _ = await traced_per_connection(endpoint, nc.TCP(), timeout(5))
         assert per_connection < 1800, per_connection  # about 1,660 now
-        for conn in [warm, *conns]:
-            conn.force_cancel()
 
 
 def test_udp_on_uvloop_runs_on_its_own_transport_within_the_queue_bound() -> None:

@@ -18,7 +18,14 @@ from typing import Any
 import pytest
 import uvloop
 from conftest import timeout
-from counting import Turns, echo_handshakes, tasks_made
+from counting import (
+    Turns,
+    asyncio_echo_server,
+    echo_handshakes,
+    tasks_made,
+    tcp_handshake,
+    traced_per_connection,
+)
 from loopback import record_states, wait_until
 
 import netconn as nc
@@ -247,31 +254,9 @@ async def test_a_tcp_handshake_makes_few_python_calls_in_netconn() -> None:
 
 
 async def test_an_idle_tcp_client_connection_holds_few_objects_of_its_own() -> None:
-    """Blocks netconn's code keeps alive per ready client connection (the server elsewhere)."""
-    import tracemalloc
-
+    """Blocks netconn's code keeps alive per ready connection (client and server ends averaged)."""
     async with _listening() as endpoint:
-        stack = nc.TCP()
-        warm = nc.Connection(endpoint, stack)
-        await warm.wait_ready()
-        conns = []
-        count = 40
-        tracemalloc.start()
-        try:
-            before = tracemalloc.take_snapshot()
-            for _ in range(count):
-                conn = nc.Connection(endpoint, stack)
-                await conn.wait_ready()
-                conns.append(conn)
-            after = tracemalloc.take_snapshot()
-        finally:
-            tracemalloc.stop()
-        own = [tracemalloc.Filter(True, f"{nc.__path__[0]}/*")]
-        diff = after.filter_traces(own).compare_to(before.filter_traces(own), "filename")
-        size = sum(stat.size_diff for stat in diff) / count / 2  # both ends are counted
-        blocks = sum(stat.count_diff for stat in diff) / count / 2
-        for conn in [warm, *conns]:
-            conn.force_cancel()
+        size, blocks = await traced_per_connection(endpoint, nc.TCP())
     # Before: about 23 blocks and 1,620 bytes (tracker, report lists, bound methods...).
     assert blocks <= 17, blocks  # about 16 now
     assert size <= 1350, size  # about 1,220 now
@@ -347,28 +332,18 @@ def _client_work_per_handshake(loop: str) -> tuple[float, float]:
             opcodes += 1
         return tracer
 
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(100):
-            writer.write(data)
-        writer.close()
-
     async def main() -> pstats.Stats:
-        server = await asyncio.start_server(echo, "127.0.0.1", 0)
-        endpoint = nc.Endpoint.host_port("127.0.0.1", server.sockets[0].getsockname()[1])
         stack = nc.TCP(no_delay=True)
-
-        async def handshake() -> None:
-            conn = nc.Connection(endpoint, stack)
-            await conn.wait_ready(timeout(30))
-            await conn.send(b"x")
-            assert await conn.receive_exactly(1) == b"x"
-            await conn.cancel()
 
         async def settle() -> None:
             for _ in range(5):
                 await asyncio.sleep(0)
 
-        async with server, asyncio.timeout(timeout(20)):
+        async with asyncio_echo_server() as endpoint, asyncio.timeout(timeout(20)):
+
+            async def handshake() -> None:
+                await tcp_handshake(endpoint, stack, timeout(30))
+
             await handshake()  # the netlink subscription is made here
             profile = cProfile.Profile()
             profile.enable()
@@ -415,22 +390,11 @@ def test_a_closed_tcp_client_connection_leaves_no_cycle(loop: str) -> None:
     import gc
 
     async def main() -> list[str]:
-        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            while data := await reader.read(100):
-                writer.write(data)
-            writer.close()
+        async with asyncio_echo_server() as endpoint, asyncio.timeout(timeout(10)):
 
-        server = await asyncio.start_server(echo, "127.0.0.1", 0)
-        endpoint = nc.Endpoint.host_port("127.0.0.1", server.sockets[0].getsockname()[1])
+            async def handshake() -> None:
+                await tcp_handshake(endpoint, nc.TCP())
 
-        async def handshake() -> None:
-            conn = nc.Connection(endpoint, nc.TCP())
-            await conn.wait_ready()
-            await conn.send(b"x")
-            assert await conn.receive_exactly(1) == b"x"
-            await conn.cancel()
-
-        async with server, asyncio.timeout(timeout(10)):
             await handshake()  # per loop once: its deadlines, the netlink subscription
             gc.collect()
             gc.disable()
