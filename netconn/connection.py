@@ -32,7 +32,7 @@ from .errors import (
     map_os_error,
 )
 from .parameters import Parameters
-from .path import Path
+from .path import Path, PathStatus
 from .pathmonitor import PathWatcher, ViabilityTracker
 from .quic import Directionality, QUICChannel, QUICDatagrams, QUICStream
 from .racing import Attempt, EstablishmentReport, Race
@@ -247,9 +247,11 @@ class Connection(Generic[P_co]):
     @property
     def current_path(self) -> Path | None:
         """The path in use once ready: interface, local and remote endpoints."""
-        if self._path is None and self._watcher is not None and isinstance(self._state, Ready):
+        if self._path is None and type(self._state) is Ready:
             # Evaluated on first use: most connections never ask.
-            self._path = self._watcher.evaluate()
+            watcher = self._follow()
+            if watcher is not None:
+                self._path = watcher.evaluate()
         return self._path
 
     @property
@@ -265,12 +267,15 @@ class Connection(Generic[P_co]):
     @property
     def is_viable(self) -> bool:
         """Whether packets can currently flow on the path (debounced)."""
+        if type(self._state) is Ready:
+            self._follow()
         return self._viable
 
     @property
     def better_path_available(self) -> bool:
         """Whether a preferable path (e.g. a non-expensive interface) reaches the remote."""
-        return self._watcher is not None and self._watcher.better_path
+        watcher = self._follow() if type(self._state) is Ready else self._watcher
+        return watcher is not None and watcher.better_path
 
     @property
     def establishment_report(self) -> EstablishmentReport:
@@ -350,17 +355,28 @@ class Connection(Generic[P_co]):
     def on_path_update(self, callback: Callable[[Connection[P_co], Path], None]) -> Self:
         """Call ``callback(connection, path)`` when the path is known or changes."""
         self._path_callbacks += (callback,)
+        self._observed()
         return self
 
     def on_viability_update(self, callback: Callable[[Connection[P_co], bool], None]) -> Self:
         """Call ``callback(connection, viable)`` when packets stop or start flowing."""
         self._viability_callbacks += (callback,)
+        self._observed()
         return self
 
     def on_better_path_update(self, callback: Callable[[Connection[P_co], bool], None]) -> Self:
         """Call ``callback(connection, available)`` when a preferred path appears or goes."""
         self._better_path_callbacks += (callback,)
+        self._observed()
         return self
+
+    def _observed(self) -> None:
+        """Someone listens to the path: follow it now if the connection is under way."""
+        kind = type(self._state)
+        if kind is Ready:
+            self._follow()
+        elif kind is not Setup and kind not in TERMINAL_STATES:
+            self._start_watching()
 
     def _viable_changed(self, viable: bool) -> None:
         self._viable = viable
@@ -403,8 +419,9 @@ class Connection(Generic[P_co]):
                 # A final state ignores transport events: no cycle left for the
                 # garbage collector (nor through the watcher: stop(final=True)).
                 ctx.owner = None
-        elif kind is Waiting and self._watcher is not None:
-            self._watcher.refresh()
+        elif kind is Waiting:
+            # A waiting connection retries when the network changes.
+            self._start_watching().refresh()
         waiters = self._state_waiters
         if waiters and not isinstance(new, Preparing):  # nothing wait_ready() acts on
             self._state_waiters = None
@@ -470,12 +487,46 @@ class Connection(Generic[P_co]):
                 self._viable_changed(False)
             self._transition(Failed(error))
 
-    # Path: the watcher lives from start() to a final state.
+    # Path: netlink events are followed only for someone who asks. A callback,
+    # a waiting connection, or a read of current_path, is_viable or
+    # better_path_available starts the watcher, which follows the path until a
+    # final state; a connection that nobody asks about subscribes to nothing.
 
-    def _start_watching(self) -> None:
-        if self._watcher is None:
-            self._watcher = PathWatcher(self._parameters, self)
-        self._watcher.start(self._loop)
+    def _observers(self) -> bool:
+        return bool(
+            self._path_callbacks or self._viability_callbacks or self._better_path_callbacks
+        )
+
+    def _start_watching(self) -> PathWatcher:
+        watcher = self._watcher
+        if watcher is None:
+            watcher = self._watcher = PathWatcher(self._parameters, self)
+        watcher.start(self._loop)
+        return watcher
+
+    def _follow(self) -> PathWatcher | None:
+        """A ready connection's watcher, following the path from now on if nothing did.
+
+        The path, the link's viability and the better path are evaluated now,
+        so what a first read returns is as current as what events would have left.
+        """
+        watcher = self._watcher
+        if watcher is not None and watcher.following:
+            return watcher
+        channel = self._channel
+        if channel is None:
+            return watcher
+        if watcher is None:
+            watcher = self._watcher = PathWatcher(self._parameters, self)
+        sock = self._find_in_channels("socket")
+        self._path = path = watcher.follow(
+            channel.local_address, channel.remote_address, sock, self._loop
+        )
+        if path.status is not PathStatus.SATISFIED:
+            if self._viability is not None:
+                self._viability.set_link_now(False)
+            self._viable = False
+        return watcher
 
     def _stop_watching(self) -> None:
         if self._viability is not None:
@@ -506,7 +557,8 @@ class Connection(Generic[P_co]):
         loop = self._loop  # set already for a listener's connection
         if loop is None:
             self._loop = loop = asyncio.get_running_loop()
-        self._start_watching()
+        if self._observers():
+            self._start_watching()
         if self._accepted is not None and type(self._stack).accept_channel is Stack.accept_channel:
             # Nothing to negotiate above the accepted transport (TCP, UDP): ready
             # now, without an establishment task and its trip through the loop,
@@ -605,10 +657,8 @@ class Connection(Generic[P_co]):
         if loop is None:
             self._loop = loop = asyncio.get_running_loop()
         started = loop.time()
-        watcher = self._watcher  # _start_watching(), without its call
-        if watcher is None:
-            watcher = self._watcher = PathWatcher(self._parameters, self)
-        watcher.start(loop)
+        if self._observers():
+            self._start_watching()
         if (
             self._state_callbacks
             or self._listener is not None
@@ -918,14 +968,18 @@ class Connection(Generic[P_co]):
             self._state = _READY  # from Preparing, with nobody to tell
         if self._channel is None:
             return  # a state callback cancelled the connection
-        local, remote = self._channel.local_address, self._channel.remote_address
-        if self._watcher is not None:
+        watcher = self._watcher
+        if watcher is not None and watcher.subscribed:
+            local, remote = self._channel.local_address, self._channel.remote_address
             # The path is evaluated now only for someone who listens; else on first use.
-            self._path = self._watcher.track(local, remote, lazy=not self._path_callbacks)
-        else:
-            self._path = Path(local=local, remote=remote)
-        if self._path is not None:
-            self._notify(self._path_callbacks, self._path)
+            self._path = watcher.track(local, remote, lazy=not self._path_callbacks)
+            if self._path is not None:
+                self._notify(self._path_callbacks, self._path)
+        elif self._observers():
+            # Callbacks added while no watcher ran (or in another namespace).
+            self._follow()
+            if self._path is not None:
+                self._notify(self._path_callbacks, self._path)
         if self._viability is not None:
             self._viability.become_viable_now()
         elif not self._viable:

@@ -17,11 +17,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
+from ._netns import thread_netns
 from .connection import Connection
 from .endpoint import Address, Endpoint
 from .errors import InvalidState, NetconnError, map_os_error
 from .parameters import Parameters
-from .pathmonitor import _netns_id
 from .stacks.base import AttemptContext, Channel, Stack
 from .state import Cancelled, Failed, Ready, Setup, State, check_transition, is_terminal
 
@@ -140,7 +140,7 @@ class Listener(Generic[P_co]):
             try:
                 for layer in self._stack.layers():
                     layer.check_listener_options()
-                self._netns = _netns_id()
+                self._netns = thread_netns()
                 self._loop = asyncio.get_running_loop()
                 await self._stack.bottom.start_listener(self, self._host, self._requested_port)
             except OSError as exc:

@@ -16,12 +16,13 @@ import contextlib
 import errno
 import logging
 import os
-import threading
+import socket
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Protocol, Self
 
 from . import _netlink
+from ._netns import entered, socket_netns, thread_netns
 from .endpoint import Address
 from .errors import mapped
 from .parameters import Parameters
@@ -94,33 +95,6 @@ class Debouncer:
         self._first = None
 
 
-class _ThreadNamespace(threading.local):
-    """Where this thread's network namespace link is: resolving ``thread-self`` costs more."""
-
-    path = ""
-
-
-_thread_namespace = _ThreadNamespace()
-
-
-def _forget_namespace_link() -> None:
-    _thread_namespace.path = ""  # a forked child: another pid, another link
-
-
-os.register_at_fork(after_in_child=_forget_namespace_link)
-
-
-def _netns_id() -> str:
-    """This thread's network namespace (it may change under us: see ``Lab.inside``)."""
-    cached = _thread_namespace
-    if not cached.path:  # first use in this thread, or a forked child
-        cached.path = f"/proc/{os.getpid()}/task/{threading.get_native_id()}/ns/net"
-    try:
-        return os.readlink(cached.path)
-    except OSError:
-        return ""
-
-
 class _EventSource:
     """The shared netlink subscription of one event loop in one network namespace.
 
@@ -154,24 +128,32 @@ class _EventSource:
         callback: Callable[[], None],
         netns: str | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        netns_fd: int | None = None,
     ) -> NetworkWatch:
         """Subscribe in the calling thread's namespace, or in ``netns`` if it has a source.
 
         A known ``netns`` (a listener's, for its accepted connections) spares
-        reading the thread's namespace link when that source is running.
+        reading the thread's namespace link when that source is running;
+        with ``netns_fd``, an open fd of it, a source is made there if none runs.
         ``loop``: the running loop, when the caller has it at hand.
         """
         if loop is None:
             loop = asyncio.get_running_loop()
         source = None if netns is None else cls._sources.get((id(loop), netns))
         if source is None or source._loop is not loop:
-            key = (id(loop), _netns_id())
+            own = thread_netns()
+            key = (id(loop), own if netns_fd is None or netns is None else netns)
             source = cls._sources.get(key)
             if source is None or source._loop is not loop:
                 # Looked for only here: a new loop's first subscription always gets here.
                 for stale in [s for s in cls._sources.values() if s._loop.is_closed()]:
                     stale._close()  # subscribers that never unsubscribed before their loop closed
-                source = cls._sources[key] = cls(key, loop)
+                if key[1] == own or netns_fd is None:
+                    source = cls(key, loop)
+                else:
+                    with entered(netns_fd):  # its sockets must be made in that namespace
+                        source = cls(key, loop)
+                cls._sources[key] = source
         # A pending linger timer stays: it finds a subscriber and does nothing,
         # so connections made one after another arm no timer each.
         watch = NetworkWatch(source, callback)
@@ -454,6 +436,12 @@ class ViabilityTracker:
         self._link = viable
         self._update()
 
+    def set_link_now(self, viable: bool) -> None:
+        """The link as first seen by a late observer: taken as reported, no debounce."""
+        self._link = viable
+        self._cancel_pending()
+        self.reported = viable and self._transport
+
     def set_transport(self, viable: bool) -> None:
         """The transport saw acknowledgements stop or resume."""
         self._transport = viable
@@ -538,6 +526,7 @@ class PathWatcher:
         "_remote",
         "_watch",
         "better_path",
+        "following",
         "path",
     )
 
@@ -559,6 +548,13 @@ class PathWatcher:
         """The last path evaluated (``None`` while a tracked path waits for its first use)."""
         self.better_path = False
         """Whether a preferable path was last seen."""
+        self.following = False
+        """Whether :meth:`track` was given the connection's endpoints."""
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether the network's events reach this watcher."""
+        return self._watch is not None
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Subscribe to the network's events; does nothing if netlink is unavailable.
@@ -590,6 +586,7 @@ class PathWatcher:
         With ``lazy`` nothing is evaluated yet and ``None`` is returned:
         :meth:`evaluate` does it on first use, or the next network event does.
         """
+        self.following = True
         if local is not None and remote is not None:
             self._local, self._remote = local, remote
         else:
@@ -599,6 +596,45 @@ class PathWatcher:
         if lazy and self._local is not None:
             return None
         return self._first(local, remote)
+
+    def follow(
+        self,
+        local: Address | None,
+        remote: Address | None,
+        sock: socket.socket | None,
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> Path:
+        """Subscribe and follow the path between ``local`` and ``remote`` from now on.
+
+        For a connection that nobody followed until now: the path and
+        :attr:`better_path` are evaluated at once, as events would have left
+        them, in the namespace of ``sock`` (the connection's socket) if given,
+        wherever the calling thread is now.
+        """
+        found = socket_netns(sock) if sock is not None and self._watch is None else None
+        if found is None:
+            self.start(loop)
+        else:
+            self._netns, fd = found
+            try:
+                self._watch = _EventSource.subscribe(self, self._netns, loop, fd)
+            except OSError as exc:
+                logger.debug("no netlink events (%s): paths are evaluated once", exc)
+            finally:
+                os.close(fd)
+        path = self._first(local, remote)
+        self._local, self._remote = (local, remote) if self._watch is not None else (None, None)
+        self.following = True
+        if self._watch is not None:
+            try:
+                net = self._watch.snapshot()
+                better = better_interface(
+                    net, path, self._parameters, route_get=self._watch.route_get
+                )
+            except OSError:
+                better = None
+            self.better_path = better is not None
+        return path
 
     def evaluate(self) -> Path | None:
         """The tracked path, evaluated now if it has not been yet."""

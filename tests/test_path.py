@@ -293,3 +293,48 @@ async def test_a_missing_required_interface_waits() -> None:
     assert isinstance(conn.state, nc.Waiting)
     conn.force_cancel()
     assert await netlink_closed()
+
+
+def _subscribers() -> int:
+    return sum(len(source._subscribers) for source in _EventSource._sources.values())
+
+
+async def test_a_connection_nobody_asks_about_follows_no_network_events() -> None:
+    """Neither end subscribes until its path is asked for; the first question
+    subscribes and answers from the network as it is then."""
+    listener = nc.Listener(nc.TCP(), host="127.0.0.1", port=0)
+    async with listener:
+        endpoint = nc.Endpoint.host_port("127.0.0.1", listener.port)
+        before = _subscribers()
+        async with asyncio.timeout(timeout(5)), nc.Connection(endpoint, nc.TCP()) as conn:
+            server = await listener.accept()
+            assert server is not None
+            assert _subscribers() == before
+            assert conn._watcher is None
+
+            path = conn.current_path
+            assert _subscribers() == before + 1
+            assert path is not None and path.interface is not None
+            assert path.interface.name == "lo" and path.status is PathStatus.SATISFIED
+            assert path.local == conn.local_endpoint and path.remote == conn.remote_endpoint
+            assert conn.current_path is path and _subscribers() == before + 1
+
+            seen: list[bool] = []
+            server.on_viability_update(lambda c, viable: seen.append(viable))
+            assert _subscribers() == before + 2  # a callback subscribes too
+            assert server.is_viable and seen == []
+            await server.cancel()
+            assert _subscribers() == before + 1
+
+
+async def test_a_waiting_connection_follows_network_events() -> None:
+    """It retries when the network changes, so waiting subscribes."""
+    before = _subscribers()
+    endpoint = nc.Endpoint.host_port("127.0.0.1", 9)
+    conn = nc.Connection(endpoint, nc.TCP(), nc.Parameters(required_interface="nc-missing1"))
+    with pytest.raises(nc.NoSatisfyingPath):
+        await conn.wait_ready(timeout(5))
+    assert isinstance(conn.state, nc.Waiting)
+    assert _subscribers() == before + 1
+    conn.force_cancel()
+    assert _subscribers() == before

@@ -109,6 +109,31 @@ async def test_link_down_makes_the_connection_inviable_and_up_viable_again(lab: 
                 assert await conn.receive_exactly(10) == b"still here"
 
 
+async def test_a_first_question_after_the_link_went_down_sees_it(lab: Lab) -> None:
+    """Nobody followed the path while the link went down: the first question
+    evaluates it then, and a callback added then hears the link come back."""
+    async with echo_server(lab) as listener:
+        with lab.inside(lab.client):
+            conn = nc.Connection(
+                nc.Endpoint.host_port(lab.server.ipv4, listener.port), nc.TCP(), params()
+            )
+            async with conn:
+                assert conn._watcher is None  # nothing asked yet: no subscription
+                lab.set_link(lab.client, up=False)
+                assert not conn.is_viable  # at once, not after the debounce
+                assert conn.current_path is not None
+                assert conn.current_path.status is nc.PathStatus.UNSATISFIED
+                assert conn.current_path.interface is not None
+                assert conn.current_path.interface.name == "c0"
+                seen: list[bool] = []
+                conn.on_viability_update(lambda c, viable: seen.append(viable))
+                lab.set_link(lab.client, up=True)
+                await until(lambda: seen == [True], 5, "viability true after link up")
+                assert conn.is_viable
+                await conn.send(b"back")
+                assert await conn.receive_exactly(4) == b"back"
+
+
 async def test_a_short_flap_is_debounced(lab: Lab) -> None:
     async with echo_server(lab) as listener:
         with lab.inside(lab.client):

@@ -41,7 +41,6 @@ IP literals or :meth:`Lab.endpoint`. Whole programs run in a namespace with
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import itertools
 import os
 import re
@@ -54,15 +53,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
+from .._netns import entered
 from ..endpoint import Address, Endpoint
 from ..path import InterfaceType, clear_interface_configuration, configure_interface
 
 __all__ = ["Host", "Lab", "LabEndpoint", "LabError", "Rule"]
 
-_CLONE_NEWNET = 0x40000000
 _PREFIX = "ncl"
 _counter = itertools.count(1)
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class LabError(RuntimeError):
@@ -142,12 +140,6 @@ class LabEndpoint(Endpoint):
         if not found:
             raise DNSError(f"{self.host!r} has no addresses of family {family}")
         return found
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-        error = ctypes.get_errno()
-        raise OSError(error, os.strerror(error))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -265,19 +257,12 @@ class Lab:
         ``host``. The thread's own namespace is restored on exit, whatever
         happens.
         """
-        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        target = os.open(f"/run/netns/{host.netns}", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            target = os.open(f"/run/netns/{host.netns}", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                _setns(target)
-            finally:
-                os.close(target)
-            try:
+            with entered(target):
                 yield
-            finally:
-                _setns(own)
         finally:
-            os.close(own)
+            os.close(target)
 
     def run(
         self, host: Host, *argv: str, check: bool = True, timeout: float = 30

@@ -126,6 +126,11 @@ class UDPChannel:
         self.local_address: Address | None = None
         self.remote_address: Address | None = None
 
+    @property
+    def socket(self) -> Any:
+        """The flow's socket (a listener's flows share its socket), once attached."""
+        return None if self._transport is None else self._transport.get_extra_info("socket")
+
     def attach(self, transport: asyncio.DatagramTransport, peer: tuple[Any, ...] | None) -> None:
         """Send through ``transport``; to ``peer`` when the socket is shared."""
         self._transport = transport
