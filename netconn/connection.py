@@ -526,7 +526,14 @@ class Connection(Generic[P_co]):
             if self._viability is not None:
                 self._viability.set_link_now(False)
             self._viable = False
+        self._follow_transport()
         return watcher
+
+    def _follow_transport(self) -> None:
+        # A transport that polls for viability (TCP's TCP_INFO) starts now.
+        follow = self._find_in_channels("follow_viability")
+        if follow is not None:
+            follow()
 
     def _stop_watching(self) -> None:
         if self._viability is not None:
@@ -973,6 +980,7 @@ class Connection(Generic[P_co]):
             local, remote = self._channel.local_address, self._channel.remote_address
             # The path is evaluated now only for someone who listens; else on first use.
             self._path = watcher.track(local, remote, lazy=not self._path_callbacks)
+            self._follow_transport()
             if self._path is not None:
                 self._notify(self._path_callbacks, self._path)
         elif self._observers():

@@ -26,6 +26,7 @@ from netconn.path import (
     monitor_path,
 )
 from netconn.pathmonitor import Debouncer, ViabilityTracker, _EventSource
+from netconn.stacks.tcp import _ViabilityPoller
 
 UP = 0x1 | 0x40 | 0x10000  # IFF_UP | IFF_RUNNING | IFF_LOWER_UP
 
@@ -295,13 +296,18 @@ async def test_a_missing_required_interface_waits() -> None:
     assert await netlink_closed()
 
 
+def _polled() -> set[object]:
+    poller = _ViabilityPoller._pollers.get(asyncio.get_running_loop())
+    return set() if poller is None else set(poller._channels)
+
+
 def _subscribers() -> int:
     return sum(len(source._subscribers) for source in _EventSource._sources.values())
 
 
 async def test_a_connection_nobody_asks_about_follows_no_network_events() -> None:
-    """Neither end subscribes until its path is asked for; the first question
-    subscribes and answers from the network as it is then."""
+    """Neither end subscribes, nor polls TCP_INFO, until its path is asked for;
+    the first question subscribes and answers from the network as it is then."""
     listener = nc.Listener(nc.TCP(), host="127.0.0.1", port=0)
     async with listener:
         endpoint = nc.Endpoint.host_port("127.0.0.1", listener.port)
@@ -311,6 +317,7 @@ async def test_a_connection_nobody_asks_about_follows_no_network_events() -> Non
             assert server is not None
             assert _subscribers() == before
             assert conn._watcher is None
+            assert _polled() == set()
 
             path = conn.current_path
             assert _subscribers() == before + 1
@@ -323,6 +330,7 @@ async def test_a_connection_nobody_asks_about_follows_no_network_events() -> Non
             server.on_viability_update(lambda c, viable: seen.append(viable))
             assert _subscribers() == before + 2  # a callback subscribes too
             assert server.is_viable and seen == []
+            assert _polled() == {conn._channel, server._channel}
             await server.cancel()
             assert _subscribers() == before + 1
 

@@ -577,10 +577,19 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
         self.remote_address = Address.from_sockaddr(remote)
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-        self._poller = _ViabilityPoller.add(self, self._loop)
         on_made, self._on_made = self._on_made, None
         if on_made is not None:
             on_made(self)
+
+    def follow_viability(self) -> None:
+        """Read TCP_INFO now and every poll from now on: someone asks whether
+        this connection is viable. Until then nothing is polled."""
+        if self._poller is None and self._transport is not None and not self._is_lost:
+            loop = self._loop
+            if loop is None:
+                self._loop = loop = asyncio.get_running_loop()
+            self._poller = _ViabilityPoller.add(self, loop)
+            self._check_viability()
 
     def _check_viability(self) -> None:
         """Read TCP_INFO: retransmissions or probes in a row mean acks stopped coming.
