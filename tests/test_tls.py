@@ -192,6 +192,31 @@ async def test_session_resumption(certs: Certs) -> None:
         assert [await resumed(listener, plain) for _ in range(2)] == [False, False]
 
 
+async def test_sessions_resume_among_many_options_objects(certs: Certs) -> None:
+    """Contexts are kept per options object, the least recently used dropped first:
+    the options in use keep the context their sessions need, and a session whose
+    context was dropped costs a full handshake, not an error (before: every context
+    was dropped at the 65th, and the next offer failed with "Session refers to a
+    different SSLContext")."""
+    from netconn.stacks import tls
+
+    cache = nc.TLSSessionCache()
+    client = nc.TLS(ca_file=certs.ca, session_cache=cache)
+
+    def other_options(count: int) -> None:
+        for _ in range(count):
+            tls._cached_context(nc.TLS(ca_file=certs.ca), server_side=False)
+
+    async with nc.Listener(server(certs)) as listener:
+        assert await resumed(listener, client) is False
+        other_options(tls._CONTEXTS // 2)
+        assert await resumed(listener, client) is True  # its context was used last
+        other_options(tls._CONTEXTS + 6)
+        assert await resumed(listener, client) is False  # a new context: a full handshake
+        assert await resumed(listener, client) is True
+    assert len(tls._contexts) <= tls._CONTEXTS
+
+
 async def test_verify_hook_sees_the_certificate_and_decides(certs: Certs) -> None:
     seen: list[nc.PeerCertificate] = []
 

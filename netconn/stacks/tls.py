@@ -231,18 +231,23 @@ async def _close_after_alert(inner: ByteChannel) -> None:
 
 
 _contexts: dict[tuple[int, bool], tuple[TLS, ssl.SSLContext]] = {}
+_CONTEXTS = 64
 
 
 def _cached_context(options: TLS, *, server_side: bool) -> ssl.SSLContext:
     # Loading a trust store costs milliseconds: build each options object's
     # context once (keyed by identity; the stored reference keeps it alive).
+    # The least recently used goes first: the options in use keep theirs, and
+    # with it the sessions their cache holds (a session resumes only with the
+    # context that made it).
     key = (id(options), server_side)
-    hit = _contexts.get(key)
+    hit = _contexts.pop(key, None)
     if hit is not None and hit[0] is options:
+        _contexts[key] = hit  # the most recent, last in order
         return hit[1]
     ctx = options.context(server_side=server_side)
-    if len(_contexts) > 64:
-        _contexts.clear()
+    while len(_contexts) >= _CONTEXTS:
+        del _contexts[next(iter(_contexts))]
     _contexts[key] = (options, ctx)
     return ctx
 
@@ -271,13 +276,17 @@ class TLSChannel(Layered[ByteChannel]):
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._server_side = server_side
-        self._ssl = context.wrap_bio(
-            self._incoming,
-            self._outgoing,
-            server_side=server_side,
-            server_hostname=None if server_side else server_name,
-            session=session,
-        )
+        hostname = None if server_side else server_name
+        try:
+            self._ssl = context.wrap_bio(
+                self._incoming, self._outgoing, server_side, hostname, session=session
+            )
+        except ValueError:
+            if session is None:
+                raise
+            # A session made with a context that has since been replaced
+            # (more options objects than _cached_context keeps): no resumption.
+            self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side, hostname)
         self._server_name = server_name
         self._plain = bytearray()
         self._eof = False
