@@ -22,8 +22,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar, cast, overload
 
 from ._deadline import Deadline, Deadlines
-from .endpoint import Address, Endpoint
+from .endpoint import Address, Endpoint, literal_address
 from .errors import (
+    ConnectError,
     ConnectionClosed,
     ConnectionTimeout,
     EndOfStream,
@@ -35,7 +36,7 @@ from .parameters import Parameters
 from .path import Path
 from .pathmonitor import PathWatcher, ViabilityTracker
 from .quic import Directionality, QUICChannel, QUICDatagrams, QUICStream
-from .racing import Attempt, EstablishmentReport, Race
+from .racing import Attempt, EstablishmentReport, Outcome, Race, _as_error
 from .stacks.base import (
     AttemptContext,
     ByteChannel,
@@ -81,7 +82,8 @@ T = TypeVar("T")
 
 Buffer = bytes | bytearray | memoryview
 _ids = itertools.count(1)
-# A ready report of one attempt: address, started after, took, ready after.
+# A report of one attempt: address, started after, took, ready after (both
+# negative while the attempt runs).
 _OneAttempt = tuple[Address, float, float, float]
 _DEFAULT_PARAMETERS = Parameters()
 _SETUP = Setup()
@@ -116,6 +118,7 @@ class Connection(Generic[P_co]):
         "_better_path_callbacks",
         "_channel",
         "_ctx",
+        "_cut",
         "_endpoint",
         "_inline",
         "_listener",
@@ -280,7 +283,11 @@ class Connection(Generic[P_co]):
             return report
         if type(report) is tuple:
             address, started_after, took, duration = report
-            attempt = Attempt(address, started_after, took, "ready")
+            if took < 0:  # the inline attempt, still running
+                attempt = Attempt(address, started_after)
+                duration = 0.0
+            else:
+                attempt = Attempt(address, started_after, took, "ready")
             made = self._report = EstablishmentReport(0.0, [address], [attempt], duration)
         else:
             made = self._report = EstablishmentReport()
@@ -532,19 +539,23 @@ class Connection(Generic[P_co]):
         ``timeout`` seconds (the connection itself goes on); raises
         :class:`InvalidState` if the connection was cancelled.
         """
-        if allow_waiting is None:
-            allow_waiting = self._parameters.wait_for_connectivity
         asked = timeout
         spent = False  # the inline attempt took all of the timeout
-        if type(self._state) is Setup and self._task is None and self._starts_inline(timeout):
-            began = await self._start_inline()
-            if timeout is not None:  # what is left of it (_start_inline set the loop)
-                timeout -= (self._loop or self._running_loop()).time() - began
-                spent = timeout <= 0
-        else:
-            self.start()
+        if self._state is _SETUP and self._task is None:  # the one Setup (and no narrowing)
+            address = self._inline_address(timeout)
+            if address is None:
+                self.start()
+            else:
+                began = await self._start_inline(address)
+                # What is left of the timeout (_start_inline set the loop); not
+                # needed with a channel: ready, or failed since, which ends the wait.
+                if timeout is not None and self._channel is None:
+                    timeout -= (self._loop or self._running_loop()).time() - began
+                    spent = timeout <= 0
         if type(self._state) is Ready:
             return self
+        if allow_waiting is None:
+            allow_waiting = self._parameters.wait_for_connectivity
         loop = self._running_loop()
         # A deadline on the loop's shared timer, set only once there is something
         # to wait for: cheaper than an asyncio.timeout() context on every call.
@@ -576,30 +587,33 @@ class Connection(Generic[P_co]):
             if deadline is not None and deadline.entry is not None:
                 deadline.deadlines.remove(deadline.entry)
 
-    def _starts_inline(self, timeout: float | None) -> bool:
-        """Whether wait_ready() may run the first attempt in its caller's task.
+    def _inline_address(self, timeout: float | None) -> Address | None:
+        """The address wait_ready() may attempt in its caller's task, if any.
 
         Only an IP literal's single attempt, and only when ``timeout`` cannot
         expire before the attempt's own deadline does: wait_ready's timeout
         leaves the connection going on, which the caller's task cannot do.
         """
         endpoint = self._endpoint
-        return (
+        if (
             self._accepted is None
             and endpoint is not None
             and not self._skip_first
             and (timeout is None or timeout >= self._parameters.attempt_timeout)
-            and endpoint.is_literal
             and type(endpoint).resolve is Endpoint.resolve
-        )
+        ):
+            return literal_address(endpoint.host, endpoint.port)
+        return None
 
-    async def _start_inline(self) -> float:
-        """Start, running the first attempt in the calling task; return when it began.
+    async def _start_inline(self, address: Address) -> float:
+        """Start, running the attempt to ``address`` in the calling task; return when it began.
 
         Spares the establishment task and the two loop turns of starting it and
-        of waking the caller. An attempt that fails retryably leaves the back-off
-        and retries to a task, as does a caller cancelled mid-attempt (the
-        connection goes on); cancel() and force_cancel() end the attempt here.
+        of waking the caller, and the race: the connection itself keeps the
+        attempt's deadline, its report and :meth:`try_next_endpoint`. An
+        attempt that fails retryably leaves the back-off and retries to a
+        task, as does a caller cancelled mid-attempt (the connection goes on);
+        cancel() and force_cancel() end the attempt here.
         """
         loop = self._loop
         if loop is None:
@@ -615,72 +629,130 @@ class Connection(Generic[P_co]):
             or logger.isEnabledFor(logging.DEBUG)
         ):
             self._transition(_PREPARING)
+            if type(self._state) is not Preparing:
+                return started  # a state callback cancelled it
         else:
             self._state = _PREPARING  # from Setup, with nobody to tell
-        if not isinstance(self._state, Preparing):
-            return started  # a state callback cancelled it
         task = asyncio.current_task(loop)
         assert task is not None
         cancelling = task.cancelling()
-        self._inline = task
-        endpoint = self._endpoint
-        assert endpoint is not None
-        # _establish() for an IP literal: the race's one attempt, without the
-        # coroutines of _establish and Race.run around it.
+        parameters = self._parameters
+        # _new_context(): no hooks until the attempt won (_adopt).
+        ctx = AttemptContext(self._endpoint, parameters, _ignore, loop=loop)
+        began = loop.time()
+        started_after = began - started
         report = self._report
         if report is None:
-            report = self._report = EstablishmentReport()
-        elif type(report) is not EstablishmentReport:
-            report = self.establishment_report
-        race = self._race = Race(
-            self._stack,
-            endpoint,
-            self._parameters,
-            report,
-            self._new_context,
-            started=started,
-            loop=loop,
-            task=task,
-        )
+            # Resolved to the one address, one attempt running: kept as a tuple
+            # unless someone asks for the report meanwhile.
+            self._report = (address, started_after, -1.0, -1.0)
+        else:  # asked for before the start: the one the caller holds
+            if type(report) is not EstablishmentReport:
+                report = self.establishment_report
+            report.resolved = [address]
+            report.resolution_duration = 0.0
+            report.attempts.append(Attempt(address, started_after))
+        # Why the attempt's task was cancelled by the connection itself, if it was.
+        self._cut: Literal["timeout", "skip"] | None = None
+        self._inline = task
+        # The attempt's deadline, on the loop's shared timer.
+        deadlines = Deadlines.of(loop)
+        deadline = deadlines.add(parameters.attempt_timeout, self._inline_expired)
         try:
             try:
-                self._channel, ctx, attempt = await race._only(
-                    Address(endpoint.host, endpoint.port)
-                )
-            finally:
-                self._race = None
-            self._ctx = ctx
-            ctx.owner = self  # _adopt(ctx)
-        except NetconnError as error:
-            self._inline = None
-            if isinstance(self._state, Preparing) and self._settle(error):
-                self._task = loop.create_task(self._run(started, waiting=True), name=self._name())
-            return started
-        except asyncio.CancelledError:
-            if self._inline is None and is_terminal(self._state):
-                # cancel() or force_cancel() stopped the attempt: unless the
-                # caller was cancelled as well, wait_ready reports the state.
-                if task.uncancel() <= cancelling:
-                    return started
+                channel = await self._stack.open_channel(ctx, address)
+            except asyncio.CancelledError as exc:
+                # Raises the error a deadline or a skip makes of it.
+                self._inline_cancelled(exc, task, cancelling, address, loop.time() - began)
                 raise
-            self._inline = None
-            if isinstance(self._state, Preparing):
+            except Exception as exc:
+                error = self._inline_failed(exc, address, loop.time() - began)
+                if error is exc:
+                    raise
+                raise error from error.__cause__
+            finally:
+                deadlines.remove(deadline)
+                self._inline = None
+        except asyncio.CancelledError:
+            if type(self._state) is Preparing:
                 # The caller gave up waiting, not on the connection: it goes on.
                 self._task = loop.create_task(self._run(started), name=self._name())
+                raise
+            if task.uncancel() <= cancelling:
+                # cancel() or force_cancel() stopped the attempt: unless the
+                # caller was cancelled as well, wait_ready reports the state.
+                return started
             raise
-        self._inline = None
-        if isinstance(self._state, Preparing):
-            if len(report.attempts) == 1:
-                # _compact_report(): the one attempt, to the one address resolved.
-                duration = loop.time() - started
-                self._report = (attempt.address, attempt.started_after, attempt.duration, duration)
-            else:
-                self._compact_report(loop.time() - started)
-            self._became_ready()
-        elif self._channel is not None:  # ended while the attempt finished
-            self._channel.abort()
-            self._channel = None
+        except NetconnError as error:
+            if type(self._state) is Preparing and self._settle(error):
+                self._task = loop.create_task(self._run(started, waiting=True), name=self._name())
+            return started
+        if type(self._state) is not Preparing:  # ended while the attempt finished
+            self._inline_ended(loop.time() - began, "ready")
+            channel.abort()
+            return started
+        self._channel = channel
+        self._ctx = ctx
+        ctx.owner = self  # _adopt(ctx)
+        ended = loop.time()
+        if type(self._report) is tuple:
+            self._report = (address, started_after, ended - began, ended - started)
+        else:
+            self._inline_ended(ended - began, "ready")
+            self._compact_report(ended - started)
+        self._became_ready()
         return started
+
+    def _inline_expired(self) -> None:
+        """The inline attempt's deadline: stop it (it fails with a timeout)."""
+        task = self._inline
+        if task is not None and self._cut is None and not task.done():
+            self._cut = "timeout"
+            task.cancel()
+
+    def _inline_cancelled(
+        self,
+        exc: asyncio.CancelledError,
+        task: asyncio.Task[Any],
+        cancelling: int,
+        address: Address,
+        took: float,
+    ) -> None:
+        """Record the inline attempt cancelled; raise the error its deadline
+        or a skip makes of it. Returns for cancel() and an outside cancellation."""
+        cut = self._cut
+        stopped = self._inline is None  # by cancel() or force_cancel()
+        if not stopped and cut is not None and task.uncancel() <= cancelling:
+            if cut == "timeout":
+                timed_out = TimeoutError()
+                timed_out.__cause__ = exc
+                error = _as_error(timed_out, address)
+                self._inline_ended(took, "failed", error)
+                raise error from timed_out
+            # try_next_endpoint(): there is no next address to go on to.
+            self._inline_ended(took, "cancelled", ConnectError("skipped by try_next_endpoint()"))
+            raise ConnectError("no more addresses to try") from exc
+        self._inline_ended(took, "cancelled")
+
+    def _inline_failed(self, exc: Exception, address: Address, took: float) -> NetconnError:
+        """Record the inline attempt failed; return its error (``exc``, or made of it)."""
+        if isinstance(exc, OSError) and not isinstance(exc, NetconnError):
+            mapped = map_os_error(exc, f"connect to {address}")
+            mapped.__cause__ = exc
+            exc = mapped
+        error = _as_error(exc, address)
+        self._inline_ended(took, "failed", error)
+        return error
+
+    def _inline_ended(
+        self, took: float, outcome: Outcome, error: NetconnError | None = None
+    ) -> None:
+        """Complete the inline attempt's entry of the report, made a report now."""
+        report = self.establishment_report
+        attempt = report.attempts[-1]
+        attempt.duration = took
+        attempt.outcome = outcome
+        attempt.error = error
 
     def _name(self) -> str:
         # Says which connection without formatting its repr.
@@ -696,6 +768,11 @@ class Connection(Generic[P_co]):
         """
         if isinstance(self._state, Preparing) and self._race is not None:
             self._race.skip()
+        elif isinstance(self._state, Preparing) and self._inline is not None:
+            # The inline attempt (_start_inline), to the one address.
+            if self._cut is None:
+                self._cut = "skip"
+                self._inline.cancel()
         elif isinstance(self._state, Waiting) and self._restart is not None:
             self._skip_first += 1
             self._restart.set()

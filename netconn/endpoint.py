@@ -58,6 +58,16 @@ class Address:
         return f"{self.host}:{self.port}"
 
 
+@functools.lru_cache(maxsize=1024)
+def literal_address(host: str, port: int) -> Address | None:
+    """The one address of an IP literal endpoint (``None`` for a name).
+
+    Cached: the same object each time, instead of a frozen dataclass (and the
+    literal check) per connection. Addresses are immutable, so sharing is safe.
+    """
+    return Address(host, port) if _is_ip_literal(host) else None
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """A host (DNS name or IP literal) and a port.

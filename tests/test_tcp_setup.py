@@ -113,7 +113,6 @@ async def test_cancel_during_an_attempt_in_the_callers_task_cancels_only_the_att
         async def caller() -> str:
             with pytest.raises(nc.InvalidState, match="cancelled"):
                 await conn.wait_ready()
-            await asyncio.sleep(0)  # the caller's task is not left cancelled
             return "went on"
 
         task = asyncio.create_task(caller())
@@ -165,6 +164,60 @@ async def test_a_wait_ready_timeout_shorter_than_the_attempt_keeps_the_task() ->
         async with asyncio.timeout(timeout(5)):
             await conn.wait_ready()
         await conn.cancel()
+
+
+async def test_try_next_endpoint_skips_the_attempt_in_the_callers_task() -> None:
+    """As a race of one address: the attempt is recorded skipped and nothing is left
+    to try (the caller's task is not left cancelled)."""
+    stack = _Gated()
+    async with _listening() as endpoint:
+        conn = nc.Connection(endpoint, stack, FAST_RETRY)
+        waiting = asyncio.create_task(conn.wait_ready())
+        await wait_until(lambda: stack.attempts == 1)
+        report = conn.establishment_report  # asked mid-attempt: made now, kept
+        assert [a.outcome for a in report.attempts] == ["running"]
+        assert report.resolved == [report.attempts[0].address]
+        conn.try_next_endpoint()
+        conn.try_next_endpoint()  # a second skip of the same attempt does nothing more
+        with pytest.raises(nc.ConnectError, match="no more addresses"):
+            await waiting
+        assert not waiting.cancelled()
+        assert isinstance(conn.state, nc.Failed)
+        assert conn.establishment_report is report
+        (attempt,) = report.attempts
+        assert attempt.outcome == "cancelled" and "try_next_endpoint" in str(attempt.error)
+
+
+async def test_the_attempt_in_the_callers_task_times_out_on_its_own_deadline() -> None:
+    stack = _Gated()
+    params = nc.Parameters(attempt_timeout=0.05, retry_delays=(3600.0, 3600.0))
+    async with _listening() as endpoint:
+        conn = nc.Connection(endpoint, stack, params)
+        report = conn.establishment_report  # asked before the start: the same object after
+        async with asyncio.timeout(timeout(5)):
+            with pytest.raises(nc.ConnectionTimeout, match="timed out") as caught:
+                await conn.wait_ready()
+        assert isinstance(caught.value.__cause__, TimeoutError)
+        assert isinstance(conn.state, nc.Waiting)
+        assert conn.establishment_report is report
+        (attempt,) = report.attempts
+        assert attempt.outcome == "failed" and attempt.error is caught.value
+        assert attempt.duration >= 0.04
+        conn.force_cancel()
+
+
+async def test_an_attempt_error_in_the_callers_task_is_mapped_and_recorded() -> None:
+    class Broken(nc.StreamProtocol):
+        async def open_channel(self, ctx: AttemptContext, address: Address) -> TCPChannel:
+            raise ValueError("broken stack")
+
+    conn = nc.Connection(nc.Endpoint.host_port("127.0.0.1", 9), Broken())
+    with pytest.raises(nc.ConnectError, match="broken stack") as caught:
+        await conn.wait_ready()
+    assert isinstance(caught.value.__cause__, ValueError)
+    assert isinstance(conn.state, nc.Failed)
+    (attempt,) = conn.establishment_report.attempts
+    assert attempt.outcome == "failed" and attempt.error is caught.value
 
 
 async def test_a_ready_connection_keeps_its_establishment_report() -> None:
