@@ -97,8 +97,15 @@ class TCP(StreamProtocol):
         self, ctx: AttemptContext, address: Address
     ) -> Coroutine[Any, Any, TCPChannel]:
         params = ctx.parameters
-        interface = check_path(address, params, will_bind=True)
         # The coroutine that connects, itself: no coroutine of ours around it.
+        if (
+            (params is _unconstrained or _asks_nothing_of_sockets(params))
+            and not self.fast_open
+            and self.maximum_segment_size is None
+            and "%" not in address.host  # a scope id would send the loop to getaddrinfo
+        ):
+            return self._open_plain(ctx, address)  # what check_path and _connects_plainly say
+        interface = check_path(address, params, will_bind=True)
         if interface is None and self._connects_plainly(params, address):
             return self._open_plain(ctx, address)
         return self._open_configured(ctx, address, interface)
@@ -156,17 +163,20 @@ class TCP(StreamProtocol):
         loop = ctx.loop
         if loop is None:
             loop = asyncio.get_running_loop()
-        channel = TCPChannel(ctx.parameters, ctx, loop)
+        channel = TCPChannel(ctx.parameters, ctx, loop, address)
         try:
             await loop.create_connection(constant(channel), address.host, address.port)
-            no_delay_set = _no_delay_loops.get(type(loop))  # a dict look-up, not a call
-            if no_delay_set is None:
-                no_delay_set = _sets_no_delay(loop)
-            if self._options_after_connect or (self.no_delay and not no_delay_set):
+            # asyncio's and uvloop's TCP transports set TCP_NODELAY themselves:
+            # _options_after_connect, without its call, and a dict look-up.
+            if (
+                self.keepalive
+                or self.connection_drop_time is not None
+                or self.maximum_segment_size is not None
+                or (self.no_delay and not (_no_delay_loops.get(type(loop)) or _sets_no_delay(loop)))
+            ):
                 sock = channel.socket
                 if sock is not None:
-                    # asyncio's and uvloop's TCP transports set TCP_NODELAY themselves.
-                    self._configure(sock, no_delay_set=no_delay_set)
+                    self._configure(sock, no_delay_set=_sets_no_delay(loop))
         except BaseException as exc:
             channel.abort()
             if isinstance(exc, OSError) and not isinstance(exc, NetconnError):
@@ -399,6 +409,26 @@ def _accepted_socket_class(family: int) -> type[socket.socket]:
 
 _no_delay_loops: dict[type, bool] = {}  # _sets_no_delay's answers, by the loop's class
 
+# The last parameters found to ask nothing of a socket before it connects: a
+# client's connections share theirs, so one identity check answers.
+_unconstrained: Parameters | None = None
+
+
+def _asks_nothing_of_sockets(params: Parameters) -> bool:
+    """Whether ``params`` leave a socket as the loop makes it: no interface
+    constraint, local endpoint or service class."""
+    global _unconstrained
+    if (
+        params.required_interface is None
+        and params.required_interface_type is None
+        and not params.prohibited_interface_types
+        and params.local_endpoint is None
+        and params.service_class is ServiceClass.BEST_EFFORT
+    ):
+        _unconstrained = params
+        return True
+    return False
+
 
 def _sets_no_delay(loop: asyncio.AbstractEventLoop) -> bool:
     """Whether ``create_connection(host, port)`` on ``loop`` sets TCP_NODELAY by itself."""
@@ -534,7 +564,9 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
         parameters: Parameters,
         ctx: AttemptContext,
         loop: asyncio.AbstractEventLoop | None = None,
+        remote: Address | None = None,
     ) -> None:
+        """``remote``: the address a client connects to (kept if the peer's name matches)."""
         self._ctx = ctx
         # The loop, when the maker has it: looking it up costs a getpid() on Python 3.11.
         self._loop = loop
@@ -557,7 +589,7 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
         # A listener's hand-over, called once the transport is made (server side only).
         self._on_made: Callable[[TCPChannel], None] | None = None
         self.local_address: Address | None = None
-        self.remote_address: Address | None = None
+        self.remote_address: Address | None = remote
 
     # asyncio.Protocol callbacks
 
@@ -574,7 +606,9 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
             sock = transport.get_extra_info("socket")
             local, remote = sock.getsockname(), sock.getpeername()
         self.local_address = Address.from_sockaddr(local)
-        self.remote_address = Address.from_sockaddr(remote)
+        known = self.remote_address
+        if known is None or known.port != remote[1] or known.host != remote[0]:
+            self.remote_address = Address.from_sockaddr(remote)
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         self._poller = _ViabilityPoller.add(self, self._loop)
@@ -781,8 +815,9 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
             self._wake_drain()  # a send waiting for room fails now; what it wrote is flushed
         # With nothing left to send the transport ends at the next loop turn:
         # no flush to bound, so no timer.
-        flushed = not transport.is_closing() and not transport.get_write_buffer_size()
+        flushed = False
         if not transport.is_closing():
+            flushed = not transport.get_write_buffer_size()
             transport.close()  # flushes the write buffer, then FIN
         if self._is_lost:
             return
@@ -792,19 +827,30 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
         if loop is None:
             loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bool] = loop.create_future()
-        if self._close_waiters is None:
-            self._close_waiters = []
-        self._close_waiters.append(waiter)
+        waiters = self._close_waiters
+        if waiters is None:
+            self._close_waiters = [waiter]
+        else:
+            waiters.append(waiter)
         timer = None if flushed else loop.call_later(_CLOSE_TIMEOUT, _expire, waiter)
         try:
+            # connection_lost drops the list of waiters it woke: only a waiter
+            # that timed out or was cancelled is left to take out of it.
             timed_out = await waiter
+        except BaseException:
+            self._drop_close_waiter(waiter)
+            raise
         finally:
             if timer is not None:
                 timer.cancel()
-            if self._close_waiters is not None and waiter in self._close_waiters:
-                self._close_waiters.remove(waiter)
         if timed_out:
+            self._drop_close_waiter(waiter)
             transport.abort()
+
+    def _drop_close_waiter(self, waiter: asyncio.Future[bool]) -> None:
+        waiters = self._close_waiters
+        if waiters is not None and waiter in waiters:
+            waiters.remove(waiter)
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
