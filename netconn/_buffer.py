@@ -54,7 +54,6 @@ class ReceiveBuffer:
         "_limit",
         "_listener",
         "_loop",
-        "_low",
         "_offset",
         "_owner",
         "_paused",
@@ -75,8 +74,7 @@ class ReceiveBuffer:
         self._chunks: list[bytes | bytearray] = []
         self._offset = 0
         self._size = 0
-        self._limit = limit
-        self._low = limit // 4
+        self._limit = limit  # resumes at a quarter of it
         self._owner = owner  # not two bound methods per connection
         self._paused = False
         self._eof = False
@@ -107,7 +105,8 @@ class ReceiveBuffer:
         With a listener that left bytes here (it has no room), pause at once:
         the kernel holds the rest, not this buffer.
         """
-        if not self._size and self._listener is not None and self._listener(data):
+        listener = self._listener
+        if listener is not None and not self._size and listener(data):
             return  # the listener took them as they came
         size = len(data)
         if not size:
@@ -124,15 +123,17 @@ class ReceiveBuffer:
                 last += data
             else:
                 chunks.append(bytearray(data))
-        self._size += size
-        listener = self._listener
-        if not self._paused and (listener is not None or self._size > self._limit):
-            self._paused = True
-            self._owner.pause_reading()
+        self._size = total = self._size + size
         # _wake(), inline: this runs for every read. A waiting reader goes on
         # now, from the transport's callback, not a loop turn later.
         if listener is not None:
+            if not self._paused:
+                self._paused = True
+                self._owner.pause_reading()
             listener(None)
+        elif total > self._limit and not self._paused:
+            self._paused = True
+            self._owner.pause_reading()
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             hand(waiter, None, self._loop)  # type: ignore[arg-type]  # set by the wait
@@ -239,7 +240,7 @@ class ReceiveBuffer:
             data = b"".join(parts)
         self._size -= len(data)
         self._offset = offset
-        if self._paused and self._size <= self._low:
+        if self._paused and self._size <= self._limit >> 2:
             self._paused = False
             self._owner.resume_reading()
         return data

@@ -128,8 +128,6 @@ class Connection(Generic[P_co]):
         "_path_callbacks",
         "_race",
         "_report",
-        "_restart",
-        "_skip_first",
         "_stack",
         "_state",
         "_state_callbacks",
@@ -147,6 +145,10 @@ class Connection(Generic[P_co]):
     _inbound_claimed: bool = False
     _pending_keepalive: float | Literal[False] | None = False
     _pending_application_error: tuple[int, str] | None = None
+    # Set only once a connection waits to retry: class defaults too, not two
+    # writes per connection.
+    _restart: asyncio.Event | None = None
+    _skip_first = 0
 
     def __init__(
         self,
@@ -171,7 +173,6 @@ class Connection(Generic[P_co]):
         # The loop start() ran on: asking asyncio for it again costs a getpid()
         # system call per ask on Python 3.11.
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._restart: asyncio.Event | None = None
         self._accepted: Channel | None = None
         # The listener that accepted this connection: told of every state change
         # first, without a callback tuple and bound method per connection.
@@ -183,7 +184,6 @@ class Connection(Generic[P_co]):
         self._viable = False
         self._watcher: PathWatcher | None = None
         self._race: Race | None = None
-        self._skip_first = 0
         # Made by the first attempt, or on asking; once ready after one attempt
         # to an IP literal, kept as a tuple (_compact_report).
         self._report: EstablishmentReport | _OneAttempt | None = None
@@ -600,7 +600,7 @@ class Connection(Generic[P_co]):
             and endpoint is not None
             and not self._skip_first
             and (timeout is None or timeout >= self._parameters.attempt_timeout)
-            and type(endpoint).resolve is Endpoint.resolve
+            and (type(endpoint) is Endpoint or type(endpoint).resolve is Endpoint.resolve)
         ):
             return literal_address(endpoint.host, endpoint.port)
         return None
@@ -618,7 +618,6 @@ class Connection(Generic[P_co]):
         loop = self._loop
         if loop is None:
             self._loop = loop = asyncio.get_running_loop()
-        started = loop.time()
         watcher = self._watcher  # _start_watching(), without its call
         if watcher is None:
             watcher = self._watcher = PathWatcher(self._parameters, self)
@@ -630,7 +629,7 @@ class Connection(Generic[P_co]):
         ):
             self._transition(_PREPARING)
             if type(self._state) is not Preparing:
-                return started  # a state callback cancelled it
+                return loop.time()  # a state callback cancelled it
         else:
             self._state = _PREPARING  # from Setup, with nobody to tell
         task = asyncio.current_task(loop)
@@ -639,19 +638,20 @@ class Connection(Generic[P_co]):
         parameters = self._parameters
         # _new_context(): no hooks until the attempt won (_adopt).
         ctx = AttemptContext(self._endpoint, parameters, _ignore, loop=loop)
-        began = loop.time()
-        started_after = began - started
+        # The connection starts with its attempt: set-up before it is a few
+        # microseconds, and one clock reading serves both.
+        started = loop.time()
         report = self._report
         if report is None:
             # Resolved to the one address, one attempt running: kept as a tuple
             # unless someone asks for the report meanwhile.
-            self._report = (address, started_after, -1.0, -1.0)
+            self._report = (address, 0.0, -1.0, -1.0)
         else:  # asked for before the start: the one the caller holds
             if type(report) is not EstablishmentReport:
                 report = self.establishment_report
             report.resolved = [address]
             report.resolution_duration = 0.0
-            report.attempts.append(Attempt(address, started_after))
+            report.attempts.append(Attempt(address, 0.0))
         # Why the attempt's task was cancelled by the connection itself, if it was.
         self._cut: Literal["timeout", "skip"] | None = None
         self._inline = task
@@ -663,10 +663,10 @@ class Connection(Generic[P_co]):
                 channel = await self._stack.open_channel(ctx, address)
             except asyncio.CancelledError as exc:
                 # Raises the error a deadline or a skip makes of it.
-                self._inline_cancelled(exc, task, cancelling, address, loop.time() - began)
+                self._inline_cancelled(exc, task, cancelling, address, loop.time() - started)
                 raise
             except Exception as exc:
-                error = self._inline_failed(exc, address, loop.time() - began)
+                error = self._inline_failed(exc, address, loop.time() - started)
                 if error is exc:
                     raise
                 raise error from error.__cause__
@@ -688,18 +688,18 @@ class Connection(Generic[P_co]):
                 self._task = loop.create_task(self._run(started, waiting=True), name=self._name())
             return started
         if type(self._state) is not Preparing:  # ended while the attempt finished
-            self._inline_ended(loop.time() - began, "ready")
+            self._inline_ended(loop.time() - started, "ready")
             channel.abort()
             return started
         self._channel = channel
         self._ctx = ctx
         ctx.owner = self  # _adopt(ctx)
-        ended = loop.time()
+        took = loop.time() - started
         if type(self._report) is tuple:
-            self._report = (address, started_after, ended - began, ended - started)
+            self._report = (address, 0.0, took, took)
         else:
-            self._inline_ended(ended - began, "ready")
-            self._compact_report(ended - started)
+            self._inline_ended(took, "ready")
+            self._compact_report(took)
         self._became_ready()
         return started
 
@@ -801,12 +801,12 @@ class Connection(Generic[P_co]):
                 self._stop_task()
             self._transition(_CANCELLED)
         # _close_channel(graceful=True), without its coroutine around the channel's.
-        channel, self._channel = self._channel, None
-        accepted, self._accepted = self._accepted, None
+        channel = self._channel
         if channel is None:
-            channel = accepted
-        if channel is None:
-            return
+            channel = self._accepted
+            if channel is None:
+                return
+        self._channel = self._accepted = None
         try:
             await channel.close()
         except NetconnError:

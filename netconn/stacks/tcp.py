@@ -666,23 +666,28 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
             self._poller = None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._poller is not None:
-            self._stop_polling()
+        poller = self._poller
+        if poller is not None:  # _stop_polling(), without its call
+            poller.remove(self)
+            self._poller = None
         error: NetconnError | None = None
+        receiving = self._receiving
         if exc is not None:
             error = _map(exc)
             self._error = error
-            self._receiving.set_error(error)
+            receiving.set_error(error)
         else:
-            self._receiving.feed_eof()
-        self._receiving.detach()  # no cycle left for the garbage collector
+            receiving.feed_eof()
+        receiving.detach()  # no cycle left for the garbage collector
         if self._drain_waiter is not None:
             self._wake_drain()
         self._is_lost = True
-        waiters, self._close_waiters = self._close_waiters, None
-        for waiter in waiters or ():
-            if not waiter.done():
-                waiter.set_result(False)
+        waiters = self._close_waiters
+        if waiters is not None:
+            self._close_waiters = None
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(False)
         self._ctx.on_lost(error)
 
     def pause_writing(self) -> None:
