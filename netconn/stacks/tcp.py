@@ -598,7 +598,8 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
         # subclassing it, and a cast() would be a call per connection.
         self._transport = transport
         # The transport's own buffer is the send bound: writes pause above it.
-        transport.set_write_buffer_limits(high=self._send_limit, low=self._send_limit // 4)
+        limit = self._send_limit
+        transport.set_write_buffer_limits(limit, limit >> 2)  # high, low: no keywords to match
         # The names the transport already asked for: no socket object, no system call.
         local = transport.get_extra_info("sockname")
         remote = transport.get_extra_info("peername")
@@ -748,8 +749,13 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
         if self._write_closed:
             raise InvalidState("sending after is_complete=True")
         if type(data) is bytes and 0 < len(data) <= _CHUNK and not is_complete:
-            # One piece, nothing to split: the common small write.
-            self._writable().write(data)
+            # One piece, nothing to split: the common small write (with
+            # _writable()'s checks, without its call).
+            transport = self._transport
+            if self._error is None and transport is not None and not transport.is_closing():
+                transport.write(data)
+            else:
+                self._writable()  # raises
             if self._write_paused:
                 self._sending = True
                 try:
