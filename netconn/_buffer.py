@@ -149,6 +149,16 @@ class ReceiveBuffer:
         that only the garbage collector would otherwise free)."""
         self._owner = _NO_PRODUCER
 
+    def end(self, error: NetconnError | None) -> None:
+        """The transport is gone: :meth:`feed_eof` (``error`` None) or :meth:`set_error`,
+        then :meth:`detach`, in one call."""
+        if error is None:
+            self._eof = True
+        elif self._error is None:
+            self._error = error
+        self._wake()
+        self._owner = _NO_PRODUCER
+
     def feed_eof(self) -> None:
         """Record that the peer will send nothing more."""
         self._eof = True
@@ -203,7 +213,8 @@ class ReceiveBuffer:
         there are): a whole read comes back as it is, without a copy.
         Raises the stored error when nothing is left to read.
         """
-        if not self._size:
+        size = self._size
+        if not size:
             if self._error is not None:
                 raise self._error
             if self._paused:
@@ -211,6 +222,14 @@ class ReceiveBuffer:
                 self._owner.resume_reading()
             return b""
         chunks = self._chunks
+        if size <= at_most and len(chunks) == 1 and not self._offset:
+            # All there is, one read, taken whole: the common small receive.
+            first = chunks.pop()
+            self._size = 0
+            if self._paused:
+                self._paused = False
+                self._owner.resume_reading()
+            return first if type(first) is bytes else bytes(first)
         first = chunks[0]
         offset = self._offset
         available = len(first) - offset

@@ -82,8 +82,7 @@ T = TypeVar("T")
 
 Buffer = bytes | bytearray | memoryview
 _ids = itertools.count(1)
-# A report of one attempt: address, started after, took, ready after (both
-# negative while the attempt runs).
+# A ready report of one attempt: address, started after, took, ready after.
 _OneAttempt = tuple[Address, float, float, float]
 _DEFAULT_PARAMETERS = Parameters()
 _SETUP = Setup()
@@ -186,7 +185,7 @@ class Connection(Generic[P_co]):
         self._race: Race | None = None
         # Made by the first attempt, or on asking; once ready after one attempt
         # to an IP literal, kept as a tuple (_compact_report).
-        self._report: EstablishmentReport | _OneAttempt | None = None
+        self._report: EstablishmentReport | _OneAttempt | Address | None = None
         self.id = next(_ids)
         """A number unique among this process's connections."""
 
@@ -283,12 +282,10 @@ class Connection(Generic[P_co]):
             return report
         if type(report) is tuple:
             address, started_after, took, duration = report
-            if took < 0:  # the inline attempt, still running
-                attempt = Attempt(address, started_after)
-                duration = 0.0
-            else:
-                attempt = Attempt(address, started_after, took, "ready")
+            attempt = Attempt(address, started_after, took, "ready")
             made = self._report = EstablishmentReport(0.0, [address], [attempt], duration)
+        elif type(report) is Address:  # the inline attempt to it, running
+            made = self._report = EstablishmentReport(0.0, [report], [Attempt(report, 0.0)])
         else:
             made = self._report = EstablishmentReport()
         return made
@@ -643,9 +640,9 @@ class Connection(Generic[P_co]):
         started = loop.time()
         report = self._report
         if report is None:
-            # Resolved to the one address, one attempt running: kept as a tuple
-            # unless someone asks for the report meanwhile.
-            self._report = (address, 0.0, -1.0, -1.0)
+            # Resolved to the one address, one attempt to it running: kept as
+            # the address alone unless someone asks for the report meanwhile.
+            self._report = address
         else:  # asked for before the start: the one the caller holds
             if type(report) is not EstablishmentReport:
                 report = self.establishment_report
@@ -695,7 +692,7 @@ class Connection(Generic[P_co]):
         self._ctx = ctx
         ctx.owner = self  # _adopt(ctx)
         took = loop.time() - started
-        if type(self._report) is tuple:
+        if self._report is address:
             self._report = (address, 0.0, took, took)
         else:
             self._inline_ended(took, "ready")

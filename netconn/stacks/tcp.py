@@ -612,7 +612,13 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
             self.remote_address = Address.from_sockaddr(remote)
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-        self._poller = _ViabilityPoller.add(self, self._loop)
+        # _ViabilityPoller.add(), without its call when the loop's poller is the last one.
+        poller = _ViabilityPoller._last
+        if poller is None or poller._loop() is not self._loop or not poller._armed:
+            poller = _ViabilityPoller.add(self, self._loop)
+        else:
+            poller._channels[self] = None
+        self._poller = poller
         on_made, self._on_made = self._on_made, None
         if on_made is not None:
             on_made(self)
@@ -672,14 +678,10 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
             poller.remove(self)
             self._poller = None
         error: NetconnError | None = None
-        receiving = self._receiving
         if exc is not None:
-            error = _map(exc)
-            self._error = error
-            receiving.set_error(error)
-        else:
-            receiving.feed_eof()
-        receiving.detach()  # no cycle left for the garbage collector
+            error = self._error = _map(exc)
+        # EOF or the error for readers, and no cycle left for the garbage collector.
+        self._receiving.end(error)
         if self._drain_waiter is not None:
             self._wake_drain()
         self._is_lost = True
