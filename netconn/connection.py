@@ -1072,7 +1072,7 @@ class Connection(Generic[P_co]):
         kind = self._stack.kind
         try:
             if kind == "stream":
-                await channel.send(data, True if is_complete else False)  # no bool() call
+                await channel.send(data, is_complete is True)  # bool | None: no bool() call
             elif kind == "message":
                 done = True if is_complete is None else is_complete
                 # channel is Any: no cast() call per message.

@@ -566,7 +566,7 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
         loop: asyncio.AbstractEventLoop | None = None,
         remote: Address | None = None,
     ) -> None:
-        """``remote``: the address a client connects to (kept if the peer's name matches)."""
+        """``remote``: the address a client connects to (kept as the peer's name if it is one)."""
         self._ctx = ctx
         # The loop, when the maker has it: looking it up costs a getpid() on Python 3.11.
         self._loop = loop
@@ -602,13 +602,19 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
         transport.set_write_buffer_limits(limit, limit >> 2)  # high, low: no keywords to match
         # The names the transport already asked for: no socket object, no system call.
         local = transport.get_extra_info("sockname")
-        remote = transport.get_extra_info("peername")
+        known = self.remote_address
+        if known is not None and ":" not in known.host:
+            # An IPv4 literal (which has one spelling) is the name of the peer connected to.
+            remote: Any = known
+        else:
+            remote = transport.get_extra_info("peername")
         if local is None or remote is None:
             sock = transport.get_extra_info("socket")
             local, remote = sock.getsockname(), sock.getpeername()
         self.local_address = Address.from_sockaddr(local)
-        known = self.remote_address
-        if known is None or known.port != remote[1] or known.host != remote[0]:
+        if remote is not known and (
+            known is None or known.port != remote[1] or known.host != remote[0]
+        ):
             self.remote_address = Address.from_sockaddr(remote)
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
