@@ -49,13 +49,23 @@ class Address:
         """Build from what ``getsockname`` / ``getpeername`` return."""
         host, port = sockaddr[0], sockaddr[1]
         if type(host) is str and type(port) is int:  # what the socket module gives
-            return cls(host, port)
+            # The slots set directly: the frozen dataclass's __init__ goes
+            # through object.__setattr__, which costs more than the rest.
+            address = _new(cls)
+            _set_host(address, host)
+            _set_port(address, port)
+            return address
         return cls(str(host), int(port))  # type: ignore[call-overload]
 
     def __str__(self) -> str:
         if ":" in self.host:
             return f"[{self.host}]:{self.port}"
         return f"{self.host}:{self.port}"
+
+
+_new = object.__new__
+_set_host = Address.__dict__["host"].__set__
+_set_port = Address.__dict__["port"].__set__
 
 
 @functools.lru_cache(maxsize=1024)
