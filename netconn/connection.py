@@ -549,7 +549,7 @@ class Connection(Generic[P_co]):
                 if timeout is not None and self._channel is None:
                     timeout -= (self._loop or self._running_loop()).time() - began
                     spent = timeout <= 0
-        if type(self._state) is Ready:
+        if self._state is _READY:  # the one Ready
             return self
         if allow_waiting is None:
             allow_waiting = self._parameters.wait_for_connectivity
@@ -684,7 +684,7 @@ class Connection(Generic[P_co]):
             if type(self._state) is Preparing and self._settle(error):
                 self._task = loop.create_task(self._run(started, waiting=True), name=self._name())
             return started
-        if type(self._state) is not Preparing:  # ended while the attempt finished
+        if self._state is not _PREPARING:  # ended while the attempt finished (the one Preparing)
             self._inline_ended(loop.time() - started, "ready")
             channel.abort()
             return started
@@ -984,7 +984,7 @@ class Connection(Generic[P_co]):
             self._state_callbacks
             or self._state_waiters
             or self._listener is not None
-            or type(self._state) is not Preparing
+            or self._state is not _PREPARING  # the one Preparing
             or logger.isEnabledFor(logging.DEBUG)
         ):
             self._transition(_READY)
