@@ -156,7 +156,12 @@ class ReceiveBuffer:
             self._eof = True
         elif self._error is None:
             self._error = error
-        self._wake()
+        # _wake(), without its call.
+        if self._listener is not None:
+            self._listener(None)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         self._owner = _NO_PRODUCER
 
     def feed_eof(self) -> None:

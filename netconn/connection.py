@@ -539,16 +539,26 @@ class Connection(Generic[P_co]):
         asked = timeout
         spent = False  # the inline attempt took all of the timeout
         if self._state is _SETUP and self._task is None:  # the one Setup (and no narrowing)
-            address = self._inline_address(timeout)
-            if address is None:
-                self.start()
-            else:
+            endpoint = self._endpoint
+            # An IP literal's single attempt runs in this task, when ``timeout``
+            # cannot expire before the attempt's own deadline does: wait_ready's
+            # timeout leaves the connection going on, which this task cannot do.
+            if (
+                self._accepted is None
+                and endpoint is not None
+                and not self._skip_first
+                and (timeout is None or timeout >= self._parameters.attempt_timeout)
+                and (type(endpoint) is Endpoint or type(endpoint).resolve is Endpoint.resolve)
+                and (address := literal_address(endpoint.host, endpoint.port)) is not None
+            ):
                 began = await self._start_inline(address)
                 # What is left of the timeout (_start_inline set the loop); not
                 # needed with a channel: ready, or failed since, which ends the wait.
                 if timeout is not None and self._channel is None:
                     timeout -= (self._loop or self._running_loop()).time() - began
                     spent = timeout <= 0
+            else:
+                self.start()
         if self._state is _READY:  # the one Ready
             return self
         if allow_waiting is None:
@@ -583,24 +593,6 @@ class Connection(Generic[P_co]):
         finally:
             if deadline is not None and deadline.entry is not None:
                 deadline.deadlines.remove(deadline.entry)
-
-    def _inline_address(self, timeout: float | None) -> Address | None:
-        """The address wait_ready() may attempt in its caller's task, if any.
-
-        Only an IP literal's single attempt, and only when ``timeout`` cannot
-        expire before the attempt's own deadline does: wait_ready's timeout
-        leaves the connection going on, which the caller's task cannot do.
-        """
-        endpoint = self._endpoint
-        if (
-            self._accepted is None
-            and endpoint is not None
-            and not self._skip_first
-            and (timeout is None or timeout >= self._parameters.attempt_timeout)
-            and (type(endpoint) is Endpoint or type(endpoint).resolve is Endpoint.resolve)
-        ):
-            return literal_address(endpoint.host, endpoint.port)
-        return None
 
     async def _start_inline(self, address: Address) -> float:
         """Start, running the attempt to ``address`` in the calling task; return when it began.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar
@@ -299,5 +300,8 @@ _T = TypeVar("_T")
 
 
 def constant(value: _T) -> Callable[[], _T]:
-    """A factory that returns ``value``: for asyncio's protocol factories."""
-    return lambda: value
+    """A factory that returns ``value``: for asyncio's protocol factories.
+
+    A C callable (an endless iterator's ``__next__``): calling it runs no Python.
+    """
+    return itertools.repeat(value).__next__

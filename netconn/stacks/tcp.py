@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import socket
 import struct
 import threading
@@ -165,7 +166,9 @@ class TCP(StreamProtocol):
             loop = asyncio.get_running_loop()
         channel = TCPChannel(ctx.parameters, ctx, loop, address)
         try:
-            await loop.create_connection(constant(channel), address.host, address.port)
+            # constant(channel), without its call.
+            factory = itertools.repeat(channel).__next__
+            await loop.create_connection(factory, address.host, address.port)
             # asyncio's and uvloop's TCP transports set TCP_NODELAY themselves:
             # _options_after_connect, without its call, and a dict look-up.
             if (
@@ -680,8 +683,8 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         poller = self._poller
-        if poller is not None:  # _stop_polling(), without its call
-            poller.remove(self)
+        if poller is not None:  # _stop_polling() and the poller's remove(), without their calls
+            poller._channels.pop(self, None)
             self._poller = None
         error: NetconnError | None = None
         if exc is not None:
