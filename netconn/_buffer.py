@@ -283,4 +283,10 @@ class ReceiveBuffer:
                 await self._waiter
             finally:
                 self._waiter = None
+        chunks = self._chunks
+        if self._size <= at_most and len(chunks) == 1 and not self._offset and not self._paused:
+            # take()'s common case without its call: all there is, one read, taken whole.
+            self._size = 0
+            first = chunks.pop()
+            return first if type(first) is bytes else bytes(first)
         return self.take(at_most, at_least)

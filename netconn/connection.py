@@ -47,6 +47,7 @@ from .stacks.base import (
     Stack,
     StreamProtocol,
     TypedChannel,
+    ignore_loss,
 )
 from .stacks.quic import QUIC
 from .stacks.udp import UDP
@@ -90,10 +91,6 @@ _SETUP = Setup()
 _PREPARING = Preparing()
 _READY = Ready()
 _CANCELLED = Cancelled()
-
-
-def _ignore(error: NetconnError | None) -> None:
-    return None
 
 
 class Connection(Generic[P_co]):
@@ -626,7 +623,7 @@ class Connection(Generic[P_co]):
         cancelling = task.cancelling()
         parameters = self._parameters
         # _new_context(): no hooks until the attempt won (_adopt).
-        ctx = AttemptContext(self._endpoint, parameters, _ignore, loop=loop)
+        ctx = AttemptContext(self._endpoint, parameters, ignore_loss, loop=loop)
         # The connection starts with its attempt: set-up before it is a few
         # microseconds, and one clock reading serves both.
         started = loop.time()
@@ -968,7 +965,9 @@ class Connection(Generic[P_co]):
 
     def _new_context(self) -> AttemptContext:
         # No hooks yet: the race's winner gets them (_adopt), its losers never do.
-        return AttemptContext(self._endpoint, self._parameters, on_lost=_ignore, loop=self._loop)
+        return AttemptContext(
+            self._endpoint, self._parameters, on_lost=ignore_loss, loop=self._loop
+        )
 
     def _became_ready(self) -> None:
         assert self._channel is not None

@@ -700,7 +700,7 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(False)
-        self._ctx.on_lost(error)
+        self._ctx.lost(error)
 
     def pause_writing(self) -> None:
         self._write_paused = True
