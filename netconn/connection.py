@@ -111,7 +111,6 @@ class Connection(Generic[P_co]):
         "__dict__",
         "__weakref__",
         "_accepted",
-        "_better_path_callbacks",
         "_channel",
         "_ctx",
         "_cut",
@@ -121,7 +120,6 @@ class Connection(Generic[P_co]):
         "_loop",
         "_parameters",
         "_path",
-        "_path_callbacks",
         "_race",
         "_report",
         "_stack",
@@ -130,7 +128,6 @@ class Connection(Generic[P_co]):
         "_state_waiters",
         "_task",
         "_viability",
-        "_viability_callbacks",
         "_viable",
         "_watcher",
         "id",
@@ -145,6 +142,11 @@ class Connection(Generic[P_co]):
     # writes per connection.
     _restart: asyncio.Event | None = None
     _skip_first = 0
+    # Path and viability callbacks, which few connections add: class defaults
+    # (the shared empty tuple) until one is, then in the connection's __dict__.
+    _path_callbacks: tuple[Callable[[Connection[P_co], Path], None], ...] = ()
+    _viability_callbacks: tuple[Callable[[Connection[P_co], bool], None], ...] = ()
+    _better_path_callbacks: tuple[Callable[[Connection[P_co], bool], None], ...] = ()
 
     def __init__(
         self,
@@ -157,9 +159,6 @@ class Connection(Generic[P_co]):
         self._parameters = parameters if parameters is not None else _DEFAULT_PARAMETERS
         self._state: State = _SETUP
         self._state_callbacks: tuple[Callable[[Connection[P_co], State], None], ...] = ()
-        self._path_callbacks: tuple[Callable[[Connection[P_co], Path], None], ...] = ()
-        self._viability_callbacks: tuple[Callable[[Connection[P_co], bool], None], ...] = ()
-        self._better_path_callbacks: tuple[Callable[[Connection[P_co], bool], None], ...] = ()
         self._state_waiters: list[asyncio.Future[None]] | None = None
         self._channel: Channel | None = None
         self._ctx: AttemptContext | None = None
