@@ -430,11 +430,11 @@ def test_a_tcp_client_handshake_does_little_work_in_netconn(loop: str) -> None:
     _transition when nobody is told, the watcher started and stopped in place; the
     attempt to an IP literal without a Race, its deadline kept by the connection."""
     own, opcodes = _client_work_per_handshake(loop)
-    # Before: 91 (asyncio's loop) and 85 (uvloop), then 70 and 65; now 55 and 51.
-    assert own <= (57 if loop == "asyncio" else 53), own
+    # Before: 91 (asyncio's loop) and 85 (uvloop), then 70 and 65; now 48 and 44.
+    assert own <= (50 if loop == "asyncio" else 46), own
     # Bytecode run in netconn, before: 2,339 and 2,323, then 2,083 and 2,070;
-    # now 1,707 and 1,697.
-    assert opcodes <= 1760, opcodes
+    # now 1,665 and 1,655.
+    assert opcodes <= 1710, opcodes
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
