@@ -706,8 +706,9 @@ class Connection(Generic[P_co]):
         """Record the inline attempt cancelled; raise the error its deadline
         or a skip makes of it. Returns for cancel() and an outside cancellation."""
         cut = self._cut
-        stopped = self._inline is None  # by cancel() or force_cancel()
-        if not stopped and cut is not None and task.uncancel() <= cancelling:
+        # The connection's own cancellation taken back; the error it stands for
+        # only if nothing else cancelled too (cancel() wins, as does the caller's).
+        if cut is not None and task.uncancel() <= cancelling and self._inline is not None:
             if cut == "timeout":
                 timed_out = TimeoutError()
                 timed_out.__cause__ = exc

@@ -188,6 +188,23 @@ async def test_try_next_endpoint_skips_the_attempt_in_the_callers_task() -> None
         assert attempt.outcome == "cancelled" and "try_next_endpoint" in str(attempt.error)
 
 
+async def test_a_skip_and_a_cancel_of_the_attempt_in_the_callers_task() -> None:
+    """The cancel wins, and the caller's task is not left cancelled."""
+    stack = _Gated()
+    async with _listening() as endpoint:
+        conn = nc.Connection(endpoint, stack)
+        waiting = asyncio.create_task(conn.wait_ready())
+        await wait_until(lambda: stack.attempts == 1)
+        conn.try_next_endpoint()
+        await conn.cancel()
+        async with asyncio.timeout(timeout(5)):
+            with pytest.raises(nc.InvalidState, match="cancelled"):
+                await waiting
+        assert not waiting.cancelled()
+        assert isinstance(conn.state, nc.Cancelled)
+        assert [a.outcome for a in conn.establishment_report.attempts] == ["cancelled"]
+
+
 async def test_the_attempt_in_the_callers_task_times_out_on_its_own_deadline() -> None:
     stack = _Gated()
     params = nc.Parameters(attempt_timeout=0.05, retry_delays=(3600.0, 3600.0))
