@@ -54,7 +54,6 @@ class ReceiveBuffer:
         "_limit",
         "_listener",
         "_loop",
-        "_low",
         "_offset",
         "_owner",
         "_paused",
@@ -75,8 +74,7 @@ class ReceiveBuffer:
         self._chunks: list[bytes | bytearray] = []
         self._offset = 0
         self._size = 0
-        self._limit = limit
-        self._low = limit // 4
+        self._limit = limit  # resumes at a quarter of it
         self._owner = owner  # not two bound methods per connection
         self._paused = False
         self._eof = False
@@ -107,7 +105,8 @@ class ReceiveBuffer:
         With a listener that left bytes here (it has no room), pause at once:
         the kernel holds the rest, not this buffer.
         """
-        if not self._size and self._listener is not None and self._listener(data):
+        listener = self._listener
+        if listener is not None and not self._size and listener(data):
             return  # the listener took them as they came
         size = len(data)
         if not size:
@@ -124,15 +123,17 @@ class ReceiveBuffer:
                 last += data
             else:
                 chunks.append(bytearray(data))
-        self._size += size
-        listener = self._listener
-        if not self._paused and (listener is not None or self._size > self._limit):
-            self._paused = True
-            self._owner.pause_reading()
+        self._size = total = self._size + size
         # _wake(), inline: this runs for every read. A waiting reader goes on
         # now, from the transport's callback, not a loop turn later.
         if listener is not None:
+            if not self._paused:
+                self._paused = True
+                self._owner.pause_reading()
             listener(None)
+        elif total > self._limit and not self._paused:
+            self._paused = True
+            self._owner.pause_reading()
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             hand(waiter, None, self._loop)  # type: ignore[arg-type]  # set by the wait
@@ -146,6 +147,21 @@ class ReceiveBuffer:
     def detach(self) -> None:
         """The producer is gone: drop the reference to it (a cycle with its owner
         that only the garbage collector would otherwise free)."""
+        self._owner = _NO_PRODUCER
+
+    def end(self, error: NetconnError | None) -> None:
+        """The transport is gone: :meth:`feed_eof` (``error`` None) or :meth:`set_error`,
+        then :meth:`detach`, in one call."""
+        if error is None:
+            self._eof = True
+        elif self._error is None:
+            self._error = error
+        # _wake(), without its call.
+        if self._listener is not None:
+            self._listener(None)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         self._owner = _NO_PRODUCER
 
     def feed_eof(self) -> None:
@@ -202,7 +218,8 @@ class ReceiveBuffer:
         there are): a whole read comes back as it is, without a copy.
         Raises the stored error when nothing is left to read.
         """
-        if not self._size:
+        size = self._size
+        if not size:
             if self._error is not None:
                 raise self._error
             if self._paused:
@@ -210,6 +227,14 @@ class ReceiveBuffer:
                 self._owner.resume_reading()
             return b""
         chunks = self._chunks
+        if size <= at_most and len(chunks) == 1 and not self._offset:
+            # All there is, one read, taken whole: the common small receive.
+            first = chunks.pop()
+            self._size = 0
+            if self._paused:
+                self._paused = False
+                self._owner.resume_reading()
+            return first if type(first) is bytes else bytes(first)
         first = chunks[0]
         offset = self._offset
         available = len(first) - offset
@@ -239,7 +264,7 @@ class ReceiveBuffer:
             data = b"".join(parts)
         self._size -= len(data)
         self._offset = offset
-        if self._paused and self._size <= self._low:
+        if self._paused and self._size <= self._limit >> 2:
             self._paused = False
             self._owner.resume_reading()
         return data
@@ -258,4 +283,10 @@ class ReceiveBuffer:
                 await self._waiter
             finally:
                 self._waiter = None
+        chunks = self._chunks
+        if self._size <= at_most and len(chunks) == 1 and not self._offset and not self._paused:
+            # take()'s common case without its call: all there is, one read, taken whole.
+            self._size = 0
+            first = chunks.pop()
+            return first if type(first) is bytes else bytes(first)
         return self.take(at_most, at_least)

@@ -22,8 +22,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar, cast, overload
 
 from ._deadline import Deadline, Deadlines
-from .endpoint import Address, Endpoint
+from .endpoint import Address, Endpoint, literal_address
 from .errors import (
+    ConnectError,
     ConnectionClosed,
     ConnectionTimeout,
     EndOfStream,
@@ -35,7 +36,7 @@ from .parameters import Parameters
 from .path import Path, PathStatus
 from .pathmonitor import PathWatcher, ViabilityTracker
 from .quic import Directionality, QUICChannel, QUICDatagrams, QUICStream
-from .racing import Attempt, EstablishmentReport, Race
+from .racing import Attempt, EstablishmentReport, Outcome, Race, _as_error
 from .stacks.base import (
     AttemptContext,
     ByteChannel,
@@ -46,6 +47,7 @@ from .stacks.base import (
     Stack,
     StreamProtocol,
     TypedChannel,
+    ignore_loss,
 )
 from .stacks.quic import QUIC
 from .stacks.udp import UDP
@@ -91,10 +93,6 @@ _READY = Ready()
 _CANCELLED = Cancelled()
 
 
-def _ignore(error: NetconnError | None) -> None:
-    return None
-
-
 class Connection(Generic[P_co]):
     """A connection to ``endpoint`` over ``stack``.
 
@@ -113,27 +111,23 @@ class Connection(Generic[P_co]):
         "__dict__",
         "__weakref__",
         "_accepted",
-        "_better_path_callbacks",
         "_channel",
         "_ctx",
+        "_cut",
         "_endpoint",
         "_inline",
         "_listener",
         "_loop",
         "_parameters",
         "_path",
-        "_path_callbacks",
         "_race",
         "_report",
-        "_restart",
-        "_skip_first",
         "_stack",
         "_state",
         "_state_callbacks",
         "_state_waiters",
         "_task",
         "_viability",
-        "_viability_callbacks",
         "_viable",
         "_watcher",
         "id",
@@ -144,6 +138,15 @@ class Connection(Generic[P_co]):
     _inbound_claimed: bool = False
     _pending_keepalive: float | Literal[False] | None = False
     _pending_application_error: tuple[int, str] | None = None
+    # Set only once a connection waits to retry: class defaults too, not two
+    # writes per connection.
+    _restart: asyncio.Event | None = None
+    _skip_first = 0
+    # Path and viability callbacks, which few connections add: class defaults
+    # (the shared empty tuple) until one is, then in the connection's __dict__.
+    _path_callbacks: tuple[Callable[[Connection[P_co], Path], None], ...] = ()
+    _viability_callbacks: tuple[Callable[[Connection[P_co], bool], None], ...] = ()
+    _better_path_callbacks: tuple[Callable[[Connection[P_co], bool], None], ...] = ()
 
     def __init__(
         self,
@@ -156,9 +159,6 @@ class Connection(Generic[P_co]):
         self._parameters = parameters if parameters is not None else _DEFAULT_PARAMETERS
         self._state: State = _SETUP
         self._state_callbacks: tuple[Callable[[Connection[P_co], State], None], ...] = ()
-        self._path_callbacks: tuple[Callable[[Connection[P_co], Path], None], ...] = ()
-        self._viability_callbacks: tuple[Callable[[Connection[P_co], bool], None], ...] = ()
-        self._better_path_callbacks: tuple[Callable[[Connection[P_co], bool], None], ...] = ()
         self._state_waiters: list[asyncio.Future[None]] | None = None
         self._channel: Channel | None = None
         self._ctx: AttemptContext | None = None
@@ -168,7 +168,6 @@ class Connection(Generic[P_co]):
         # The loop start() ran on: asking asyncio for it again costs a getpid()
         # system call per ask on Python 3.11.
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._restart: asyncio.Event | None = None
         self._accepted: Channel | None = None
         # The listener that accepted this connection: told of every state change
         # first, without a callback tuple and bound method per connection.
@@ -180,10 +179,9 @@ class Connection(Generic[P_co]):
         self._viable = False
         self._watcher: PathWatcher | None = None
         self._race: Race | None = None
-        self._skip_first = 0
         # Made by the first attempt, or on asking; once ready after one attempt
         # to an IP literal, kept as a tuple (_compact_report).
-        self._report: EstablishmentReport | _OneAttempt | None = None
+        self._report: EstablishmentReport | _OneAttempt | Address | None = None
         self.id = next(_ids)
         """A number unique among this process's connections."""
 
@@ -287,6 +285,8 @@ class Connection(Generic[P_co]):
             address, started_after, took, duration = report
             attempt = Attempt(address, started_after, took, "ready")
             made = self._report = EstablishmentReport(0.0, [address], [attempt], duration)
+        elif type(report) is Address:  # the inline attempt to it, running
+            made = self._report = EstablishmentReport(0.0, [report], [Attempt(report, 0.0)])
         else:
             made = self._report = EstablishmentReport()
         return made
@@ -591,19 +591,33 @@ class Connection(Generic[P_co]):
         ``timeout`` seconds (the connection itself goes on); raises
         :class:`InvalidState` if the connection was cancelled.
         """
-        if allow_waiting is None:
-            allow_waiting = self._parameters.wait_for_connectivity
         asked = timeout
         spent = False  # the inline attempt took all of the timeout
-        if type(self._state) is Setup and self._task is None and self._starts_inline(timeout):
-            began = await self._start_inline()
-            if timeout is not None:  # what is left of it (_start_inline set the loop)
-                timeout -= (self._loop or self._running_loop()).time() - began
-                spent = timeout <= 0
-        else:
-            self.start()
-        if type(self._state) is Ready:
+        if self._state is _SETUP and self._task is None:  # the one Setup (and no narrowing)
+            endpoint = self._endpoint
+            # An IP literal's single attempt runs in this task, when ``timeout``
+            # cannot expire before the attempt's own deadline does: wait_ready's
+            # timeout leaves the connection going on, which this task cannot do.
+            if (
+                self._accepted is None
+                and endpoint is not None
+                and not self._skip_first
+                and (timeout is None or timeout >= self._parameters.attempt_timeout)
+                and (type(endpoint) is Endpoint or type(endpoint).resolve is Endpoint.resolve)
+                and (address := literal_address(endpoint.host, endpoint.port)) is not None
+            ):
+                began = await self._start_inline(address)
+                # What is left of the timeout (_start_inline set the loop); not
+                # needed with a channel: ready, or failed since, which ends the wait.
+                if timeout is not None and self._channel is None:
+                    timeout -= (self._loop or self._running_loop()).time() - began
+                    spent = timeout <= 0
+            else:
+                self.start()
+        if self._state is _READY:  # the one Ready
             return self
+        if allow_waiting is None:
+            allow_waiting = self._parameters.wait_for_connectivity
         loop = self._running_loop()
         # A deadline on the loop's shared timer, set only once there is something
         # to wait for: cheaper than an asyncio.timeout() context on every call.
@@ -635,35 +649,19 @@ class Connection(Generic[P_co]):
             if deadline is not None and deadline.entry is not None:
                 deadline.deadlines.remove(deadline.entry)
 
-    def _starts_inline(self, timeout: float | None) -> bool:
-        """Whether wait_ready() may run the first attempt in its caller's task.
-
-        Only an IP literal's single attempt, and only when ``timeout`` cannot
-        expire before the attempt's own deadline does: wait_ready's timeout
-        leaves the connection going on, which the caller's task cannot do.
-        """
-        endpoint = self._endpoint
-        return (
-            self._accepted is None
-            and endpoint is not None
-            and not self._skip_first
-            and (timeout is None or timeout >= self._parameters.attempt_timeout)
-            and endpoint.is_literal
-            and type(endpoint).resolve is Endpoint.resolve
-        )
-
-    async def _start_inline(self) -> float:
-        """Start, running the first attempt in the calling task; return when it began.
+    async def _start_inline(self, address: Address) -> float:
+        """Start, running the attempt to ``address`` in the calling task; return when it began.
 
         Spares the establishment task and the two loop turns of starting it and
-        of waking the caller. An attempt that fails retryably leaves the back-off
-        and retries to a task, as does a caller cancelled mid-attempt (the
-        connection goes on); cancel() and force_cancel() end the attempt here.
+        of waking the caller, and the race: the connection itself keeps the
+        attempt's deadline, its report and :meth:`try_next_endpoint`. An
+        attempt that fails retryably leaves the back-off and retries to a
+        task, as does a caller cancelled mid-attempt (the connection goes on);
+        cancel() and force_cancel() end the attempt here.
         """
         loop = self._loop
         if loop is None:
             self._loop = loop = asyncio.get_running_loop()
-        started = loop.time()
         if self._observers():
             self._start_watching()
         if (
@@ -672,72 +670,132 @@ class Connection(Generic[P_co]):
             or logger.isEnabledFor(logging.DEBUG)
         ):
             self._transition(_PREPARING)
+            if type(self._state) is not Preparing:
+                return loop.time()  # a state callback cancelled it
         else:
             self._state = _PREPARING  # from Setup, with nobody to tell
-        if not isinstance(self._state, Preparing):
-            return started  # a state callback cancelled it
         task = asyncio.current_task(loop)
         assert task is not None
         cancelling = task.cancelling()
-        self._inline = task
-        endpoint = self._endpoint
-        assert endpoint is not None
-        # _establish() for an IP literal: the race's one attempt, without the
-        # coroutines of _establish and Race.run around it.
+        parameters = self._parameters
+        # _new_context(): no hooks until the attempt won (_adopt).
+        ctx = AttemptContext(self._endpoint, parameters, ignore_loss, loop=loop)
+        # The connection starts with its attempt: set-up before it is a few
+        # microseconds, and one clock reading serves both.
+        started = loop.time()
         report = self._report
         if report is None:
-            report = self._report = EstablishmentReport()
-        elif type(report) is not EstablishmentReport:
-            report = self.establishment_report
-        race = self._race = Race(
-            self._stack,
-            endpoint,
-            self._parameters,
-            report,
-            self._new_context,
-            started=started,
-            loop=loop,
-            task=task,
-        )
+            # Resolved to the one address, one attempt to it running: kept as
+            # the address alone unless someone asks for the report meanwhile.
+            self._report = address
+        else:  # asked for before the start: the one the caller holds
+            if type(report) is not EstablishmentReport:
+                report = self.establishment_report
+            report.resolved = [address]
+            report.resolution_duration = 0.0
+            report.attempts.append(Attempt(address, 0.0))
+        # Why the attempt's task was cancelled by the connection itself, if it was.
+        self._cut: Literal["timeout", "skip"] | None = None
+        self._inline = task
+        # The attempt's deadline, on the loop's shared timer.
+        deadlines = Deadlines.of(loop)
+        deadline = deadlines.add(parameters.attempt_timeout, self._inline_expired)
         try:
             try:
-                self._channel, ctx, attempt = await race._only(
-                    Address(endpoint.host, endpoint.port)
-                )
-            finally:
-                self._race = None
-            self._ctx = ctx
-            ctx.owner = self  # _adopt(ctx)
-        except NetconnError as error:
-            self._inline = None
-            if isinstance(self._state, Preparing) and self._settle(error):
-                self._task = loop.create_task(self._run(started, waiting=True), name=self._name())
-            return started
-        except asyncio.CancelledError:
-            if self._inline is None and is_terminal(self._state):
-                # cancel() or force_cancel() stopped the attempt: unless the
-                # caller was cancelled as well, wait_ready reports the state.
-                if task.uncancel() <= cancelling:
-                    return started
+                channel = await self._stack.open_channel(ctx, address)
+            except asyncio.CancelledError as exc:
+                # Raises the error a deadline or a skip makes of it.
+                self._inline_cancelled(exc, task, cancelling, address, loop.time() - started)
                 raise
-            self._inline = None
-            if isinstance(self._state, Preparing):
+            except Exception as exc:
+                error = self._inline_failed(exc, address, loop.time() - started)
+                if error is exc:
+                    raise
+                raise error from error.__cause__
+            finally:
+                deadlines.remove(deadline)
+                self._inline = None
+        except asyncio.CancelledError:
+            if type(self._state) is Preparing:
                 # The caller gave up waiting, not on the connection: it goes on.
                 self._task = loop.create_task(self._run(started), name=self._name())
+                raise
+            if task.uncancel() <= cancelling:
+                # cancel() or force_cancel() stopped the attempt: unless the
+                # caller was cancelled as well, wait_ready reports the state.
+                return started
             raise
-        self._inline = None
-        if isinstance(self._state, Preparing):
-            if len(report.attempts) == 1:
-                # _compact_report(): the one attempt, to the one address resolved.
-                duration = loop.time() - started
-                self._report = (attempt.address, attempt.started_after, attempt.duration, duration)
-            else:
-                self._compact_report(loop.time() - started)
-            self._became_ready()
-        elif self._channel is not None:  # ended while the attempt finished
-            self._channel.abort()
-            self._channel = None
+        except NetconnError as error:
+            if type(self._state) is Preparing and self._settle(error):
+                self._task = loop.create_task(self._run(started, waiting=True), name=self._name())
+            return started
+        if self._state is not _PREPARING:  # ended while the attempt finished (the one Preparing)
+            self._inline_ended(loop.time() - started, "ready")
+            channel.abort()
+            return started
+        self._channel = channel
+        self._ctx = ctx
+        ctx.owner = self  # _adopt(ctx)
+        took = loop.time() - started
+        if self._report is address:
+            self._report = (address, 0.0, took, took)
+        else:
+            self._inline_ended(took, "ready")
+            self._compact_report(took)
+        self._became_ready()
         return started
+
+    def _inline_expired(self) -> None:
+        """The inline attempt's deadline: stop it (it fails with a timeout)."""
+        task = self._inline
+        if task is not None and self._cut is None and not task.done():
+            self._cut = "timeout"
+            task.cancel()
+
+    def _inline_cancelled(
+        self,
+        exc: asyncio.CancelledError,
+        task: asyncio.Task[Any],
+        cancelling: int,
+        address: Address,
+        took: float,
+    ) -> None:
+        """Record the inline attempt cancelled; raise the error its deadline
+        or a skip makes of it. Returns for cancel() and an outside cancellation."""
+        cut = self._cut
+        # The connection's own cancellation taken back; the error it stands for
+        # only if nothing else cancelled too (cancel() wins, as does the caller's).
+        if cut is not None and task.uncancel() <= cancelling and self._inline is not None:
+            if cut == "timeout":
+                timed_out = TimeoutError()
+                timed_out.__cause__ = exc
+                error = _as_error(timed_out, address)
+                self._inline_ended(took, "failed", error)
+                raise error from timed_out
+            # try_next_endpoint(): there is no next address to go on to.
+            self._inline_ended(took, "cancelled", ConnectError("skipped by try_next_endpoint()"))
+            raise ConnectError("no more addresses to try") from exc
+        self._inline_ended(took, "cancelled")
+
+    def _inline_failed(self, exc: Exception, address: Address, took: float) -> NetconnError:
+        """Record the inline attempt failed; return its error (``exc``, or made of it)."""
+        if isinstance(exc, OSError) and not isinstance(exc, NetconnError):
+            mapped = map_os_error(exc, f"connect to {address}")
+            mapped.__cause__ = exc
+            exc = mapped
+        error = _as_error(exc, address)
+        self._inline_ended(took, "failed", error)
+        return error
+
+    def _inline_ended(
+        self, took: float, outcome: Outcome, error: NetconnError | None = None
+    ) -> None:
+        """Complete the inline attempt's entry of the report, made a report now."""
+        report = self.establishment_report
+        attempt = report.attempts[-1]
+        attempt.duration = took
+        attempt.outcome = outcome
+        attempt.error = error
 
     def _name(self) -> str:
         # Says which connection without formatting its repr.
@@ -753,6 +811,11 @@ class Connection(Generic[P_co]):
         """
         if isinstance(self._state, Preparing) and self._race is not None:
             self._race.skip()
+        elif isinstance(self._state, Preparing) and self._inline is not None:
+            # The inline attempt (_start_inline), to the one address.
+            if self._cut is None:
+                self._cut = "skip"
+                self._inline.cancel()
         elif isinstance(self._state, Waiting) and self._restart is not None:
             self._skip_first += 1
             self._restart.set()
@@ -781,12 +844,12 @@ class Connection(Generic[P_co]):
                 self._stop_task()
             self._transition(_CANCELLED)
         # _close_channel(graceful=True), without its coroutine around the channel's.
-        channel, self._channel = self._channel, None
-        accepted, self._accepted = self._accepted, None
+        channel = self._channel
         if channel is None:
-            channel = accepted
-        if channel is None:
-            return
+            channel = self._accepted
+            if channel is None:
+                return
+        self._channel = self._accepted = None
         try:
             await channel.close()
         except NetconnError:
@@ -959,7 +1022,9 @@ class Connection(Generic[P_co]):
 
     def _new_context(self) -> AttemptContext:
         # No hooks yet: the race's winner gets them (_adopt), its losers never do.
-        return AttemptContext(self._endpoint, self._parameters, on_lost=_ignore, loop=self._loop)
+        return AttemptContext(
+            self._endpoint, self._parameters, on_lost=ignore_loss, loop=self._loop
+        )
 
     def _became_ready(self) -> None:
         assert self._channel is not None
@@ -967,7 +1032,7 @@ class Connection(Generic[P_co]):
             self._state_callbacks
             or self._state_waiters
             or self._listener is not None
-            or type(self._state) is not Preparing
+            or self._state is not _PREPARING  # the one Preparing
             or logger.isEnabledFor(logging.DEBUG)
         ):
             self._transition(_READY)
@@ -1060,7 +1125,7 @@ class Connection(Generic[P_co]):
         kind = self._stack.kind
         try:
             if kind == "stream":
-                await channel.send(data, bool(is_complete))
+                await channel.send(data, is_complete is True)  # bool | None: no bool() call
             elif kind == "message":
                 done = True if is_complete is None else is_complete
                 # channel is Any: no cast() call per message.

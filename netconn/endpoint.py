@@ -49,13 +49,33 @@ class Address:
         """Build from what ``getsockname`` / ``getpeername`` return."""
         host, port = sockaddr[0], sockaddr[1]
         if type(host) is str and type(port) is int:  # what the socket module gives
-            return cls(host, port)
+            # The slots set directly: the frozen dataclass's __init__ goes
+            # through object.__setattr__, which costs more than the rest.
+            address = _new(cls)
+            _set_host(address, host)
+            _set_port(address, port)
+            return address
         return cls(str(host), int(port))  # type: ignore[call-overload]
 
     def __str__(self) -> str:
         if ":" in self.host:
             return f"[{self.host}]:{self.port}"
         return f"{self.host}:{self.port}"
+
+
+_new = object.__new__
+_set_host = Address.__dict__["host"].__set__
+_set_port = Address.__dict__["port"].__set__
+
+
+@functools.lru_cache(maxsize=1024)
+def literal_address(host: str, port: int) -> Address | None:
+    """The one address of an IP literal endpoint (``None`` for a name).
+
+    Cached: the same object each time, instead of a frozen dataclass (and the
+    literal check) per connection. Addresses are immutable, so sharing is safe.
+    """
+    return Address(host, port) if _is_ip_literal(host) else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ import socket
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 from ._deadline import Deadlines
 from .endpoint import Address, Endpoint
@@ -33,6 +33,9 @@ from .parameters import Parameters
 from .stacks.base import AttemptContext, Channel, Stack
 
 __all__ = ["Attempt", "EstablishmentReport", "Race", "interleave", "pick_error"]
+
+
+Outcome: TypeAlias = Literal["ready", "failed", "cancelled", "running"]
 
 
 @dataclass(slots=True)
@@ -45,7 +48,7 @@ class Attempt:
     """Seconds after the connection started."""
     duration: float = 0.0
     """Seconds the attempt took."""
-    outcome: Literal["ready", "failed", "cancelled", "running"] = "running"
+    outcome: Outcome = "running"
     """How it ended; ``cancelled`` for an attempt that lost the race or was skipped."""
     error: NetconnError | None = None
     """Why it failed."""

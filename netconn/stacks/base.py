@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar
@@ -62,6 +63,11 @@ def _no_viability(viable: bool) -> None:
     return None
 
 
+def ignore_loss(error: NetconnError | None) -> None:
+    """An ``on_lost`` hook that does nothing (:meth:`AttemptContext.lost` skips calling it)."""
+    return None
+
+
 def _no_path_change() -> None:
     return None
 
@@ -108,6 +114,15 @@ class AttemptContext:
 
     def __repr__(self) -> str:
         return f"AttemptContext(endpoint={self.endpoint!r}, owner={self.owner!r})"
+
+    def lost(self, error: NetconnError | None) -> None:
+        """Call :attr:`on_lost` with ``error``: the property's work without its
+        call, and nothing at all for :func:`ignore_loss`."""
+        owner = self.owner
+        if owner is not None:
+            owner._lost(error)
+        elif self._on_lost is not ignore_loss:
+            self._on_lost(error)
 
     @property
     def on_lost(self) -> Callable[[NetconnError | None], None]:
@@ -299,5 +314,8 @@ _T = TypeVar("_T")
 
 
 def constant(value: _T) -> Callable[[], _T]:
-    """A factory that returns ``value``: for asyncio's protocol factories."""
-    return lambda: value
+    """A factory that returns ``value``: for asyncio's protocol factories.
+
+    A C callable (an endless iterator's ``__next__``): calling it runs no Python.
+    """
+    return itertools.repeat(value).__next__

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import socket
 import struct
 import threading
@@ -97,8 +98,15 @@ class TCP(StreamProtocol):
         self, ctx: AttemptContext, address: Address
     ) -> Coroutine[Any, Any, TCPChannel]:
         params = ctx.parameters
-        interface = check_path(address, params, will_bind=True)
         # The coroutine that connects, itself: no coroutine of ours around it.
+        if (
+            (params is _unconstrained or _asks_nothing_of_sockets(params))
+            and not self.fast_open
+            and self.maximum_segment_size is None
+            and "%" not in address.host  # a scope id would send the loop to getaddrinfo
+        ):
+            return self._open_plain(ctx, address)  # what check_path and _connects_plainly say
+        interface = check_path(address, params, will_bind=True)
         if interface is None and self._connects_plainly(params, address):
             return self._open_plain(ctx, address)
         return self._open_configured(ctx, address, interface)
@@ -156,17 +164,22 @@ class TCP(StreamProtocol):
         loop = ctx.loop
         if loop is None:
             loop = asyncio.get_running_loop()
-        channel = TCPChannel(ctx.parameters, ctx, loop)
+        channel = TCPChannel(ctx.parameters, ctx, loop, address)
         try:
-            await loop.create_connection(constant(channel), address.host, address.port)
-            no_delay_set = _no_delay_loops.get(type(loop))  # a dict look-up, not a call
-            if no_delay_set is None:
-                no_delay_set = _sets_no_delay(loop)
-            if self._options_after_connect or (self.no_delay and not no_delay_set):
+            # constant(channel), without its call.
+            factory = itertools.repeat(channel).__next__
+            await loop.create_connection(factory, address.host, address.port)
+            # asyncio's and uvloop's TCP transports set TCP_NODELAY themselves:
+            # _options_after_connect, without its call, and a dict look-up.
+            if (
+                self.keepalive
+                or self.connection_drop_time is not None
+                or self.maximum_segment_size is not None
+                or (self.no_delay and not (_no_delay_loops.get(type(loop)) or _sets_no_delay(loop)))
+            ):
                 sock = channel.socket
                 if sock is not None:
-                    # asyncio's and uvloop's TCP transports set TCP_NODELAY themselves.
-                    self._configure(sock, no_delay_set=no_delay_set)
+                    self._configure(sock, no_delay_set=_sets_no_delay(loop))
         except BaseException as exc:
             channel.abort()
             if isinstance(exc, OSError) and not isinstance(exc, NetconnError):
@@ -399,6 +412,26 @@ def _accepted_socket_class(family: int) -> type[socket.socket]:
 
 _no_delay_loops: dict[type, bool] = {}  # _sets_no_delay's answers, by the loop's class
 
+# The last parameters found to ask nothing of a socket before it connects: a
+# client's connections share theirs, so one identity check answers.
+_unconstrained: Parameters | None = None
+
+
+def _asks_nothing_of_sockets(params: Parameters) -> bool:
+    """Whether ``params`` leave a socket as the loop makes it: no interface
+    constraint, local endpoint or service class."""
+    global _unconstrained
+    if (
+        params.required_interface is None
+        and params.required_interface_type is None
+        and not params.prohibited_interface_types
+        and params.local_endpoint is None
+        and params.service_class is ServiceClass.BEST_EFFORT
+    ):
+        _unconstrained = params
+        return True
+    return False
+
 
 def _sets_no_delay(loop: asyncio.AbstractEventLoop) -> bool:
     """Whether ``create_connection(host, port)`` on ``loop`` sets TCP_NODELAY by itself."""
@@ -534,7 +567,9 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
         parameters: Parameters,
         ctx: AttemptContext,
         loop: asyncio.AbstractEventLoop | None = None,
+        remote: Address | None = None,
     ) -> None:
+        """``remote``: the address a client connects to (kept as the peer's name if it is one)."""
         self._ctx = ctx
         # The loop, when the maker has it: looking it up costs a getpid() on Python 3.11.
         self._loop = loop
@@ -557,7 +592,7 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
         # A listener's hand-over, called once the transport is made (server side only).
         self._on_made: Callable[[TCPChannel], None] | None = None
         self.local_address: Address | None = None
-        self.remote_address: Address | None = None
+        self.remote_address: Address | None = remote
 
     # asyncio.Protocol callbacks
 
@@ -566,15 +601,24 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
         # subclassing it, and a cast() would be a call per connection.
         self._transport = transport
         # The transport's own buffer is the send bound: writes pause above it.
-        transport.set_write_buffer_limits(high=self._send_limit, low=self._send_limit // 4)
+        limit = self._send_limit
+        transport.set_write_buffer_limits(limit, limit >> 2)  # high, low: no keywords to match
         # The names the transport already asked for: no socket object, no system call.
         local = transport.get_extra_info("sockname")
-        remote = transport.get_extra_info("peername")
+        known = self.remote_address
+        if known is not None and ":" not in known.host:
+            # An IPv4 literal (which has one spelling) is the name of the peer connected to.
+            remote: Any = known
+        else:
+            remote = transport.get_extra_info("peername")
         if local is None or remote is None:
             sock = transport.get_extra_info("socket")
             local, remote = sock.getsockname(), sock.getpeername()
         self.local_address = Address.from_sockaddr(local)
-        self.remote_address = Address.from_sockaddr(remote)
+        if remote is not known and (
+            known is None or known.port != remote[1] or known.host != remote[0]
+        ):
+            self.remote_address = Address.from_sockaddr(remote)
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         on_made, self._on_made = self._on_made, None
@@ -641,24 +685,25 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
             self._poller = None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._poller is not None:
-            self._stop_polling()
+        poller = self._poller
+        if poller is not None:  # _stop_polling() and the poller's remove(), without their calls
+            poller._channels.pop(self, None)
+            self._poller = None
         error: NetconnError | None = None
         if exc is not None:
-            error = _map(exc)
-            self._error = error
-            self._receiving.set_error(error)
-        else:
-            self._receiving.feed_eof()
-        self._receiving.detach()  # no cycle left for the garbage collector
+            error = self._error = _map(exc)
+        # EOF or the error for readers, and no cycle left for the garbage collector.
+        self._receiving.end(error)
         if self._drain_waiter is not None:
             self._wake_drain()
         self._is_lost = True
-        waiters, self._close_waiters = self._close_waiters, None
-        for waiter in waiters or ():
-            if not waiter.done():
-                waiter.set_result(False)
-        self._ctx.on_lost(error)
+        waiters = self._close_waiters
+        if waiters is not None:
+            self._close_waiters = None
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(False)
+        self._ctx.lost(error)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -718,8 +763,13 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
         if self._write_closed:
             raise InvalidState("sending after is_complete=True")
         if type(data) is bytes and 0 < len(data) <= _CHUNK and not is_complete:
-            # One piece, nothing to split: the common small write.
-            self._writable().write(data)
+            # One piece, nothing to split: the common small write (with
+            # _writable()'s checks, without its call).
+            transport = self._transport
+            if self._error is None and transport is not None and not transport.is_closing():
+                transport.write(data)
+            else:
+                self._writable()  # raises
             if self._write_paused:
                 self._sending = True
                 try:
@@ -790,8 +840,9 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
             self._wake_drain()  # a send waiting for room fails now; what it wrote is flushed
         # With nothing left to send the transport ends at the next loop turn:
         # no flush to bound, so no timer.
-        flushed = not transport.is_closing() and not transport.get_write_buffer_size()
+        flushed = False
         if not transport.is_closing():
+            flushed = not transport.get_write_buffer_size()
             transport.close()  # flushes the write buffer, then FIN
         if self._is_lost:
             return
@@ -801,19 +852,30 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
         if loop is None:
             loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bool] = loop.create_future()
-        if self._close_waiters is None:
-            self._close_waiters = []
-        self._close_waiters.append(waiter)
+        waiters = self._close_waiters
+        if waiters is None:
+            self._close_waiters = [waiter]
+        else:
+            waiters.append(waiter)
         timer = None if flushed else loop.call_later(_CLOSE_TIMEOUT, _expire, waiter)
         try:
+            # connection_lost drops the list of waiters it woke: only a waiter
+            # that timed out or was cancelled is left to take out of it.
             timed_out = await waiter
+        except BaseException:
+            self._drop_close_waiter(waiter)
+            raise
         finally:
             if timer is not None:
                 timer.cancel()
-            if self._close_waiters is not None and waiter in self._close_waiters:
-                self._close_waiters.remove(waiter)
         if timed_out:
+            self._drop_close_waiter(waiter)
             transport.abort()
+
+    def _drop_close_waiter(self, waiter: asyncio.Future[bool]) -> None:
+        waiters = self._close_waiters
+        if waiters is not None and waiter in waiters:
+            waiters.remove(waiter)
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
