@@ -320,7 +320,7 @@ async def test_a_tcp_handshake_makes_few_python_calls_in_netconn() -> None:
         calls for (filename, _, _), (_, calls, *_) in stats.items() if "/netconn/" in filename
     )
     per = own / rounds
-    assert per <= 180, per  # about 170 now; 197 before
+    assert per <= 115, per  # about 107 now; 197, then 170 before
 
 
 async def test_an_idle_tcp_client_connection_holds_few_objects_of_its_own() -> None:
@@ -329,8 +329,8 @@ async def test_an_idle_tcp_client_connection_holds_few_objects_of_its_own() -> N
         size, blocks = await traced_per_connection(endpoint, nc.TCP())
     # Before: about 23 blocks and 1,620 bytes (tracker, report lists, bound methods...),
     # then 16.4 and 1,280 while every connection had its netlink subscription.
-    assert blocks <= 16, blocks  # about 14.4 now (15.4 after the rest of the suite)
-    assert size <= 1200, size  # about 1,120 now
+    assert blocks <= 13, blocks  # about 11.4 now (a block more after the rest of the suite)
+    assert size <= 1100, size  # about 950 now
 
 
 def _calls_per_handshake(loop: str) -> tuple[dict[str, float], float]:
@@ -379,8 +379,8 @@ def test_a_tcp_handshake_asks_for_no_enum_cast_or_loop_kind(loop: str) -> None:
     assert calls.get("tos", 0) == 0, calls  # before: 1
     if loop == "uvloop":  # the accepted socket needs no option of ours
         assert calls.get("_configure", 0) == 0, calls  # before: 1
-    # Calls into netconn, both ends: before 172 and 169, now about 168 and 163.
-    assert own <= (170 if loop == "asyncio" else 165), own
+    # Calls into netconn, both ends: before 172 and 169, then 168 and 163; now 107 and 103.
+    assert own <= (112 if loop == "asyncio" else 108), own
 
 
 def _client_work_per_handshake(loop: str) -> tuple[float, float]:
@@ -448,11 +448,12 @@ def test_a_tcp_client_handshake_does_little_work_in_netconn(loop: str) -> None:
     _transition when nobody is told, the watcher started and stopped in place; the
     attempt to an IP literal without a Race, its deadline kept by the connection."""
     own, opcodes = _client_work_per_handshake(loop)
-    # Before: 91 (asyncio's loop) and 85 (uvloop), then 70 and 65; now 48 and 44.
-    assert own <= (50 if loop == "asyncio" else 46), own
-    # Bytecode run in netconn, before: 2,339 and 2,323, then 2,083 and 2,070;
-    # now 1,665 and 1,655.
-    assert opcodes <= 1710, opcodes
+    # Before: 91 (asyncio's loop) and 85 (uvloop), then 70 and 65, then 48 and 44
+    # with every connection subscribed to netlink events; now 42 and 38.
+    assert own <= (44 if loop == "asyncio" else 40), own
+    # Bytecode run in netconn, before: 2,339 and 2,323, then 2,083 and 2,070,
+    # then 1,665 and 1,655; now 1,407 and 1,397.
+    assert opcodes <= 1450, opcodes
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
