@@ -189,20 +189,17 @@ class Connection(Generic[P_co]):
         self,
         channel: Channel,
         ctx: AttemptContext,
-        netns: str | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
         listener: Any = None,
     ) -> None:
         """Make this a server-side connection on an accepted transport channel.
 
-        ``netns``: the listener's network namespace, where the channel's socket
-        lives; ``loop``: the listener's event loop, which this connection runs on;
-        ``listener``: whose ``_child_state(connection, state)`` hears every change.
+        ``loop``: the listener's event loop, which this connection runs on;
+        ``listener``: whose ``_child_state(connection, state)`` hears every
+        change, and in whose network namespace (``_netns``) the channel's socket lives.
         """
         self._loop = loop
         self._listener = listener
-        if netns is not None:
-            self._watcher = PathWatcher(self._parameters, self, netns)
         self._endpoint = None
         self._accepted = channel
         self._adopt(ctx)
@@ -497,10 +494,17 @@ class Connection(Generic[P_co]):
             self._path_callbacks or self._viability_callbacks or self._better_path_callbacks
         )
 
+    def _new_watcher(self) -> PathWatcher:
+        # An accepted connection's socket lives in its listener's namespace.
+        listener = self._listener
+        netns = None if listener is None else listener._netns
+        watcher = self._watcher = PathWatcher(self._parameters, self, netns)
+        return watcher
+
     def _start_watching(self) -> PathWatcher:
         watcher = self._watcher
         if watcher is None:
-            watcher = self._watcher = PathWatcher(self._parameters, self)
+            watcher = self._new_watcher()
         watcher.start(self._loop)
         return watcher
 
@@ -517,7 +521,7 @@ class Connection(Generic[P_co]):
         if channel is None:
             return watcher
         if watcher is None:
-            watcher = self._watcher = PathWatcher(self._parameters, self)
+            watcher = self._new_watcher()
         sock = self._find_in_channels("socket")
         self._path = path = watcher.follow(
             channel.local_address, channel.remote_address, sock, self._loop

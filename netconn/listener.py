@@ -300,7 +300,7 @@ class Listener(Generic[P_co]):
         """Turn an accepted transport channel into a connection and start it."""
         conn = Connection(_NO_ENDPOINT, self._stack, self.parameters)
         # The connection calls our _child_state itself: no callback per connection.
-        conn._take_accepted(channel, ctx, self._netns, self._loop, self)
+        conn._take_accepted(channel, ctx, self._loop, self)
         self._children.add(conn)
         self._handshaking.add(conn)
         conn.start()  # TCP and UDP are ready at once: _child_state updated the room
