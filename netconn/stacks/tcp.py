@@ -547,10 +547,12 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
         "_drain_waiter",
         "_error",
         "_is_lost",
+        "_local",
         "_loop",
         "_on_made",
         "_poller",
         "_receiving",
+        "_remote",
         "_send_limit",
         "_sending",
         "_transport",
@@ -558,8 +560,6 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
         "_view",
         "_write_closed",
         "_write_paused",
-        "local_address",
-        "remote_address",
     )
 
     def __init__(
@@ -591,8 +591,24 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
         self._poller: _ViabilityPoller | None = None
         # A listener's hand-over, called once the transport is made (server side only).
         self._on_made: Callable[[TCPChannel], None] | None = None
-        self.local_address: Address | None = None
-        self.remote_address: Address | None = remote
+        # The addresses as Address objects, or as the transport's sockaddr
+        # tuples until someone asks: most connections never do.
+        self._local: Address | tuple[Any, ...] | None = None
+        self._remote: Address | tuple[Any, ...] | None = remote
+
+    @property
+    def local_address(self) -> Address | None:
+        name = self._local
+        if isinstance(name, tuple):
+            name = self._local = Address.from_sockaddr(name)
+        return name
+
+    @property
+    def remote_address(self) -> Address | None:
+        name = self._remote
+        if isinstance(name, tuple):
+            name = self._remote = Address.from_sockaddr(name)
+        return name
 
     # asyncio.Protocol callbacks
 
@@ -605,8 +621,8 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
         transport.set_write_buffer_limits(limit, limit >> 2)  # high, low: no keywords to match
         # The names the transport already asked for: no socket object, no system call.
         local = transport.get_extra_info("sockname")
-        known = self.remote_address
-        if known is not None and ":" not in known.host:
+        known = self._remote
+        if type(known) is Address and ":" not in known.host:
             # An IPv4 literal (which has one spelling) is the name of the peer connected to.
             remote: Any = known
         else:
@@ -614,11 +630,8 @@ class TCPChannel(asyncio.Protocol, asyncio.BufferedProtocol):
         if local is None or remote is None:
             sock = transport.get_extra_info("socket")
             local, remote = sock.getsockname(), sock.getpeername()
-        self.local_address = Address.from_sockaddr(local)
-        if remote is not known and (
-            known is None or known.port != remote[1] or known.host != remote[0]
-        ):
-            self.remote_address = Address.from_sockaddr(remote)
+        self._local = local
+        self._remote = remote
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         on_made, self._on_made = self._on_made, None
