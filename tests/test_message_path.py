@@ -90,7 +90,7 @@ async def test_hand_without_asyncio_s_task_registry(monkeypatch: pytest.MonkeyPa
     """Where asyncio keeps no dict of running tasks, ``current_task`` tells the two cases apart."""
     import netconn._handoff
 
-    monkeypatch.setattr(netconn._handoff, "_running", None)
+    monkeypatch.setattr(netconn._handoff, "_task_running", netconn._handoff._current_task_running)
     events: list[str] = []
     loop = asyncio.get_running_loop()
 
