@@ -324,12 +324,13 @@ def test_a_round_trip_asks_asyncio_for_no_loop(
 # its own Python code too), as measured on CPython 3.11 plus a little room.
 # The paths before the hand-over and the leaner reader made 82 and 35 (TCP),
 # 64 and 41 (UDP), 193 and 146 (WebSocket); UDP then 54 and 29, before the
-# send without a coroutine and the client's transport calling the flow itself.
+# send and the wait without a coroutine of the flow's and the client's
+# transport calling the flow itself.
 _CALLS = {
     ("tcp", "asyncio"): 66,
     ("tcp", "uvloop"): 37,
-    ("udp", "asyncio"): 53,
-    ("udp", "uvloop"): 28,
+    ("udp", "asyncio"): 50,
+    ("udp", "uvloop"): 25,
     ("websocket", "asyncio"): 161,
     ("websocket", "uvloop"): 132,
 }
@@ -377,8 +378,8 @@ def _netconn_bytecode() -> Iterator[list[int]]:
 
 # Bytecode run in netconn per UDP round trip (client and server), CPython 3.11,
 # plus a little room: before the leaner send and receive paths 780 (asyncio's
-# loop, netconn's own datagram transport counted) and 602 (uvloop); now 723 and 545.
-_UDP_BYTECODE = {"asyncio": 740, "uvloop": 560}
+# loop, netconn's own datagram transport counted) and 602 (uvloop); now 701 and 523.
+_UDP_BYTECODE = {"asyncio": 715, "uvloop": 535}
 
 
 @pytest.mark.parametrize("loop", LOOPS)

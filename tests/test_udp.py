@@ -262,6 +262,52 @@ async def test_concurrent_receive_is_busy() -> None:
             await pending
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_cancelled_receive_loses_no_datagram(loop: str) -> None:
+    """A receive cancelled while it waits leaves the flow as it was: the next
+    receive gets the next datagram, and a new wait is not busy."""
+    import uvloop
+
+    async def main() -> list[bytes]:
+        async with udp_pair() as (client, server), asyncio.timeout(timeout(5)):
+            waiting = asyncio.create_task(server.receive_message())
+            await asyncio.sleep(0)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            await client.send(b"one")
+            await client.send(b"two")
+            return [(await server.receive_message()).content for _ in range(2)]
+
+    run = uvloop.run if loop == "uvloop" else asyncio.run
+    assert run(main()) == [b"one", b"two"]
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_burst_reaches_a_waiting_receiver_in_order(loop: str) -> None:
+    """Datagrams read in one wake-up while a receiver waits: it gets the first
+    after the read, the rest from the queue, in the order sent."""
+    import uvloop
+
+    async def main() -> list[bytes]:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.bind(("127.0.0.1", 0))
+            endpoint = nc.Endpoint.host_port("127.0.0.1", peer.getsockname()[1])
+            async with nc.Connection(endpoint, nc.UDP()) as conn, asyncio.timeout(timeout(5)):
+                await conn.send(b"hello")
+                _, address = peer.recvfrom(100)
+                first = asyncio.create_task(conn.receive_message())
+                await asyncio.sleep(0)  # it waits now
+                for i in range(50):
+                    peer.sendto(i.to_bytes(2, "big"), address)
+                got = [(await first).content]
+                got += [(await conn.receive_message()).content for _ in range(49)]
+                return got
+
+    run = uvloop.run if loop == "uvloop" else asyncio.run
+    assert run(main()) == [i.to_bytes(2, "big") for i in range(50)]
+
+
 async def test_listener_cancel_closes_every_flow() -> None:
     listener = nc.Listener(nc.UDP(), host="127.0.0.1")
     await listener.start()

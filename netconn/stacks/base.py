@@ -184,7 +184,7 @@ class MessageChannel(Channel, Protocol):
         An ``async def`` does; UDP sends during the call and returns a done future.
         """
 
-    async def receive_message(self) -> Message:
+    def receive_message(self) -> Awaitable[Message]:
         """The next message."""
 
     @property

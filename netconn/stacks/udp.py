@@ -110,9 +110,10 @@ class UDPChannel:
         self._queue: collections.deque[bytes] = collections.deque()
         self._queue_size = queue_size
         self._loop = asyncio.get_running_loop()
-        # A waiting receiver's future; it gets the next datagram itself, or
-        # None when the flow closes.
-        self._waiter: asyncio.Future[bytes | None] | None = None
+        # A waiting receiver's future; it gets the next datagram's message
+        # itself, or the flow's error when it ends.
+        self._waiter: asyncio.Future[Message] | None = None
+        self._handing = False  # _hand_first is scheduled
         self._drain_waiter: asyncio.Future[None] | None = None
         # What send_message returns when the datagram is sent and there is room.
         self._sent: asyncio.Future[None] = self._loop.create_future()
@@ -150,29 +151,43 @@ class UDPChannel:
         as its protocol's ``datagram_received``."""
         now = _clock()
         gap, self._last_fed = now - self._last_fed, now
+        queue = self._queue
         waiter = self._waiter
         if waiter is not None and not waiter.done():
-            # The queue is empty while someone waits. In place only after a
-            # pause: within a burst, one wake-up that drains the queue costs
-            # less than resuming the receiver for every datagram.
-            if gap > _BURST_GAP:
-                # hand(waiter, data, loop) with its common case inline: one
-                # Python call fewer per datagram.
+            # Someone waits. In place only after a pause: within a burst, one
+            # wake-up that drains the queue costs less than resuming the
+            # receiver for every datagram.
+            if gap > _BURST_GAP and not queue:
+                # hand(waiter, message, loop) with its common case inline: one
+                # Python call fewer per datagram. The receiver runs before this
+                # returns, so its cancellation cannot lose the datagram.
                 callbacks = getattr(waiter, "_callbacks", None)
                 if callbacks and len(callbacks) == 1 and not _task_running(self._loop):
+                    self._waiter = None
+                    message = _new_message(Message)
+                    _set_content(message, data)
+                    _set_complete(message, True)
+                    _set_metadata(message, self._metadata.copy())
                     callback, context = callbacks[0]
                     waiter.remove_done_callback(callback)
-                    waiter.set_result(data)
+                    waiter.set_result(message)
                     context.run(callback, waiter)
                     return
-                hand(waiter, data, self._loop)
-            else:
-                waiter.set_result(data)
-            return
-        if len(self._queue) >= self._queue_size:
+            if not self._handing:
+                self._handing = True
+                self._loop.call_soon(self._hand_first)
+        if len(queue) >= self._queue_size:
             self.dropped += 1  # UDP may drop; a bounded queue must
             return
-        self._queue.append(data)
+        queue.append(data)
+
+    def _hand_first(self) -> None:
+        """After a burst's datagrams were queued: the first to a receiver still waiting."""
+        self._handing = False
+        waiter = self._waiter
+        if waiter is not None and not waiter.done() and self._queue:
+            self._waiter = None
+            hand(waiter, self._message(self._queue.popleft()), self._loop)
 
     def fail(self, error: NetconnError | None) -> None:
         if error is not None and self._error is None:
@@ -188,8 +203,12 @@ class UDPChannel:
 
     def _wake(self) -> None:
         # At the next turn: the flow is mid-way through closing here.
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            self._waiter = None
+            waiter.set_exception(self._end())
+            # Not worth a warning if the receiver is cancelled before it sees it.
+            waiter._log_traceback = False
 
     def _wake_drain(self) -> None:
         if self._drain_waiter is not None and not self._drain_waiter.done():
@@ -238,28 +257,21 @@ class UDPChannel:
         """What a send or receive on the ended flow raises."""
         return self._error if self._error is not None else ConnectionClosed("the flow is closed")
 
-    async def receive_message(self) -> Message:
-        if self._waiter is not None:
+    def receive_message(self) -> Awaitable[Message]:
+        # A plain method: a receiver that has to wait awaits the future the
+        # next datagram's message is handed to, with no coroutine of ours in
+        # between; the flow's end sets its error there.
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
             raise Busy("another task is already receiving on this flow")
-        queue = self._queue
-        if queue:
-            data = queue.popleft()
-        elif self._closed:
+        if self._queue:
+            return _at_once(self._message(self._queue.popleft()))
+        if self._closed:
             raise self._end()
-        else:
-            waiter = self._waiter = self._loop.create_future()
-            try:
-                handed = await waiter
-            except asyncio.CancelledError:
-                # Cancelled after the datagram was handed over: the next receive gets it.
-                if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
-                    queue.appendleft(waiter.result())
-                raise
-            finally:
-                self._waiter = None
-            if handed is None:  # woken by the flow's end
-                raise self._end()
-            data = handed
+        waiter = self._waiter = self._loop.create_future()
+        return waiter
+
+    def _message(self, data: bytes) -> Message:
         # Message(data, True, metadata), without the frozen dataclass's
         # __init__, which sets each field through object.__setattr__ (0.7 us
         # a message against 0.4 us).
@@ -297,6 +309,12 @@ class UDPChannel:
 
 
 _clock = time.perf_counter
+
+
+async def _at_once(message: Message) -> Message:
+    return message
+
+
 _new_message = Message.__new__
 _set_content = cast(Any, Message).content.__set__
 _set_complete = cast(Any, Message).is_complete.__set__
