@@ -17,6 +17,7 @@ behave as with ``set_result``.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 __all__ = ["hand"]
@@ -37,17 +38,26 @@ def hand(waiter: asyncio.Future[T], result: T, loop: asyncio.AbstractEventLoop) 
     ``loop`` is the waiter's loop. Outside the loop's callbacks (inside a task),
     or with other than exactly one callback, this is ``set_result``.
     """
-    # Any: a C future gives None, not an empty list, when no callback waits
-    # (and None where futures keep no such list: set_result then).
-    callbacks: Any = getattr(waiter, "_callbacks", None)
-    if (
-        callbacks is None
-        or len(callbacks) != 1
-        or (loop in _running if _running is not None else asyncio.current_task(loop) is not None)
-    ):
+    try:
+        # A C future gives None, not an empty list, when no callback waits.
+        callbacks: Any = waiter._callbacks
+    except AttributeError:  # a future that keeps no such list
+        callbacks = None
+    if not callbacks or len(callbacks) != 1 or _task_running(loop):
         waiter.set_result(result)
         return
     callback, context = callbacks[0]
     waiter.remove_done_callback(callback)
     waiter.set_result(result)
     context.run(callback, waiter)
+
+
+def _current_task_running(loop: asyncio.AbstractEventLoop) -> bool:
+    return asyncio.current_task(loop) is not None
+
+
+# Whether a task of ``loop`` runs now: a method of asyncio's registry where
+# there is one (no Python call per hand-over), else ``current_task``.
+_task_running: Callable[[asyncio.AbstractEventLoop], bool] = (
+    _running.__contains__ if _running is not None else _current_task_running
+)

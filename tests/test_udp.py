@@ -149,6 +149,51 @@ async def test_unreachable_port_makes_the_flow_not_viable() -> None:
         await conn.cancel()
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_flow_is_viable_again_once_the_peer_answers(loop: str) -> None:
+    """After an ICMP error, the next datagram from the peer reports the flow viable,
+    once, and is delivered (on uvloop the transport hands datagrams to the flow itself)."""
+    import uvloop
+
+    async def main() -> tuple[list[bool], list[bytes]]:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.bind(("127.0.0.1", 0))
+            port = peer.getsockname()[1]
+            peer.close()  # nobody there: the first sends draw port unreachable
+            endpoint = nc.Endpoint.host_port("127.0.0.1", port)
+            quick = nc.Parameters(viability_debounce=0.02)
+            conn = nc.Connection(endpoint, nc.UDP(), quick)
+            viable: list[bool] = []
+            conn.on_viability_update(lambda c, v: viable.append(v))
+            try:
+                async with asyncio.timeout(timeout(5)):
+                    await conn.wait_ready()
+                    for _ in range(100):
+                        await conn.send(b"anyone?")
+                        if viable[-1:] == [False]:
+                            break
+                        await asyncio.sleep(0.01)
+                    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as back:
+                        back.bind(("127.0.0.1", port))
+                        local = conn.local_endpoint
+                        assert local is not None
+                        for data in (b"here", b"still here"):
+                            back.sendto(data, (local.host, local.port))
+                        got = [(await conn.receive_message()).content for _ in range(2)]
+                    await wait_until(lambda: len(viable) == 3)  # reported after the debounce
+                    await asyncio.sleep(0.05)  # and only once
+                return viable, got
+            finally:
+                await conn.cancel()
+
+    if loop == "uvloop":
+        viable, got = uvloop.run(main())
+    else:
+        viable, got = asyncio.run(main())
+    assert viable == [True, False, True]
+    assert got == [b"here", b"still here"]
+
+
 async def test_server_flow_cancel_forgets_the_flow() -> None:
     async with nc.Listener(nc.UDP(), host="127.0.0.1") as listener:
         conn = nc.Connection(nc.Endpoint.host_port("127.0.0.1", listener.port), nc.UDP())
@@ -215,6 +260,52 @@ async def test_concurrent_receive_is_busy() -> None:
         pending.cancel()
         with pytest.raises(asyncio.CancelledError):
             await pending
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_cancelled_receive_loses_no_datagram(loop: str) -> None:
+    """A receive cancelled while it waits leaves the flow as it was: the next
+    receive gets the next datagram, and a new wait is not busy."""
+    import uvloop
+
+    async def main() -> list[bytes]:
+        async with udp_pair() as (client, server), asyncio.timeout(timeout(5)):
+            waiting = asyncio.create_task(server.receive_message())
+            await asyncio.sleep(0)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            await client.send(b"one")
+            await client.send(b"two")
+            return [(await server.receive_message()).content for _ in range(2)]
+
+    run = uvloop.run if loop == "uvloop" else asyncio.run
+    assert run(main()) == [b"one", b"two"]
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_burst_reaches_a_waiting_receiver_in_order(loop: str) -> None:
+    """Datagrams read in one wake-up while a receiver waits: it gets the first
+    after the read, the rest from the queue, in the order sent."""
+    import uvloop
+
+    async def main() -> list[bytes]:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.bind(("127.0.0.1", 0))
+            endpoint = nc.Endpoint.host_port("127.0.0.1", peer.getsockname()[1])
+            async with nc.Connection(endpoint, nc.UDP()) as conn, asyncio.timeout(timeout(5)):
+                await conn.send(b"hello")
+                _, address = peer.recvfrom(100)
+                first = asyncio.create_task(conn.receive_message())
+                await asyncio.sleep(0)  # it waits now
+                for i in range(50):
+                    peer.sendto(i.to_bytes(2, "big"), address)
+                got = [(await first).content]
+                got += [(await conn.receive_message()).content for _ in range(49)]
+                return got
+
+    run = uvloop.run if loop == "uvloop" else asyncio.run
+    assert run(main()) == [i.to_bytes(2, "big") for i in range(50)]
 
 
 async def test_listener_cancel_closes_every_flow() -> None:
@@ -288,7 +379,7 @@ async def test_every_sender_waiting_for_room_resumes() -> None:
         transport = StalledTransport(sock)
         channel.attach(transport, ("127.0.0.1", 9))
         channel.set_write_paused(True)
-        senders = [asyncio.create_task(channel.send_message(bytes([i]), True)) for i in range(3)]
+        senders = [asyncio.ensure_future(channel.send_message(bytes([i]), True)) for i in range(3)]
         for _ in range(3):
             await asyncio.sleep(0)
         assert not any(s.done() for s in senders)
@@ -310,7 +401,7 @@ async def test_closing_wakes_senders_waiting_for_room() -> None:
         channel = UDPChannel(nc.Parameters(), ctx, 8)
         channel.attach(StalledTransport(sock), ("127.0.0.1", 9))
         channel.set_write_paused(True)
-        sender = asyncio.create_task(channel.send_message(b"x", True))
+        sender = asyncio.ensure_future(channel.send_message(b"x", True))
         await asyncio.sleep(0)
         channel.abort()
         async with asyncio.timeout(timeout(5)):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import itertools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
@@ -191,10 +191,15 @@ class ByteChannel(Channel, Protocol):
 class MessageChannel(Channel, Protocol):
     """A channel that keeps message boundaries (UDP, WebSocket, framers)."""
 
-    async def send_message(self, data: bytes | bytearray | memoryview, is_complete: bool) -> None:
-        """Send one message (or, with ``is_complete=False``, one fragment of it)."""
+    def send_message(
+        self, data: bytes | bytearray | memoryview, is_complete: bool
+    ) -> Awaitable[None]:
+        """Send one message (or, with ``is_complete=False``, one fragment of it).
 
-    async def receive_message(self) -> Message:
+        An ``async def`` does; UDP sends during the call and returns a done future.
+        """
+
+    def receive_message(self) -> Awaitable[Message]:
         """The next message."""
 
     @property
