@@ -130,6 +130,15 @@ async def test_listener_flow_queue_is_bounded() -> None:
             assert (await server.receive_message()).content == b"marker"
 
 
+async def _send_until_inviable(conn: nc.Connection[nc.UDP], viable: list[bool]) -> None:
+    """Send to a port nobody listens on until the ICMP errors make the flow not viable."""
+    for _ in range(100):
+        await conn.send(b"anyone?")
+        if viable[-1:] == [False]:
+            return
+        await asyncio.sleep(0.01)
+
+
 async def test_unreachable_port_makes_the_flow_not_viable() -> None:
     """ICMP port unreachable does not end a UDP flow; it reports it not viable."""
     conn = nc.Connection(nc.Endpoint.host_port("127.0.0.1", free_port()), nc.UDP())
@@ -138,11 +147,7 @@ async def test_unreachable_port_makes_the_flow_not_viable() -> None:
     try:
         async with asyncio.timeout(timeout(5)):
             await conn.wait_ready()
-            for _ in range(100):
-                await conn.send(b"anyone?")
-                if viable[-1:] == [False]:
-                    break
-                await asyncio.sleep(0.01)
+            await _send_until_inviable(conn, viable)
         assert viable == [True, False]
         assert isinstance(conn.state, nc.Ready)
     finally:
@@ -168,11 +173,7 @@ def test_a_flow_is_viable_again_once_the_peer_answers(loop: str) -> None:
             try:
                 async with asyncio.timeout(timeout(5)):
                     await conn.wait_ready()
-                    for _ in range(100):
-                        await conn.send(b"anyone?")
-                        if viable[-1:] == [False]:
-                            break
-                        await asyncio.sleep(0.01)
+                    await _send_until_inviable(conn, viable)
                     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as back:
                         back.bind(("127.0.0.1", port))
                         local = conn.local_endpoint
