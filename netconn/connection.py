@@ -406,7 +406,7 @@ class Connection(Generic[P_co]):
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("connection #%d: %s -> %s", self.id, old, new)
         if kind in TERMINAL_STATES:
-            # _stop_watching(), without its call
+            # Stop watching: no viability or path events after a final state.
             if self._viability is not None:
                 self._viability.stop()
             if self._watcher is not None:
@@ -538,12 +538,6 @@ class Connection(Generic[P_co]):
         follow = self._find_in_channels("follow_viability")
         if follow is not None:
             follow()
-
-    def _stop_watching(self) -> None:
-        if self._viability is not None:
-            self._viability.stop()
-        if self._watcher is not None:
-            self._watcher.stop()
 
     def _network_changed(self) -> None:
         if isinstance(self._state, Waiting) and self._restart is not None:
