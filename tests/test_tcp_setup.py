@@ -329,8 +329,8 @@ async def test_an_idle_tcp_client_connection_holds_few_objects_of_its_own() -> N
         size, blocks = await traced_per_connection(endpoint, nc.TCP())
     # Before: about 23 blocks and 1,620 bytes (tracker, report lists, bound methods...),
     # then 16.4 and 1,280 while every connection had its netlink subscription.
-    assert blocks <= 13, blocks  # about 11.4 now (a block more after the rest of the suite)
-    assert size <= 1100, size  # about 950 now
+    assert blocks <= 11, blocks  # about 9.3 now (a block more after the rest of the suite)
+    assert size <= 980, size  # about 830 now
 
 
 def _calls_per_handshake(loop: str) -> tuple[dict[str, float], float]:
