@@ -22,7 +22,7 @@ from .connection import Connection
 from .endpoint import Address, Endpoint
 from .errors import InvalidState, NetconnError, map_os_error
 from .parameters import Parameters
-from .stacks.base import AttemptContext, Channel, Stack
+from .stacks.base import AttemptContext, Channel, Stack, ignore_loss
 from .state import Cancelled, Failed, Ready, Setup, State, check_transition, is_terminal
 
 __all__ = ["Listener"]
@@ -290,7 +290,7 @@ class Listener(Generic[P_co]):
 
     def attempt_context(self) -> AttemptContext:
         """A fresh context for one accepted transport."""
-        return AttemptContext(None, self.parameters, on_lost=_ignore, loop=self._loop)
+        return AttemptContext(None, self.parameters, on_lost=ignore_loss, loop=self._loop)
 
     def report_accept_error(self, exc: OSError) -> None:
         """An accept failed (e.g. out of file descriptors); accepting goes on."""
@@ -327,7 +327,3 @@ class Listener(Generic[P_co]):
 
 
 _NO_ENDPOINT = Endpoint("", 0)
-
-
-def _ignore(error: NetconnError | None) -> None:
-    return None
