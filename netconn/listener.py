@@ -23,7 +23,16 @@ from .endpoint import Address, Endpoint
 from .errors import InvalidState, NetconnError, map_os_error
 from .parameters import Parameters
 from .stacks.base import AttemptContext, Channel, Stack, ignore_loss
-from .state import Cancelled, Failed, Ready, Setup, State, check_transition, is_terminal
+from .state import (
+    TERMINAL_STATES,
+    Cancelled,
+    Failed,
+    Ready,
+    Setup,
+    State,
+    check_transition,
+    is_terminal,
+)
 
 __all__ = ["Listener"]
 
@@ -279,10 +288,12 @@ class Listener(Generic[P_co]):
         return waiting < self.backlog and not self.closing
 
     def _update_room(self) -> None:
+        room = self._room
         if self.has_room():
-            self._room.set()
+            if not room.is_set():  # the common case, without Event.set()'s call
+                room.set()
         else:
-            self._room.clear()
+            room.clear()
 
     async def wait_for_room(self) -> None:
         """Wait until the backlog has room."""
@@ -316,13 +327,14 @@ class Listener(Generic[P_co]):
                     group.create_task(self._handle(handler, c))
                 else:
                     self._ready.put_nowait(c)
-                for callback in list(self._connection_callbacks):
-                    callback(c)
+                if self._connection_callbacks:
+                    for callback in list(self._connection_callbacks):
+                        callback(c)
             elif isinstance(state, Failed):
                 self.failed_handshakes += 1
                 logger.info("inbound %r failed: %s", c, state.error)
             self._update_room()
-        if is_terminal(state):
+        if type(state) in TERMINAL_STATES:
             self._children.discard(c)
 
 
