@@ -333,7 +333,10 @@ class Listener(Generic[P_co]):
             elif isinstance(state, Failed):
                 self.failed_handshakes += 1
                 logger.info("inbound %r failed: %s", c, state.error)
-            self._update_room()
+            # One connection fewer handshaking (and at most one more queued):
+            # the room can only have grown, so an open room stays open.
+            if self.closing or not self._room.is_set():
+                self._update_room()
         if type(state) in TERMINAL_STATES:
             self._children.discard(c)
 
